@@ -1,0 +1,199 @@
+//! The one shared cache: bounded in bytes, thread-safe, least-recently-used eviction, counted.
+//!
+//! Values are created empty under the lock and filled by their users outside it (a decoded
+//! chunk decodes itself on demand), so a slow fill never blocks unrelated lookups, and concurrent
+//! users of one key share one value. An evicted value stays alive until its last user drops it.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use lru::LruCache;
+
+/// Identifies one cached value: `owner` is an id from [`new_owner_id`], `index` is the owner's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// Who owns the value (a stream, a database log).
+    pub owner: u64,
+    /// Which of the owner's values.
+    pub index: u64,
+}
+
+/// A fresh owner id, unique in this process.
+pub fn new_owner_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+struct Slot {
+    value: Arc<dyn Any + Send + Sync>,
+    cost: u64,
+}
+
+struct Inner {
+    lru: LruCache<Key, Slot>,
+    used: u64,
+}
+
+/// Counters of a [`Cache`], for logs and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups that found their value.
+    pub hits: u64,
+    /// Lookups that had to create it.
+    pub misses: u64,
+    /// Values dropped to stay within the capacity.
+    pub evictions: u64,
+    /// Bytes currently charged.
+    pub used: u64,
+    /// The bound in bytes.
+    pub capacity: u64,
+}
+
+/// A byte-bounded LRU map from [`Key`] to shared values of any type.
+pub struct Cache {
+    inner: Mutex<Inner>,
+    capacity: u64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+}
+
+impl Cache {
+    /// A cache holding at most `capacity` bytes of values.
+    pub fn new(capacity: u64) -> Arc<Cache> {
+        Arc::new(Cache {
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                used: 0,
+            }),
+            capacity,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the map inconsistent (every update is one
+        // call into LruCache), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The value under `key`, created by `make` and charged `cost` bytes when absent.
+    pub fn get_or_insert<T, F>(&self, key: Key, cost: u64, make: F) -> Arc<T>
+    where
+        T: Any + Send + Sync,
+        F: FnOnce() -> T,
+    {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.lru.get(&key)
+            && let Ok(v) = Arc::clone(&slot.value).downcast::<T>()
+        {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return v;
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let value = Arc::new(make());
+        let any: Arc<dyn Any + Send + Sync> = value.clone();
+        if let Some(old) = inner.lru.put(key, Slot { value: any, cost }) {
+            inner.used -= old.cost;
+        }
+        inner.used += cost;
+        self.evict(&mut inner, key);
+        value
+    }
+
+    /// Changes what the value under `key` is charged, e.g. once a rebuilt file's size is known.
+    pub fn set_cost(&self, key: Key, cost: u64) {
+        let mut inner = self.lock();
+        let Some(slot) = inner.lru.peek_mut(&key) else {
+            return;
+        };
+        let old = std::mem::replace(&mut slot.cost, cost);
+        inner.used = inner.used - old + cost;
+        self.evict(&mut inner, key);
+    }
+
+    /// Drops the value under `key` (e.g. after its fill failed, so the next user retries).
+    pub fn remove(&self, key: Key) {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.lru.pop(&key) {
+            inner.used -= slot.cost;
+        }
+    }
+
+    fn evict(&self, inner: &mut Inner, keep: Key) {
+        while inner.used > self.capacity && inner.lru.len() > 1 {
+            let Some((k, slot)) = inner.lru.pop_lru() else {
+                break;
+            };
+            if k == keep {
+                // The newest value alone exceeds the bound: keep it (its users need it) and stop.
+                inner.lru.put(k, slot);
+                inner.lru.promote(&k);
+                break;
+            }
+            inner.used -= slot.cost;
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> CacheStats {
+        let used = self.lock().used;
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            used,
+            capacity: self.capacity,
+        }
+    }
+}
+
+/// Default capacity: 256 MiB.
+pub const DEFAULT_CAPACITY: u64 = 256 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> Key {
+        Key { owner: 7, index: i }
+    }
+
+    #[test]
+    fn evicts_least_recently_used_beyond_capacity() {
+        let c = Cache::new(100);
+        let a = c.get_or_insert(key(1), 40, || 1u32);
+        let _ = c.get_or_insert(key(2), 40, || 2u32);
+        // Touch 1 so that 2 is the least recently used.
+        assert_eq!(*c.get_or_insert(key(1), 40, || 99u32), *a);
+        let _ = c.get_or_insert(key(3), 40, || 3u32);
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses, s.evictions, s.used), (1, 3, 1, 80));
+        // 2 was evicted: asking again creates it anew.
+        assert_eq!(*c.get_or_insert(key(2), 40, || 22u32), 22);
+    }
+
+    #[test]
+    fn a_value_larger_than_the_cache_is_kept_alone() {
+        let c = Cache::new(10);
+        let _ = c.get_or_insert(key(1), 5, || 1u8);
+        let big = c.get_or_insert(key(2), 50, || 2u8);
+        assert_eq!(*big, 2);
+        let s = c.stats();
+        assert_eq!((s.evictions, s.used), (1, 50));
+    }
+
+    #[test]
+    fn cost_updates_are_charged() {
+        let c = Cache::new(100);
+        let _ = c.get_or_insert(key(1), 0, || 1u8);
+        c.set_cost(key(1), 60);
+        assert_eq!(c.stats().used, 60);
+        c.remove(key(1));
+        assert_eq!(c.stats().used, 0);
+    }
+}

@@ -1,0 +1,182 @@
+//! LZ4 frames inside backup files: reading a frame's declared size, and decoding one frame on
+//! demand into a cache entry, only as far as readers need.
+//!
+//! virtnbdbackup writes linked blocks, so any byte of a frame needs every byte before it: a read
+//! in the middle of a 32 MiB frame decodes from the start up to that read, and the decoded prefix
+//! stays in the shared cache for the next reader.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use lz4_flex::frame::FrameDecoder;
+
+use crate::error::{Error, Result};
+use crate::source::{SliceReader, Source};
+
+const MAGIC: [u8; 4] = [0x04, 0x22, 0x4d, 0x18];
+
+/// Decoding granularity: a read past the decoded prefix decodes up to the next multiple of this.
+const STEP: usize = 1 << 20;
+
+/// The content size an LZ4 frame header declares (`None` when the frame does not declare it).
+pub fn declared_size(frame: &[u8]) -> Result<Option<u64>, String> {
+    if frame.len() < 7 || frame[..4] != MAGIC {
+        return Err("not an LZ4 frame (bad magic)".into());
+    }
+    let flg = frame[4];
+    if flg >> 6 != 1 {
+        return Err(format!(
+            "unsupported LZ4 frame version in FLG byte {flg:#04x}"
+        ));
+    }
+    if flg & 0x08 == 0 {
+        return Ok(None);
+    }
+    let size = frame
+        .get(6..14)
+        .ok_or("LZ4 frame header is cut short")?
+        .try_into()
+        .map(u64::from_le_bytes)
+        .map_err(|_| "LZ4 frame header is cut short")?;
+    Ok(Some(size))
+}
+
+/// Decodes the frame at `offset..offset+len` of `source` completely, checking its block and
+/// content checksums, and returns its decoded size.
+pub fn decode_count(source: &Arc<Source>, offset: u64, len: u64) -> Result<u64> {
+    let mut dec = FrameDecoder::new(source.reader(offset, len)?);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        match dec.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) => return Err(decode_error(source.path(), offset, &e)),
+        }
+    }
+    if dec.get_ref().remaining() != 0 {
+        return Err(Error::corrupt(
+            source.path(),
+            offset,
+            format!(
+                "LZ4 frame ends {} bytes before the {len} bytes the trailer gives it",
+                dec.get_ref().remaining()
+            ),
+        ));
+    }
+    Ok(total)
+}
+
+fn decode_error(path: &Path, offset: u64, e: &std::io::Error) -> Error {
+    Error::corrupt(path, offset, format!("LZ4 frame fails to decode: {e}"))
+}
+
+/// One LZ4 frame being decoded into memory, shared through the cache.
+pub struct DecodedChunk {
+    source: Arc<Source>,
+    offset: u64,
+    comp_len: u64,
+    raw_len: usize,
+    state: Mutex<State>,
+}
+
+struct State {
+    out: Vec<u8>,
+    decoder: Option<FrameDecoder<SliceReader>>,
+    failed: Option<Error>,
+}
+
+impl DecodedChunk {
+    /// A chunk of `comp_len` bytes at `offset` that decodes to `raw_len` bytes; decodes nothing yet.
+    pub fn new(source: Arc<Source>, offset: u64, comp_len: u64, raw_len: u64) -> DecodedChunk {
+        DecodedChunk {
+            source,
+            offset,
+            comp_len,
+            raw_len: raw_len as usize,
+            state: Mutex::new(State {
+                out: Vec::new(),
+                decoder: None,
+                failed: None,
+            }),
+        }
+    }
+
+    /// Copies decoded bytes `at..at+dst.len()` into `dst`, decoding as far as needed.
+    pub fn read(&self, at: usize, dst: &mut [u8]) -> Result<()> {
+        let need = at + dst.len();
+        if need > self.raw_len {
+            return Err(self.corrupt(format!(
+                "read past the {} bytes this LZ4 frame holds",
+                self.raw_len
+            )));
+        }
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = &st.failed {
+            return Err(e.clone());
+        }
+        if st.out.len() < need
+            && let Err(e) = self.decode_to(&mut st, need)
+        {
+            st.failed = Some(e.clone());
+            st.out = Vec::new();
+            st.decoder = None;
+            return Err(e);
+        }
+        dst.copy_from_slice(&st.out[at..need]);
+        Ok(())
+    }
+
+    fn decode_to(&self, st: &mut State, need: usize) -> Result<()> {
+        if st.decoder.is_none() {
+            st.decoder = Some(FrameDecoder::new(
+                self.source.reader(self.offset, self.comp_len)?,
+            ));
+            st.out.reserve_exact(self.raw_len);
+        }
+        let target = need.div_ceil(STEP).saturating_mul(STEP).min(self.raw_len);
+        let mut filled = st.out.len();
+        st.out.resize(target, 0);
+        let State { out, decoder, .. } = st;
+        let dec = decoder.as_mut().expect("decoder set above");
+        while filled < target {
+            match dec.read(&mut out[filled..target]) {
+                Ok(0) => {
+                    return Err(self.corrupt(format!(
+                        "LZ4 frame decodes to {filled} bytes, expected {}",
+                        self.raw_len
+                    )));
+                }
+                Ok(n) => filled += n,
+                Err(e) => return Err(decode_error(self.source.path(), self.offset, &e)),
+            }
+        }
+        if filled == self.raw_len {
+            // Read the end mark too, so the content checksum and the frame length are checked.
+            let mut probe = [0u8; 1];
+            match dec.read(&mut probe) {
+                Ok(0) if dec.get_ref().remaining() == 0 => {}
+                Ok(0) => {
+                    return Err(self.corrupt(format!(
+                        "LZ4 frame ends {} bytes before the length the trailer gives it",
+                        dec.get_ref().remaining()
+                    )));
+                }
+                Ok(_) => {
+                    return Err(self.corrupt(format!(
+                        "LZ4 frame decodes to more than the {} bytes expected",
+                        self.raw_len
+                    )));
+                }
+                Err(e) => return Err(decode_error(self.source.path(), self.offset, &e)),
+            }
+            *decoder = None;
+        }
+        Ok(())
+    }
+
+    fn corrupt(&self, msg: String) -> Error {
+        Error::corrupt(self.source.path(), self.offset, msg)
+    }
+}

@@ -1,0 +1,60 @@
+//! Every call that needs `unsafe` (mmap and libc) lives here; the rest of the crate forbids it.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use memmap2::{Advice, Mmap, MmapOptions};
+
+/// Maps a whole file read-only; `None` for an empty file (mmap cannot map zero bytes).
+pub fn map_file(file: &File, len: u64) -> io::Result<Option<Mmap>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let len = usize::try_from(len).map_err(|_| io::Error::other("file too large to map"))?;
+    // SAFETY: the mapping is read-only and private to us. Backup files are not modified while
+    // served (restorefs never writes them); a file truncated underneath us would raise SIGBUS,
+    // a risk documented in README.md and shared by every mmap-based reader.
+    let map = unsafe { MmapOptions::new().len(len).map(file)? };
+    // Reads jump around the file (incrementals, random guest access): don't let readahead
+    // pull in whole frames we will never serve. Failing advice is harmless.
+    let _ = map.advise(Advice::Random);
+    Ok(Some(map))
+}
+
+/// `lseek(SEEK_DATA)`: the first offset >= `offset` holding data, `None` past the last data.
+pub fn seek_data(file: &File, offset: u64) -> io::Result<Option<u64>> {
+    seek(file, offset, libc::SEEK_DATA)
+}
+
+/// `lseek(SEEK_HOLE)`: the first offset >= `offset` in a hole (EOF counts as a hole).
+pub fn seek_hole(file: &File, offset: u64) -> io::Result<Option<u64>> {
+    seek(file, offset, libc::SEEK_HOLE)
+}
+
+fn seek(file: &File, offset: u64, whence: i32) -> io::Result<Option<u64>> {
+    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: lseek on a file descriptor we own; no memory is passed.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
+    if r < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENXIO) {
+            return Ok(None);
+        }
+        return Err(err);
+    }
+    Ok(Some(r as u64))
+}
+
+/// The effective user id of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The effective group id of this process.
+pub fn egid() -> u32 {
+    // SAFETY: getegid has no preconditions and cannot fail.
+    unsafe { libc::getegid() }
+}

@@ -1,0 +1,330 @@
+//! The virtual tree that every front end shares: the FUSE mount, `export` and `ls` walk the same
+//! nodes. Formats build nodes; nothing here knows a backup format.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::error::{Error, Result};
+
+/// Ownership, permissions and time of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Permission bits (no file type bits).
+    pub perm: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time.
+    pub mtime: SystemTime,
+}
+
+impl Attr {
+    /// Read-only attributes owned by the mounting user: 0444 files, 0555 directories.
+    pub fn read_only(dir: bool, mtime: SystemTime) -> Attr {
+        Attr {
+            perm: if dir { 0o555 } else { 0o444 },
+            uid: crate::sys::euid(),
+            gid: crate::sys::egid(),
+            mtime,
+        }
+    }
+}
+
+/// One entry of the tree.
+#[derive(Clone)]
+pub enum Node {
+    /// A folder.
+    Dir(Arc<dyn Directory>),
+    /// A regular file.
+    File(Arc<dyn FileNode>),
+    /// A symbolic link.
+    Symlink(Arc<Symlink>),
+}
+
+impl Node {
+    /// The node's attributes.
+    pub fn attr(&self) -> Attr {
+        match self {
+            Node::Dir(d) => d.attr(),
+            Node::File(f) => f.attr(),
+            Node::Symlink(s) => s.attr,
+        }
+    }
+}
+
+/// A folder: lists and looks up its children.
+pub trait Directory: Send + Sync {
+    /// Listed children, sorted by name. Folders may answer lookups of names they don't list.
+    fn entries(&self) -> Result<Vec<(String, Node)>>;
+
+    /// The child called `name`, if any.
+    fn lookup(&self, name: &str) -> Result<Option<Node>> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, node)| node))
+    }
+
+    /// Attributes of the folder itself.
+    fn attr(&self) -> Attr;
+}
+
+/// A regular file served by offset.
+pub trait FileNode: Send + Sync {
+    /// Size in bytes.
+    fn size(&self) -> Result<u64>;
+
+    /// Whether the file can be served at all (checked on open and before export).
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Fills `buf` from `offset`; returns the bytes read (short only at end of file).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
+
+    /// The bytes at `offset..offset+len` without copying, when they lie in one mapped range.
+    fn borrow(&self, _offset: u64, _len: usize) -> Option<&[u8]> {
+        None
+    }
+
+    /// The first offset >= `offset` that holds data, or `None` when only holes follow.
+    fn next_data(&self, offset: u64) -> Result<Option<u64>> {
+        Ok((offset < self.size()?).then_some(offset))
+    }
+
+    /// The first offset >= `offset` in a hole; the end of the file counts as one.
+    fn next_hole(&self, offset: u64) -> Result<u64> {
+        Ok(offset.max(self.size()?))
+    }
+
+    /// Bytes that hold data (not holes), for `st_blocks`.
+    fn allocated(&self) -> Result<u64> {
+        self.size()
+    }
+
+    /// Attributes of the file.
+    fn attr(&self) -> Attr;
+}
+
+/// A symbolic link with a relative target.
+pub struct Symlink {
+    /// Where it points.
+    pub target: String,
+    /// Its attributes.
+    pub attr: Attr,
+}
+
+/// A folder whose children are fixed when it is made.
+pub struct StaticDir {
+    attr: Attr,
+    entries: Vec<(String, Node)>,
+}
+
+impl StaticDir {
+    /// A folder holding `entries` (sorted here).
+    pub fn new(attr: Attr, mut entries: Vec<(String, Node)>) -> Arc<StaticDir> {
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Arc::new(StaticDir { attr, entries })
+    }
+}
+
+impl Directory for StaticDir {
+    fn entries(&self) -> Result<Vec<(String, Node)>> {
+        Ok(self.entries.clone())
+    }
+
+    fn lookup(&self, name: &str) -> Result<Option<Node>> {
+        Ok(self
+            .entries
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+            .map(|i| self.entries[i].1.clone()))
+    }
+
+    fn attr(&self) -> Attr {
+        self.attr
+    }
+}
+
+/// A small file held in memory (info.json, vmconfig.xml).
+pub struct BytesFile {
+    data: Vec<u8>,
+    attr: Attr,
+}
+
+impl BytesFile {
+    /// A file with these contents.
+    pub fn new(data: Vec<u8>, attr: Attr) -> Arc<BytesFile> {
+        Arc::new(BytesFile { data, attr })
+    }
+}
+
+impl FileNode for BytesFile {
+    fn size(&self) -> Result<u64> {
+        Ok(self.data.len() as u64)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let start = (offset as usize).min(self.data.len());
+        let n = buf.len().min(self.data.len() - start);
+        buf[..n].copy_from_slice(&self.data[start..start + n]);
+        Ok(n)
+    }
+
+    fn borrow(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let start = (offset as usize).min(self.data.len());
+        let end = start.saturating_add(len).min(self.data.len());
+        Some(&self.data[start..end])
+    }
+
+    fn attr(&self) -> Attr {
+        self.attr
+    }
+}
+
+/// A file that cannot be served: it has a size (when known) and every read fails with `err`.
+pub struct ErrorFile {
+    size: u64,
+    err: Error,
+    attr: Attr,
+}
+
+impl ErrorFile {
+    /// A file of `size` bytes whose reads fail with `err`.
+    pub fn new(size: u64, err: Error, attr: Attr) -> Arc<ErrorFile> {
+        Arc::new(ErrorFile { size, err, attr })
+    }
+}
+
+impl FileNode for ErrorFile {
+    fn size(&self) -> Result<u64> {
+        Ok(self.size)
+    }
+
+    fn check(&self) -> Result<()> {
+        Err(self.err.clone())
+    }
+
+    fn read_at(&self, _offset: u64, _buf: &mut [u8]) -> Result<usize> {
+        Err(self.err.clone())
+    }
+
+    fn attr(&self) -> Attr {
+        self.attr
+    }
+}
+
+/// Follows `path` (relative, `/`-separated) from `root`, resolving symlinks inside the tree.
+pub fn resolve(root: &Node, path: &str) -> Result<Node> {
+    let mut stack: Vec<Node> = vec![root.clone()];
+    let mut todo: Vec<String> = components(path).rev().map(str::to_owned).collect();
+    let mut links = 0;
+    while let Some(name) = todo.pop() {
+        let cur = stack.last().cloned().expect("stack keeps the root");
+        match name.as_str() {
+            "." => continue,
+            ".." => {
+                if stack.len() > 1 {
+                    stack.pop();
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let Node::Dir(dir) = cur else {
+            return Err(Error::not_found(format!(
+                "{path}: '{name}' is inside a file"
+            )));
+        };
+        let Some(child) = dir.lookup(&name)? else {
+            return Err(Error::not_found(format!("{path}: no '{name}' here")));
+        };
+        if let Node::Symlink(link) = &child {
+            links += 1;
+            if links > 40 {
+                return Err(Error::usage(format!("{path}: too many symlinks")));
+            }
+            todo.extend(components(&link.target).rev().map(str::to_owned));
+            continue;
+        }
+        stack.push(child);
+    }
+    Ok(stack.pop().expect("stack keeps the root"))
+}
+
+fn components(path: &str) -> impl DoubleEndedIterator<Item = &str> {
+    path.split('/').filter(|c| !c.is_empty())
+}
+
+/// Whether `name` can be one path component: not empty, `.`, `..`, no `/` or NUL, not too long.
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
+        && name.len() <= MAX_NAME_LEN
+}
+
+/// The longest name restorefs exposes: leaves room for suffixes within the kernel's 255 bytes.
+pub const MAX_NAME_LEN: usize = 200;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr() -> Attr {
+        Attr::read_only(false, SystemTime::UNIX_EPOCH)
+    }
+
+    fn tree() -> Node {
+        let file = Node::File(BytesFile::new(b"hello".to_vec(), attr()));
+        let point = Node::Dir(StaticDir::new(attr(), vec![("a.txt".into(), file)]));
+        let link = Node::Symlink(Arc::new(Symlink {
+            target: "p1".into(),
+            attr: attr(),
+        }));
+        let at = Node::Symlink(Arc::new(Symlink {
+            target: "../p1".into(),
+            attr: attr(),
+        }));
+        let sub = Node::Dir(StaticDir::new(attr(), vec![("x".into(), at)]));
+        Node::Dir(StaticDir::new(
+            attr(),
+            vec![
+                ("p1".into(), point),
+                ("latest".into(), link),
+                ("at".into(), sub),
+            ],
+        ))
+    }
+
+    fn read_all(node: &Node) -> Vec<u8> {
+        let Node::File(f) = node else {
+            panic!("not a file")
+        };
+        let mut buf = vec![0; f.size().unwrap() as usize];
+        let n = f.read_at(0, &mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn resolves_through_relative_symlinks() {
+        let root = tree();
+        assert_eq!(read_all(&resolve(&root, "p1/a.txt").unwrap()), b"hello");
+        assert_eq!(read_all(&resolve(&root, "latest/a.txt").unwrap()), b"hello");
+        assert_eq!(read_all(&resolve(&root, "at/x/a.txt").unwrap()), b"hello");
+        assert!(resolve(&root, "p2/a.txt").is_err());
+        assert!(resolve(&root, "p1/a.txt/b").is_err());
+    }
+
+    #[test]
+    fn unsafe_names_are_rejected() {
+        for bad in ["", ".", "..", "a/b", "a\0b", &"x".repeat(201)] {
+            assert!(!is_safe_name(bad), "{bad:?}");
+        }
+        assert!(is_safe_name("vda"));
+    }
+}
