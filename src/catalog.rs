@@ -1,0 +1,467 @@
+//! Finds backup sets under SOURCE, asks each format for its restore points, and builds the tree
+//! of sets → points → exposed files that `mount`, `export` and `ls` share.
+//!
+//! A format plugs in by implementing [`Format`] (find sets in a folder) and [`BackupSet`] (list
+//! restore points, verify); nothing else in the crate knows a format.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use chrono::NaiveDateTime;
+use indicatif::ProgressBar;
+use serde_json::{Map, Value, json};
+
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::timefmt;
+use crate::vfs::{Attr, BytesFile, Directory, Node, StaticDir, Symlink};
+
+/// What every format's scanner gets.
+#[derive(Clone)]
+pub struct ScanOptions {
+    /// The shared cache for decoded or rebuilt data.
+    pub cache: Arc<Cache>,
+}
+
+/// One folder under SOURCE, as the scanner saw it.
+pub struct DirInfo<'a> {
+    /// Absolute path.
+    pub path: &'a Path,
+    /// Regular files in it (names), sorted.
+    pub files: &'a [String],
+    /// Sub-folders in it (names), sorted.
+    pub dirs: &'a [String],
+}
+
+/// What a format found in one folder.
+#[derive(Default)]
+pub struct Found {
+    /// Sets, each at a path relative to the folder (`""` = the folder itself).
+    pub sets: Vec<(String, Arc<dyn BackupSet>)>,
+    /// Files that belong to those sets; other formats don't look at them.
+    pub claimed_files: Vec<String>,
+    /// Sub-folders that belong to those sets; the scanner does not descend into them.
+    pub claimed_dirs: Vec<String>,
+}
+
+/// A backup format: recognises its backup sets in a folder.
+pub trait Format: Send + Sync {
+    /// Short name (`virtnbdbackup`), as `ls` shows it.
+    fn name(&self) -> &'static str;
+    /// The sets in `dir` (given the files no earlier format claimed).
+    fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanOptions) -> Found;
+}
+
+/// One backup set: a sequence of restore points.
+pub trait BackupSet: Send + Sync {
+    /// The format's name.
+    fn format(&self) -> &'static str;
+    /// The restore points, oldest first. Live sets may return a newer list on each call.
+    fn points(&self) -> Arc<Vec<Arc<Point>>>;
+    /// Reads everything the points depend on and checks every checksum; one entry per point.
+    fn verify(&self, progress: &ProgressBar) -> Vec<Check>;
+    /// Total bytes `verify` will read, for the progress bar.
+    fn verify_size(&self) -> u64;
+}
+
+/// The verdict on one point.
+pub struct Check {
+    /// Point name.
+    pub point: String,
+    /// Problems found; empty when the point restores.
+    pub problems: Vec<Error>,
+}
+
+/// One file (or folder) a point exposes.
+pub struct Exposed {
+    /// Name inside the point folder.
+    pub path: String,
+    /// What is served.
+    pub node: Node,
+    /// Size when known without rebuilding anything.
+    pub size: Option<u64>,
+    /// Backup files it is built from, relative to the set, in apply order.
+    pub sources: Vec<String>,
+    /// Why it cannot be served, if it cannot.
+    pub error: Option<Error>,
+}
+
+/// One restore point.
+pub struct Point {
+    /// Folder name: unique in the set, sorts by time.
+    pub name: String,
+    /// Local time of the backup, when the format has one.
+    pub time: Option<NaiveDateTime>,
+    /// `full`, `inc`, `diff`, `copy`, `level1`, `version`, ...
+    pub kind: String,
+    /// The format's own identifiers (`checkpoint`, `version`, `level`, ...).
+    pub ids: Map<String, Value>,
+    /// The exposed files, or why the point cannot be served at all.
+    pub content: Result<Vec<Exposed>>,
+    /// Things the user should know (degraded chains, odd metadata).
+    pub warnings: Vec<String>,
+    dir: OnceLock<Node>,
+}
+
+impl Point {
+    /// A point; its folder node is made on first use.
+    pub fn new(
+        name: String,
+        time: Option<NaiveDateTime>,
+        kind: &str,
+        ids: Map<String, Value>,
+        content: Result<Vec<Exposed>>,
+        warnings: Vec<String>,
+    ) -> Point {
+        Point {
+            name,
+            time,
+            kind: kind.to_owned(),
+            ids,
+            content,
+            warnings,
+            dir: OnceLock::new(),
+        }
+    }
+
+    /// The point as `ls --json` and `info.json` show it.
+    pub fn to_json(&self) -> Value {
+        let mut o = Map::new();
+        o.insert("name".into(), json!(self.name));
+        o.insert(
+            "time".into(),
+            json!(self.time.as_ref().map(timefmt::to_iso)),
+        );
+        o.insert("kind".into(), json!(self.kind));
+        o.extend(self.ids.clone());
+        match &self.content {
+            Ok(files) => {
+                let files: Vec<Value> = files
+                    .iter()
+                    .map(|f| {
+                        let mut fo = Map::new();
+                        fo.insert("path".into(), json!(f.path));
+                        fo.insert("size".into(), json!(f.size));
+                        fo.insert("sources".into(), json!(f.sources));
+                        if let Some(e) = &f.error {
+                            fo.insert("error".into(), json!(e.to_string()));
+                        }
+                        Value::Object(fo)
+                    })
+                    .collect();
+                o.insert("files".into(), Value::Array(files));
+            }
+            Err(e) => {
+                o.insert("error".into(), json!(e.to_string()));
+            }
+        }
+        o.insert("warnings".into(), json!(self.warnings));
+        Value::Object(o)
+    }
+
+    /// Whether the point can be served (some of its files may still fail).
+    pub fn is_ok(&self) -> bool {
+        self.content.is_ok()
+    }
+
+    /// Modification time shown for the point and its files.
+    pub fn mtime(&self) -> SystemTime {
+        self.time
+            .as_ref()
+            .map_or(SystemTime::UNIX_EPOCH, timefmt::to_system_time)
+    }
+
+    /// The point folder: its exposed files plus `info.json`.
+    pub fn node(&self, set_path: &str, format: &str) -> Node {
+        self.dir
+            .get_or_init(|| {
+                let attr = Attr::read_only(false, self.mtime());
+                let mut info = self.to_json();
+                if let Value::Object(o) = &mut info {
+                    o.insert("set".into(), json!(set_path));
+                    o.insert("format".into(), json!(format));
+                }
+                let mut text = serde_json::to_vec_pretty(&info).unwrap_or_default();
+                text.push(b'\n');
+                let mut entries = vec![(
+                    "info.json".to_owned(),
+                    Node::File(BytesFile::new(text, attr)),
+                )];
+                if let Ok(files) = &self.content {
+                    entries.extend(files.iter().map(|f| (f.path.clone(), f.node.clone())));
+                }
+                Node::Dir(StaticDir::new(Attr::read_only(true, self.mtime()), entries))
+            })
+            .clone()
+    }
+}
+
+/// Makes `base` unique among `taken` by appending `-2`, `-3`, ... and records it.
+pub fn unique_name(base: String, taken: &mut std::collections::HashSet<String>) -> String {
+    let mut name = base.clone();
+    let mut n = 2;
+    while !taken.insert(name.clone()) {
+        name = format!("{base}-{n}");
+        n += 1;
+    }
+    name
+}
+
+/// A set and where it was found.
+pub struct SetEntry {
+    /// Path relative to SOURCE, `/`-separated: the set's folder in the mount.
+    pub path: String,
+    /// The set.
+    pub set: Arc<dyn BackupSet>,
+}
+
+/// Everything found under SOURCE.
+pub struct Catalog {
+    sets: Vec<SetEntry>,
+    problems: Vec<Error>,
+}
+
+/// All formats restorefs knows, in the order they look at a folder.
+pub fn formats() -> Vec<Box<dyn Format>> {
+    crate::format::all()
+}
+
+impl Catalog {
+    /// Walks `source` and collects every backup set in it.
+    pub fn scan(source: &Path, opts: &ScanOptions, progress: &ProgressBar) -> Result<Catalog> {
+        let meta = std::fs::metadata(source).map_err(|e| Error::io(source, &e))?;
+        if !meta.is_dir() {
+            return Err(Error::usage(format!("{}: not a folder", source.display())));
+        }
+        let formats = formats();
+        let mut cat = Catalog {
+            sets: Vec::new(),
+            problems: Vec::new(),
+        };
+        let top_name = source
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "backup".to_owned());
+        let mut todo: Vec<(PathBuf, String)> = vec![(source.to_path_buf(), String::new())];
+        while let Some((abs, rel)) = todo.pop() {
+            progress.set_message(format!("scanning {}", abs.display()));
+            let (mut files, mut dirs) = match list_dir(&abs) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::warn!("{e}");
+                    cat.problems.push(e);
+                    continue;
+                }
+            };
+            for f in &formats {
+                let found = f.scan_dir(
+                    &DirInfo {
+                        path: &abs,
+                        files: &files,
+                        dirs: &dirs,
+                    },
+                    opts,
+                );
+                for (sub, set) in found.sets {
+                    let path = join_rel(&rel, &sub);
+                    let path = if path.is_empty() {
+                        top_name.clone()
+                    } else {
+                        path
+                    };
+                    cat.sets.push(SetEntry { path, set });
+                }
+                files.retain(|n| !found.claimed_files.contains(n));
+                dirs.retain(|n| !found.claimed_dirs.contains(n));
+            }
+            for d in dirs.iter().rev() {
+                todo.push((abs.join(d), join_rel(&rel, d)));
+            }
+        }
+        cat.sets.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(cat)
+    }
+
+    /// The sets, sorted by path.
+    pub fn sets(&self) -> &[SetEntry] {
+        &self.sets
+    }
+
+    /// Folders that could not be read while scanning.
+    pub fn problems(&self) -> &[Error] {
+        &self.problems
+    }
+
+    /// The mount tree: set folders at their paths, points inside, hiding points after `as_of`.
+    pub fn tree(&self, as_of: Option<NaiveDateTime>) -> Node {
+        #[derive(Default)]
+        struct Builder {
+            children: BTreeMap<String, Builder>,
+            set: Option<Arc<dyn BackupSet>>,
+            path: String,
+        }
+        fn build(b: Builder, as_of: Option<NaiveDateTime>, now: SystemTime) -> Node {
+            let children: Vec<(String, Node)> = b
+                .children
+                .into_iter()
+                .map(|(name, child)| (name, build(child, as_of, now)))
+                .collect();
+            match b.set {
+                Some(set) => Node::Dir(Arc::new(SetDir {
+                    set,
+                    path: b.path,
+                    as_of,
+                    children,
+                })),
+                None => Node::Dir(StaticDir::new(Attr::read_only(true, now), children)),
+            }
+        }
+        let mut root = Builder::default();
+        for s in &self.sets {
+            let mut b = &mut root;
+            for c in s.path.split('/') {
+                b = b.children.entry(c.to_owned()).or_default();
+            }
+            b.set = Some(Arc::clone(&s.set));
+            b.path = s.path.clone();
+        }
+        build(root, as_of, SystemTime::now())
+    }
+}
+
+fn join_rel(rel: &str, name: &str) -> String {
+    match (rel.is_empty(), name.is_empty()) {
+        (_, true) => rel.to_owned(),
+        (true, false) => name.to_owned(),
+        (false, false) => format!("{rel}/{name}"),
+    }
+}
+
+/// Regular files and folders of `dir`, sorted; symlinks to files count as files, symlinked
+/// folders are not followed (they could loop).
+fn list_dir(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, &e))?;
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(dir, &e))?;
+        let Ok(name) = entry.file_name().into_string() else {
+            log::warn!(
+                "{}: skipping a name that is not UTF-8: {:?}",
+                dir.display(),
+                entry.file_name()
+            );
+            continue;
+        };
+        let Ok(ft) = entry.file_type() else { continue };
+        if ft.is_dir() {
+            dirs.push(name);
+        } else if ft.is_file() || (ft.is_symlink() && entry.path().is_file()) {
+            files.push(name);
+        }
+    }
+    files.sort();
+    dirs.sort();
+    Ok((files, dirs))
+}
+
+/// Visible points of a set: at or before `as_of`, oldest first.
+pub fn visible_points(set: &dyn BackupSet, as_of: Option<NaiveDateTime>) -> Vec<Arc<Point>> {
+    set.points()
+        .iter()
+        .filter(|p| match (as_of, p.time) {
+            (Some(limit), Some(t)) => t <= limit,
+            _ => true,
+        })
+        .cloned()
+        .collect()
+}
+
+/// The newest servable point among `points` (oldest first) at or before `t` (any time if `None`).
+pub fn newest_at(points: &[Arc<Point>], t: Option<NaiveDateTime>) -> Option<&Arc<Point>> {
+    points.iter().rev().find(|p| {
+        p.is_ok()
+            && match t {
+                None => true,
+                Some(limit) => p.time.is_some_and(|pt| pt <= limit),
+            }
+    })
+}
+
+/// A set's folder: its points, `latest`, `at/`, and any folders nested below the set's path.
+struct SetDir {
+    set: Arc<dyn BackupSet>,
+    path: String,
+    as_of: Option<NaiveDateTime>,
+    children: Vec<(String, Node)>,
+}
+
+impl SetDir {
+    fn points(&self) -> Vec<Arc<Point>> {
+        visible_points(self.set.as_ref(), self.as_of)
+    }
+
+    fn symlink(target: String, mtime: SystemTime) -> Node {
+        Node::Symlink(Arc::new(Symlink {
+            target,
+            attr: Attr::read_only(false, mtime),
+        }))
+    }
+}
+
+impl Directory for SetDir {
+    fn entries(&self) -> Result<Vec<(String, Node)>> {
+        let points = self.points();
+        let mut out: Vec<(String, Node)> = self.children.clone();
+        for p in &points {
+            out.push((p.name.clone(), p.node(&self.path, self.set.format())));
+        }
+        if let Some(p) = newest_at(&points, None) {
+            out.push(("latest".into(), Self::symlink(p.name.clone(), p.mtime())));
+        }
+        if points.iter().any(|p| p.time.is_some()) {
+            out.push((
+                "at".into(),
+                Node::Dir(Arc::new(AtDir {
+                    points,
+                    attr: self.attr(),
+                })),
+            ));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+        Ok(out)
+    }
+
+    fn attr(&self) -> Attr {
+        let points = self.points();
+        let mtime = newest_at(&points, None).map_or(SystemTime::UNIX_EPOCH, |p| p.mtime());
+        Attr::read_only(true, mtime)
+    }
+}
+
+/// `at/`: lists nothing; looking up a time gives a symlink to the newest point at or before it.
+struct AtDir {
+    points: Vec<Arc<Point>>,
+    attr: Attr,
+}
+
+impl Directory for AtDir {
+    fn entries(&self) -> Result<Vec<(String, Node)>> {
+        Ok(Vec::new())
+    }
+
+    fn lookup(&self, name: &str) -> Result<Option<Node>> {
+        let Ok(t) = timefmt::parse_user(name) else {
+            return Ok(None);
+        };
+        Ok(newest_at(&self.points, Some(t))
+            .map(|p| SetDir::symlink(format!("../{}", p.name), p.mtime())))
+    }
+
+    fn attr(&self) -> Attr {
+        self.attr
+    }
+}

@@ -1,0 +1,303 @@
+//! Command line: argument parsing and wiring only.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::cache::{Cache, DEFAULT_CAPACITY};
+use crate::catalog::{Catalog, ScanOptions};
+use crate::error::{Error, Result};
+use crate::export;
+use crate::vfs;
+
+/// Mount backups read-only: every restore point of every backup set as a folder.
+#[derive(Parser, Debug)]
+#[command(name = "restorefs", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List backup sets, restore points and the files each point exposes.
+    Ls {
+        /// Folder holding backups (searched at any depth).
+        source: PathBuf,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one exposed file (image, database) or folder of a point, without FUSE.
+    Export {
+        /// Folder holding backups.
+        source: PathBuf,
+        /// Path as in the mount, e.g. `vm1/2026-11-20T10:00:01_full/vda.raw` or `vm1/latest/vda.raw`.
+        point_path: String,
+        /// Where to write (must not exist; a folder for trees).
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Bound of the decompression cache, e.g. 256M or 1G.
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        cache_size: u64,
+    },
+    /// Read every backup file the points depend on, check every checksum, report per point.
+    Verify {
+        /// Folder holding backups.
+        source: PathBuf,
+    },
+}
+
+/// Parses `1048576`, `512K`, `256M`, `1G`, `2T` (binary units; `KiB`/`MB` spellings accepted).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 256M"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M, G or T)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ls { source, json } => ls(&source, json),
+        Command::Export {
+            source,
+            point_path,
+            out,
+            cache_size,
+        } => export_cmd(&source, &point_path, &out, cache_size),
+        Command::Verify { source } => verify(&source),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("restorefs: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn spinner(msg: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_message(msg.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn byte_bar(total: u64, msg: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(msg.to_owned());
+    bar
+}
+
+/// Scans SOURCE with a spinner on the terminal.
+pub fn scan(source: &Path, cache_size: u64) -> Result<Catalog> {
+    let opts = ScanOptions {
+        cache: Cache::new(cache_size),
+    };
+    let bar = spinner("scanning");
+    let cat = Catalog::scan(source, &opts, &bar);
+    bar.finish_and_clear();
+    let cat = cat?;
+    if cat.sets().is_empty() {
+        return Err(Error::not_found(format!(
+            "{}: no backups found (looked for virtnbdbackup folders at any depth)",
+            source.display()
+        )));
+    }
+    Ok(cat)
+}
+
+fn ls(source: &Path, as_json: bool) -> Result<ExitCode> {
+    let cat = scan(source, DEFAULT_CAPACITY)?;
+    let mut out = std::io::stdout().lock();
+    let w = |e: std::io::Error| Error::io(Path::new("<stdout>"), &e);
+    if as_json {
+        let sets: Vec<Value> = cat
+            .sets()
+            .iter()
+            .map(|s| {
+                let points: Vec<Value> = s.set.points().iter().map(|p| p.to_json()).collect();
+                json!({"path": s.path, "format": s.set.format(), "points": points})
+            })
+            .collect();
+        let problems: Vec<String> = cat.problems().iter().map(ToString::to_string).collect();
+        let doc = json!({"source": source, "sets": sets, "problems": problems});
+        serde_json::to_writer_pretty(&mut out, &doc).map_err(|e| w(e.into()))?;
+        writeln!(out).map_err(w)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in cat.sets() {
+        let points = s.set.points();
+        writeln!(
+            out,
+            "{}  ({}, {} points)",
+            s.path,
+            s.set.format(),
+            points.len()
+        )
+        .map_err(w)?;
+        for p in points.iter() {
+            writeln!(out, "  {}", p.name).map_err(w)?;
+            match &p.content {
+                Ok(files) => {
+                    for f in files {
+                        let size = f.size.map_or_else(|| "?".to_owned(), human);
+                        let note = f
+                            .error
+                            .as_ref()
+                            .map(|e| format!("  ERROR: {e}"))
+                            .unwrap_or_default();
+                        writeln!(
+                            out,
+                            "    {:<16} {:>10}  {}{note}",
+                            f.path,
+                            size,
+                            f.sources.join(" + ")
+                        )
+                        .map_err(w)?;
+                    }
+                }
+                Err(e) => writeln!(out, "    ERROR: {e}").map_err(w)?,
+            }
+            for warning in &p.warnings {
+                writeln!(out, "    warning: {warning}").map_err(w)?;
+            }
+        }
+    }
+    for p in cat.problems() {
+        writeln!(out, "problem: {p}").map_err(w)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `1.5 GiB`-style sizes.
+fn human(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn export_cmd(source: &Path, point_path: &str, out: &Path, cache_size: u64) -> Result<ExitCode> {
+    refuse_inside(source, out)?;
+    let cat = scan(source, cache_size)?;
+    let node = vfs::resolve(&cat.tree(None), point_path)?;
+    let bar = byte_bar(export::data_bytes(&node)?, "exporting");
+    let stats = export::export(&node, out, &bar);
+    bar.finish_and_clear();
+    let stats = stats?;
+    eprintln!(
+        "restorefs: wrote {} ({} files, {} of data)",
+        out.display(),
+        stats.files,
+        human(stats.bytes)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Nothing is ever written into the backup folder.
+fn refuse_inside(source: &Path, out: &Path) -> Result<()> {
+    let src = source.canonicalize().map_err(|e| Error::io(source, &e))?;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dest = parent.canonicalize().map_err(|e| Error::io(parent, &e))?;
+    if dest.starts_with(&src) {
+        return Err(Error::usage(format!(
+            "{}: refusing to write inside the backup folder {}",
+            out.display(),
+            source.display()
+        )));
+    }
+    Ok(())
+}
+
+fn verify(source: &Path) -> Result<ExitCode> {
+    let cat = scan(source, DEFAULT_CAPACITY)?;
+    let total = cat.sets().iter().map(|s| s.set.verify_size()).sum();
+    let bar = byte_bar(total, "verifying");
+    let mut damaged = 0usize;
+    let mut lines = Vec::new();
+    for s in cat.sets() {
+        let points = s.set.points();
+        for check in s.set.verify(&bar) {
+            if check.problems.is_empty() {
+                lines.push(format!("OK       {}/{}", s.path, check.point));
+            } else {
+                damaged += 1;
+                lines.push(format!("DAMAGED  {}/{}", s.path, check.point));
+                lines.extend(check.problems.iter().map(|p| format!("           {p}")));
+            }
+            let warnings = points
+                .iter()
+                .filter(|p| p.name == check.point)
+                .flat_map(|p| &p.warnings);
+            lines.extend(warnings.map(|w| format!("           warning: {w}")));
+        }
+    }
+    bar.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    for l in &lines {
+        writeln!(out, "{l}").map_err(|e| Error::io(Path::new("<stdout>"), &e))?;
+    }
+    if damaged > 0 {
+        eprintln!("restorefs: {damaged} restore point(s) damaged");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("2kb"), Ok(2048));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5X").is_err());
+    }
+}

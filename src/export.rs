@@ -1,0 +1,167 @@
+//! `export`: writes one node of the tree (an image, a database, a file tree) to the local disk,
+//! without FUSE. Images are written sparse: holes in the point stay holes in the output.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use indicatif::ProgressBar;
+
+use crate::error::{Error, Result};
+use crate::vfs::{Attr, FileNode, Node};
+
+/// Bytes copied per read while exporting.
+const PIECE: usize = 4 << 20;
+
+/// What an export wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Regular files written.
+    pub files: u64,
+    /// Data bytes written (holes excluded).
+    pub bytes: u64,
+}
+
+/// Bytes of data (not holes) below `node`, for the progress bar.
+pub fn data_bytes(node: &Node) -> Result<u64> {
+    Ok(match node {
+        Node::File(f) => f.allocated()?,
+        Node::Symlink(_) => 0,
+        Node::Dir(d) => {
+            let mut sum = 0;
+            for (_, child) in d.entries()? {
+                sum += data_bytes(&child)?;
+            }
+            sum
+        }
+    })
+}
+
+/// Writes `node` to `out`, which must not exist yet (a file) or must be an empty folder (a tree).
+pub fn export(node: &Node, out: &Path, progress: &ProgressBar) -> Result<Stats> {
+    let mut ex = Exporter {
+        stats: Stats::default(),
+        progress,
+        links: HashMap::new(),
+    };
+    match node {
+        Node::File(f) => {
+            f.check()?;
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(out)
+                .map_err(|e| Error::io(out, &e))?;
+            ex.file(f, &file, out)?;
+        }
+        Node::Dir(_) => {
+            match fs::create_dir(out) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let empty = fs::read_dir(out)
+                        .map_err(|e| Error::io(out, &e))?
+                        .next()
+                        .is_none();
+                    if !empty {
+                        return Err(Error::usage(format!(
+                            "{}: folder is not empty",
+                            out.display()
+                        )));
+                    }
+                }
+                Err(e) => return Err(Error::io(out, &e)),
+            }
+            ex.node(node, out, true)?;
+        }
+        Node::Symlink(l) => {
+            std::os::unix::fs::symlink(&l.target, out).map_err(|e| Error::io(out, &e))?;
+        }
+    }
+    Ok(ex.stats)
+}
+
+struct Exporter<'a> {
+    stats: Stats,
+    progress: &'a ProgressBar,
+    /// Files already written, by node identity, so hardlinked nodes become hardlinks.
+    links: HashMap<*const (), PathBuf>,
+}
+
+impl Exporter<'_> {
+    fn node(&mut self, node: &Node, path: &Path, exists: bool) -> Result<()> {
+        match node {
+            Node::Dir(d) => {
+                if !exists {
+                    fs::create_dir(path).map_err(|e| Error::io(path, &e))?;
+                }
+                for (name, child) in d.entries()? {
+                    self.node(&child, &path.join(name), false)?;
+                }
+                set_attr(path, &d.attr())?;
+            }
+            Node::Symlink(l) => {
+                std::os::unix::fs::symlink(&l.target, path).map_err(|e| Error::io(path, &e))?;
+            }
+            Node::File(f) => {
+                let id = Arc::as_ptr(f) as *const ();
+                if let Some(first) = self.links.get(&id) {
+                    fs::hard_link(first, path).map_err(|e| Error::io(path, &e))?;
+                    return Ok(());
+                }
+                let file = File::create_new(path).map_err(|e| Error::io(path, &e))?;
+                self.file(f, &file, path)?;
+                drop(file);
+                set_attr(path, &f.attr())?;
+                self.links.insert(id, path.to_path_buf());
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the data ranges of `f` into `out` at the same offsets; holes are skipped.
+    fn file(&mut self, f: &Arc<dyn FileNode>, out: &File, path: &Path) -> Result<()> {
+        f.check()?;
+        let size = f.size()?;
+        let mut buf = vec![0u8; PIECE];
+        let mut pos = 0;
+        while pos < size {
+            let Some(start) = f.next_data(pos)? else {
+                break;
+            };
+            let end = f.next_hole(start)?.min(size);
+            let mut at = start;
+            while at < end {
+                let n = PIECE.min((end - at) as usize);
+                let got = f.read_at(at, &mut buf[..n])?;
+                if got != n {
+                    return Err(Error::corrupt(path, at, "source ended early"));
+                }
+                out.write_all_at(&buf[..n], at)
+                    .map_err(|e| Error::io(path, &e))?;
+                at += n as u64;
+                self.stats.bytes += n as u64;
+                self.progress.inc(n as u64);
+            }
+            pos = end.max(start + 1);
+        }
+        out.set_len(size).map_err(|e| Error::io(path, &e))?;
+        self.stats.files += 1;
+        Ok(())
+    }
+}
+
+fn set_attr(path: &Path, attr: &Attr) -> Result<()> {
+    let err = |e: std::io::Error| Error::io(path, &e);
+    if crate::sys::euid() == 0 {
+        std::os::unix::fs::chown(path, Some(attr.uid), Some(attr.gid)).map_err(err)?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(u32::from(attr.perm))).map_err(err)?;
+    // Opened read-only: the times of a read-only file or folder can still be set by its owner.
+    File::open(path)
+        .map_err(err)?
+        .set_modified(attr.mtime)
+        .map_err(err)?;
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! virtnbdbackup: a folder of sparse streams (`*.data`) is a backup set; every backup run is a
+//! restore point exposing one raw image per disk (spec: `virtnbdbackup-stream.md`).
+
+mod chain;
+mod frame;
+mod meta;
+mod stream;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::NaiveDateTime;
+use indicatif::ProgressBar;
+use serde_json::{Map, json};
+
+use crate::catalog::{self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, ScanOptions};
+use crate::error::{Error, Result};
+use crate::image::{ImageFile, Layer};
+use crate::timefmt;
+use crate::vfs::{self, Attr, BytesFile, ErrorFile, Node};
+
+pub use chain::{Level, parse_name};
+pub use stream::Stream;
+
+/// The virtnbdbackup format.
+pub struct Virtnbd;
+
+impl Format for Virtnbd {
+    fn name(&self) -> &'static str {
+        "virtnbdbackup"
+    }
+
+    fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanOptions) -> Found {
+        let streams: Vec<&String> = dir
+            .files
+            .iter()
+            .filter(|f| parse_name(f).is_some())
+            .collect();
+        if streams.is_empty() {
+            return Found::default();
+        }
+        let set = VirtnbdSet::open(dir.path, dir.files, opts);
+        Found {
+            sets: vec![(String::new(), Arc::new(set) as Arc<dyn BackupSet>)],
+            claimed_files: dir.files.iter().filter(|f| is_ours(f)).cloned().collect(),
+            claimed_dirs: vec!["checkpoints".into()],
+        }
+    }
+}
+
+/// Files virtnbdbackup writes next to its streams.
+fn is_ours(name: &str) -> bool {
+    name.ends_with(".data")
+        || name.ends_with(".data.partial")
+        || name.ends_with(".data.chksum")
+        || name.ends_with(".cpt")
+        || name.ends_with(".qcow.json")
+        || (name.starts_with("vmconfig.") && name.ends_with(".xml"))
+        || (name.starts_with("backup.") && name.ends_with(".log"))
+}
+
+/// One virtnbdbackup folder.
+pub struct VirtnbdSet {
+    points: Arc<Vec<Arc<Point>>>,
+    /// Every stream file, indexed or failed, by file name.
+    streams: Vec<(String, Result<Arc<Stream>>)>,
+    /// Per point: the stream indices it reads, and errors found while resolving it.
+    uses: Vec<(String, Vec<usize>, Vec<Error>)>,
+}
+
+impl VirtnbdSet {
+    /// Indexes every stream in `dir` and resolves its restore points.
+    pub fn open(dir: &Path, files: &[String], opts: &ScanOptions) -> VirtnbdSet {
+        let mut infos = Vec::new();
+        let mut streams = Vec::new();
+        for name in files {
+            let Some((disk, level)) = parse_name(name) else {
+                continue;
+            };
+            let opened = Stream::open(&dir.join(name)).map(Arc::new);
+            let header = opened.as_ref().map(|s| header_of(s)).map_err(Clone::clone);
+            infos.push(chain::FileInfo {
+                name: name.clone(),
+                disk,
+                level,
+                header,
+            });
+            streams.push((name.clone(), opened));
+        }
+        let checkpoints = chain::Checkpoints::load(dir, files);
+        let resolver = chain::Resolver::new(dir, &infos, &checkpoints);
+
+        // Files of one backup run form one point.
+        let mut runs: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, f) in infos.iter().enumerate() {
+            runs.entry(f.level.run_key()).or_default().push(i);
+        }
+        let mut built: Vec<(Point, Vec<usize>, Vec<Error>)> = runs
+            .values()
+            .map(|members| build_point(dir, files, &infos, &streams, &resolver, members, opts))
+            .collect();
+        built.sort_by(|a, b| (a.0.time, &a.0.name).cmp(&(b.0.time, &b.0.name)));
+        let mut taken = HashSet::new();
+        let mut points = Vec::new();
+        let mut uses = Vec::new();
+        for (mut p, used, errs) in built {
+            p.name = catalog::unique_name(std::mem::take(&mut p.name), &mut taken);
+            uses.push((p.name.clone(), used, errs));
+            points.push(Arc::new(p));
+        }
+        VirtnbdSet {
+            points: Arc::new(points),
+            streams,
+            uses,
+        }
+    }
+}
+
+fn header_of(s: &Stream) -> chain::Header {
+    match s.meta() {
+        None => chain::Header {
+            raw: true,
+            incremental: false,
+            checkpoint: None,
+            parent: None,
+            date: None,
+        },
+        Some(m) => chain::Header {
+            raw: false,
+            incremental: m.incremental,
+            checkpoint: m.checkpoint.clone(),
+            parent: m.parent.clone(),
+            date: m.date,
+        },
+    }
+}
+
+/// The point of one backup run (`members`: its files, one per disk).
+fn build_point(
+    dir: &Path,
+    files: &[String],
+    infos: &[chain::FileInfo],
+    streams: &[(String, Result<Arc<Stream>>)],
+    resolver: &chain::Resolver<'_>,
+    members: &[usize],
+    opts: &ScanOptions,
+) -> (Point, Vec<usize>, Vec<Error>) {
+    let first = &infos[members[0]];
+    let headers: Vec<&chain::Header> = members
+        .iter()
+        .filter_map(|&i| infos[i].header.as_ref().ok())
+        .collect();
+    let any_base = headers.iter().any(|h| !h.incremental);
+    let kind = match &first.level {
+        Level::Full | Level::Copy if members.iter().any(|&i| infos[i].level == Level::Full) => {
+            "full"
+        }
+        Level::Full | Level::Copy => "copy",
+        Level::Inc(_) | Level::Diff(_) if any_base && headers.iter().all(|h| !h.incremental) => {
+            "full"
+        }
+        Level::Inc(_) => "inc",
+        Level::Diff(_) => "diff",
+        Level::Other(_) => "unknown",
+    };
+    let mut warnings = Vec::new();
+    let time = run_time(dir, files, infos, members, kind, &mut warnings);
+    let stream_header = headers.iter().find(|h| !h.raw);
+    let mut ids = Map::new();
+    ids.insert(
+        "checkpoint".into(),
+        json!(stream_header.and_then(|h| h.checkpoint.clone())),
+    );
+    ids.insert(
+        "parent_checkpoint".into(),
+        json!(stream_header.and_then(|h| h.parent.clone())),
+    );
+
+    let mtime = time
+        .as_ref()
+        .map_or(std::time::UNIX_EPOCH, timefmt::to_system_time);
+    let attr = Attr::read_only(false, mtime);
+    let mut exposed = Vec::new();
+    let mut used = Vec::new();
+    let mut errors = Vec::new();
+    let mut by_disk: Vec<usize> = members.to_vec();
+    by_disk.sort_by(|&a, &b| infos[a].disk.cmp(&infos[b].disk));
+    for &m in &by_disk {
+        let info = &infos[m];
+        let file_name = format!("{}.raw", info.disk);
+        if !vfs::is_safe_name(&info.disk) || !vfs::is_safe_name(&file_name) {
+            warnings.push(format!(
+                "{}: disk name not usable as a file name, not exposed",
+                info.name
+            ));
+            continue;
+        }
+        if let Ok(s) = &streams[m].1
+            && let Some(meta_name) = s.meta().and_then(|m| m.disk_name.as_deref())
+            && meta_name != info.disk
+        {
+            warnings.push(format!(
+                "{}: meta names disk {meta_name:?}, the file name says {:?}; using the file name",
+                info.name, info.disk
+            ));
+        }
+        let resolved = resolver.resolve(m);
+        warnings.extend(resolved.warnings);
+        let size = streams[m].1.as_ref().map_or(0, |s| s.virtual_size());
+        match resolved.sequence {
+            Ok(seq) => {
+                used.extend(&seq);
+                let layers: Vec<Arc<dyn Layer>> = seq
+                    .iter()
+                    .map(|&i| {
+                        let s = streams[i].1.as_ref().expect("resolved files are indexed");
+                        Arc::clone(s) as Arc<dyn Layer>
+                    })
+                    .collect();
+                let image = ImageFile::new(size, layers, Arc::clone(&opts.cache), attr);
+                exposed.push(Exposed {
+                    path: file_name,
+                    node: Node::File(Arc::new(image)),
+                    size: Some(size),
+                    sources: seq.iter().map(|&i| infos[i].name.clone()).collect(),
+                    error: None,
+                });
+            }
+            Err(e) => {
+                log::warn!("{e}");
+                errors.push(e.clone());
+                exposed.push(Exposed {
+                    path: file_name,
+                    node: Node::File(ErrorFile::new(size, e.clone(), attr)),
+                    size: Some(size),
+                    sources: vec![info.name.clone()],
+                    error: Some(e),
+                });
+            }
+        }
+    }
+    let content = if !exposed.is_empty() && exposed.iter().all(|e| e.error.is_some()) {
+        Err(errors[0].clone())
+    } else {
+        if let Some(xml) = vmconfig(dir, first, stream_header.copied()) {
+            exposed.push(Exposed {
+                path: "vmconfig.xml".into(),
+                size: Some(xml.1.len() as u64),
+                node: Node::File(BytesFile::new(xml.1, attr)),
+                sources: vec![xml.0],
+                error: None,
+            });
+        }
+        Ok(exposed)
+    };
+    let name = format!(
+        "{}_{kind}",
+        time.as_ref()
+            .map_or_else(|| "unknown-time".to_owned(), timefmt::to_name)
+    );
+    used.sort_unstable();
+    used.dedup();
+    (
+        Point::new(name, time, kind, ids, content, warnings),
+        used,
+        errors,
+    )
+}
+
+/// When a run happened: the earliest meta date of its streams; for runs of raw images only, the
+/// time in its `backup.<level>.<MMDDYYYYHHMMSS>.log` name, or the diff's Unix time.
+fn run_time(
+    dir: &Path,
+    files: &[String],
+    infos: &[chain::FileInfo],
+    members: &[usize],
+    kind: &str,
+    warnings: &mut Vec<String>,
+) -> Option<NaiveDateTime> {
+    let dated = members
+        .iter()
+        .filter_map(|&i| infos[i].header.as_ref().ok().and_then(|h| h.date))
+        .min();
+    if dated.is_some() {
+        return dated;
+    }
+    if let Level::Diff(id) = &infos[members[0]].level
+        && let Some(t) = id.parse().ok().and_then(timefmt::from_unix)
+    {
+        return Some(t);
+    }
+    let from_log = files
+        .iter()
+        .filter_map(|f| {
+            let rest = f.strip_prefix("backup.")?.strip_suffix(".log")?;
+            let (level, stamp) = rest.split_once('.')?;
+            let fits = level == kind || (matches!(kind, "full" | "copy") && level == "auto");
+            fits.then(|| NaiveDateTime::parse_from_str(stamp, "%m%d%Y%H%M%S").ok())?
+        })
+        .min();
+    if from_log.is_some() {
+        return from_log;
+    }
+    let mtime = std::fs::metadata(dir.join(&infos[members[0]].name))
+        .and_then(|m| m.modified())
+        .ok()?;
+    warnings.push(
+        "no date in the backup files or logs: the point is named after the file's mtime".into(),
+    );
+    let secs = mtime.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    timefmt::from_unix(secs as i64)
+}
+
+/// `vmconfig.<ident>.xml` of a run, with its name.
+fn vmconfig(
+    dir: &Path,
+    first: &chain::FileInfo,
+    header: Option<&chain::Header>,
+) -> Option<(String, Vec<u8>)> {
+    let ident = match &first.level {
+        Level::Full | Level::Copy => match header {
+            Some(h) if h.incremental => return None,
+            Some(h) if !h.raw && first.level == Level::Full => h.checkpoint.clone()?,
+            _ => "copy".into(),
+        },
+        Level::Inc(x) | Level::Diff(x) | Level::Other(x) => x.clone(),
+    };
+    let name = format!("vmconfig.{ident}.xml");
+    let data = std::fs::read(dir.join(&name)).ok()?;
+    Some((name, data))
+}
+
+impl BackupSet for VirtnbdSet {
+    fn format(&self) -> &'static str {
+        "virtnbdbackup"
+    }
+
+    fn points(&self) -> Arc<Vec<Arc<Point>>> {
+        Arc::clone(&self.points)
+    }
+
+    fn verify(&self, progress: &ProgressBar) -> Vec<Check> {
+        let needed: HashSet<usize> = self.uses.iter().flat_map(|u| u.1.iter().copied()).collect();
+        let mut results: Vec<Option<Error>> = vec![None; self.streams.len()];
+        for (i, (_, s)) in self.streams.iter().enumerate() {
+            results[i] = match s {
+                Err(e) => Some(e.clone()),
+                Ok(s) if needed.contains(&i) => s.verify(progress).err(),
+                Ok(_) => None,
+            };
+        }
+        self.uses
+            .iter()
+            .map(|(point, used, errs)| {
+                let mut problems = errs.clone();
+                problems.extend(used.iter().filter_map(|&i| results[i].clone()));
+                problems.dedup_by(|a, b| a.to_string() == b.to_string());
+                Check {
+                    point: point.clone(),
+                    problems,
+                }
+            })
+            .collect()
+    }
+
+    fn verify_size(&self) -> u64 {
+        self.streams
+            .iter()
+            .filter_map(|(_, s)| s.as_ref().ok())
+            .map(|s| s.verify_cost())
+            .sum()
+    }
+}

@@ -1,0 +1,457 @@
+//! The index of one `.data` file: a sparse stream (meta, data/zero frames, stop, LZ4 trailer) or
+//! a plain raw image. Parsing checks what can be checked without decoding: frame headers, CRLFs,
+//! `dataSize`, the trailer, every LZ4 frame's header. `verify` decodes the rest.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use indicatif::ProgressBar;
+use serde_json::Value;
+
+use super::frame::{self, FRAME_LEN, Kind};
+use super::meta::{self, Meta};
+use crate::blockmap::{Extent, HOLE, NO_CHUNK};
+use crate::cache;
+use crate::error::{Error, Result};
+use crate::image::{Chunk, Layer};
+use crate::lz4;
+use crate::source::Source;
+use crate::sys;
+use crate::vfs;
+
+/// One indexed `.data` file.
+pub struct Stream {
+    source: Arc<Source>,
+    meta: Option<Meta>,
+    extents: Vec<Extent>,
+    chunks: Vec<Chunk>,
+    owner: u64,
+}
+
+impl Layer for Stream {
+    fn source(&self) -> &Arc<Source> {
+        &self.source
+    }
+    fn extents(&self) -> &[Extent] {
+        &self.extents
+    }
+    fn chunks(&self) -> &[Chunk] {
+        &self.chunks
+    }
+    fn cache_owner(&self) -> u64 {
+        self.owner
+    }
+}
+
+impl Stream {
+    /// Maps and indexes the file at `path`.
+    pub fn open(path: &Path) -> Result<Stream> {
+        let source = Source::open(path)?;
+        let (meta, extents, chunks) = if source.bytes().starts_with(b"meta") {
+            let p = Parser::new(&source);
+            let (meta, extents, chunks) = p.parse()?;
+            (Some(meta), extents, chunks)
+        } else {
+            (None, raw_extents(&source)?, Vec::new())
+        };
+        Ok(Stream {
+            source,
+            meta,
+            extents,
+            chunks,
+            owner: cache::new_owner_id(),
+        })
+    }
+
+    /// The meta header; `None` for a raw image.
+    pub fn meta(&self) -> Option<&Meta> {
+        self.meta.as_ref()
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        self.source.path()
+    }
+
+    /// Virtual disk size: `virtualSize`, or the length of a raw image.
+    pub fn virtual_size(&self) -> u64 {
+        self.meta
+            .as_ref()
+            .map_or(self.source.len(), |m| m.virtual_size)
+    }
+
+    /// Number of extents (frames, chunks, raw data runs) indexed.
+    pub fn extent_count(&self) -> usize {
+        self.extents.len()
+    }
+
+    /// Bytes `verify` reads: the compressed frames, and the whole file when it has a checksum.
+    pub fn verify_cost(&self) -> u64 {
+        let frames: u64 = self.chunks.iter().map(|c| c.comp_len).sum();
+        let sum = if checksum_path(self.path()).exists() {
+            self.source.len()
+        } else {
+            0
+        };
+        frames + sum
+    }
+
+    /// Decodes every LZ4 frame (block and content checksums, sizes) and checks the
+    /// `<file>.chksum` Adler-32 when there is one. `progress` advances by file bytes.
+    pub fn verify(&self, progress: &ProgressBar) -> Result<()> {
+        for c in &self.chunks {
+            let got = lz4::decode_count(&self.source, c.file_off, c.comp_len)?;
+            if got != c.raw_len {
+                return Err(Error::corrupt(
+                    self.path(),
+                    c.file_off,
+                    format!(
+                        "LZ4 frame decodes to {got} bytes, its header says {}",
+                        c.raw_len
+                    ),
+                ));
+            }
+            progress.inc(c.comp_len);
+        }
+        let sum_path = checksum_path(self.path());
+        let sum_path = sum_path.as_path();
+        if let Ok(text) = std::fs::read_to_string(sum_path) {
+            let want: u32 = text.trim().parse().map_err(|_| {
+                Error::corrupt(
+                    sum_path,
+                    0,
+                    format!("not a decimal Adler-32: {:?}", text.trim()),
+                )
+            })?;
+            let mut adler = adler2::Adler32::new();
+            for piece in self.source.bytes().chunks(8 << 20) {
+                adler.write_slice(piece);
+                progress.inc(piece.len() as u64);
+            }
+            if adler.checksum() != want {
+                return Err(Error::corrupt(
+                    self.path(),
+                    0,
+                    format!(
+                        "Adler-32 of the file is {}, {} says {want}",
+                        adler.checksum(),
+                        sum_path.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `<file>.chksum`, where virtnbdbackup ≥ 1.9.40 stores the file's Adler-32.
+fn checksum_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".chksum");
+    PathBuf::from(p)
+}
+
+/// Extents of a raw image: its data runs, and its holes as holes.
+fn raw_extents(source: &Source) -> Result<Vec<Extent>> {
+    let len = source.len();
+    let err = |e: std::io::Error| Error::io(source.path(), &e);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        let Some(data) = sys::seek_data(source.file(), pos).map_err(err)? else {
+            break;
+        };
+        let hole = sys::seek_hole(source.file(), data)
+            .map_err(err)?
+            .unwrap_or(len)
+            .min(len);
+        if data >= hole {
+            break;
+        }
+        out.push(Extent {
+            start: data,
+            len: hole - data,
+            off: data,
+            src: 0,
+            chunk: NO_CHUNK,
+        });
+        pos = hole;
+    }
+    Ok(out)
+}
+
+/// Walks a stream's frames once.
+struct Parser<'a> {
+    source: &'a Arc<Source>,
+    bytes: &'a [u8],
+}
+
+impl<'a> Parser<'a> {
+    fn new(source: &'a Arc<Source>) -> Self {
+        Parser {
+            source,
+            bytes: source.bytes(),
+        }
+    }
+
+    fn err(&self, offset: u64, msg: impl Into<String>) -> Error {
+        Error::corrupt(self.source.path(), offset, msg)
+    }
+
+    fn header(&self, pos: u64) -> Result<frame::Header> {
+        let rest = self.bytes.get(pos as usize..).unwrap_or(&[]);
+        if rest.len() < FRAME_LEN {
+            return Err(self.err(
+                pos,
+                format!(
+                    "truncated stream: a frame header needs {FRAME_LEN} bytes, the file ends at {} (no stop frame)",
+                    self.bytes.len()
+                ),
+            ));
+        }
+        frame::parse(rest).map_err(|m| self.err(pos, m))
+    }
+
+    fn expect_crlf(&self, pos: u64, after: &str) -> Result<()> {
+        match self.bytes.get(pos as usize..pos as usize + 2) {
+            Some(b"\r\n") => Ok(()),
+            Some(_) => Err(self.err(pos, format!("missing CRLF after {after}"))),
+            None => Err(self.err(pos, format!("truncated stream: file ends inside {after}"))),
+        }
+    }
+
+    fn parse(&self) -> Result<(Meta, Vec<Extent>, Vec<Chunk>)> {
+        let h = self.header(0)?;
+        if h.kind != Kind::Meta {
+            return Err(self.err(0, "first frame is not meta"));
+        }
+        let json = self.source.slice(FRAME_LEN as u64, h.length, "meta JSON")?;
+        let meta = meta::parse(json).map_err(|m| self.err(FRAME_LEN as u64, m))?;
+        if let Some(name) = &meta.disk_name
+            && !vfs::is_safe_name(name)
+        {
+            return Err(self.err(
+                FRAME_LEN as u64,
+                format!("unsafe disk name {name:?} in meta: refusing to expose it"),
+            ));
+        }
+        let mut pos = FRAME_LEN as u64 + h.length;
+        self.expect_crlf(pos, "meta JSON")?;
+        pos += 2;
+        let trailer = if meta.compressed {
+            Some(self.trailer()?)
+        } else {
+            None
+        };
+
+        let mut extents = Vec::new();
+        let mut chunks = Vec::new();
+        let mut data_frames = 0usize;
+        let mut data_sum = 0u64;
+        let mut prev_end = 0u64;
+        loop {
+            let h = self.header(pos)?;
+            let frame_end = h.start.checked_add(h.length);
+            if matches!(h.kind, Kind::Data | Kind::Zero) {
+                match frame_end {
+                    Some(end) if h.start >= prev_end && end <= meta.virtual_size => prev_end = end,
+                    _ => {
+                        return Err(self.err(
+                            pos,
+                            format!(
+                                "frame {:#x}+{:#x} overlaps the previous frame or leaves the {}-byte disk",
+                                h.start, h.length, meta.virtual_size
+                            ),
+                        ));
+                    }
+                }
+            }
+            match h.kind {
+                Kind::Stop => {
+                    pos += FRAME_LEN as u64;
+                    break;
+                }
+                Kind::Zero => {
+                    extents.push(Extent {
+                        start: h.start,
+                        len: h.length,
+                        off: 0,
+                        src: HOLE,
+                        chunk: NO_CHUNK,
+                    });
+                    pos += FRAME_LEN as u64;
+                }
+                Kind::Data => {
+                    let payload = pos + FRAME_LEN as u64;
+                    let stored = match &trailer {
+                        None => {
+                            self.source.slice(payload, h.length, "data payload")?;
+                            extents.push(Extent {
+                                start: h.start,
+                                len: h.length,
+                                off: payload,
+                                src: 0,
+                                chunk: NO_CHUNK,
+                            });
+                            h.length
+                        }
+                        Some((entries, _)) => {
+                            let sizes = entries.get(data_frames).ok_or_else(|| {
+                                self.err(
+                                    pos,
+                                    format!(
+                                        "compression trailer lists {} data frames, this is data frame #{}",
+                                        entries.len(),
+                                        data_frames + 1
+                                    ),
+                                )
+                            })?;
+                            self.lz4_frames(pos, h, payload, sizes, &mut extents, &mut chunks)?
+                        }
+                    };
+                    let end = payload + stored;
+                    let what = match trailer {
+                        None => "data payload",
+                        Some(_) => {
+                            "the LZ4 frames the compression trailer lists (trailer inconsistent?)"
+                        }
+                    };
+                    self.expect_crlf(end, what)?;
+                    pos = end + 2;
+                    data_frames += 1;
+                    data_sum += h.length;
+                }
+                Kind::Meta | Kind::Comp => {
+                    return Err(self.err(
+                        pos,
+                        format!("unexpected {:?} frame inside the stream", h.kind),
+                    ));
+                }
+            }
+        }
+        if data_sum != meta.data_size {
+            return Err(self.err(
+                pos,
+                format!(
+                    "meta says dataSize {}, the data frames hold {data_sum} bytes",
+                    meta.data_size
+                ),
+            ));
+        }
+        if let Some((entries, start)) = &trailer {
+            if entries.len() != data_frames {
+                return Err(self.err(
+                    *start,
+                    format!(
+                        "compression trailer lists {} data frames, the stream has {data_frames}",
+                        entries.len()
+                    ),
+                ));
+            }
+            if *start != pos {
+                return Err(self.err(
+                    pos,
+                    format!(
+                        "compression trailer starts at {start}, expected right after the stop frame"
+                    ),
+                ));
+            }
+        }
+        Ok((meta, extents, chunks))
+    }
+
+    /// Indexes the LZ4 frames of one data payload; returns their total compressed size.
+    fn lz4_frames(
+        &self,
+        pos: u64,
+        h: frame::Header,
+        payload: u64,
+        sizes: &[u64],
+        extents: &mut Vec<Extent>,
+        chunks: &mut Vec<Chunk>,
+    ) -> Result<u64> {
+        let mut file_off = payload;
+        let mut guest = h.start;
+        for &comp_len in sizes {
+            let bytes = self.source.slice(file_off, comp_len, "LZ4 frame")?;
+            let raw_len = match lz4::declared_size(bytes).map_err(|m| self.err(file_off, m))? {
+                Some(n) => n,
+                None => lz4::decode_count(self.source, file_off, comp_len)?,
+            };
+            if guest + raw_len > h.start + h.length {
+                break;
+            }
+            extents.push(Extent {
+                start: guest,
+                len: raw_len,
+                off: 0,
+                src: 0,
+                chunk: chunks.len() as u32,
+            });
+            chunks.push(Chunk {
+                file_off,
+                comp_len,
+                raw_len,
+            });
+            guest += raw_len;
+            file_off += comp_len;
+        }
+        if guest != h.start + h.length {
+            return Err(self.err(
+                pos,
+                format!(
+                    "data frame covers {} bytes, its LZ4 frames decode to a different size (trailer inconsistent)",
+                    h.length
+                ),
+            ));
+        }
+        Ok(file_off - payload)
+    }
+
+    /// Reads the compression trailer: per data frame the compressed sizes of its LZ4 frames.
+    /// Returns them with the trailer's file offset.
+    fn trailer(&self) -> Result<(Vec<Vec<u64>>, u64)> {
+        let len = self.bytes.len() as u64;
+        let missing = |what: &str| self.err(len, format!("compression trailer missing: {what}"));
+        if len < FRAME_LEN as u64 + 2 {
+            return Err(missing("file too short"));
+        }
+        let hpos = len - FRAME_LEN as u64;
+        let h = frame::parse(&self.bytes[hpos as usize..]).map_err(|m| missing(&m))?;
+        if h.kind != Kind::Comp {
+            return Err(missing("the file does not end with a comp frame"));
+        }
+        let start = hpos
+            .checked_sub(2 + h.length)
+            .ok_or_else(|| self.err(hpos, "comp frame gives a trailer longer than the file"))?;
+        self.expect_crlf(hpos - 2, "compression trailer")?;
+        let json = &self.bytes[start as usize..(hpos - 2) as usize];
+        let bad = |m: String| self.err(start, format!("bad compression trailer: {m}"));
+        let v: Vec<Value> = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+        let entries = v
+            .iter()
+            .map(|e| match e {
+                Value::Number(n) => n
+                    .as_u64()
+                    .map(|n| vec![n])
+                    .ok_or_else(|| bad(format!("{n} is not a size"))),
+                Value::Object(o) if o.len() == 1 => {
+                    let (total, list) = o.iter().next().expect("one key");
+                    let total: u64 = total
+                        .parse()
+                        .map_err(|_| bad(format!("key {total:?} is not a size")))?;
+                    let sizes = list
+                        .as_array()
+                        .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
+                        .ok_or_else(|| bad(format!("{list} is not a list of sizes")))?;
+                    if sizes.iter().sum::<u64>() != total {
+                        return Err(bad(format!("sizes {sizes:?} do not add up to {total}")));
+                    }
+                    Ok(sizes)
+                }
+                other => Err(bad(format!("unexpected entry {other}"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((entries, start))
+    }
+}
