@@ -180,3 +180,94 @@ impl DecodedChunk {
         Error::corrupt(self.source.path(), self.offset, msg)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{Cache, Key};
+    use lz4_flex::frame::{BlockMode, FrameEncoder, FrameInfo};
+    use std::io::Write;
+
+    /// A file holding one linked-block LZ4 frame of `data`, like python-lz4 writes.
+    fn frame_file(data: &[u8]) -> (tempfile::NamedTempFile, Arc<Source>, u64) {
+        let info = FrameInfo::new()
+            .block_mode(BlockMode::Linked)
+            .block_checksums(true)
+            .content_checksum(true)
+            .content_size(Some(data.len() as u64));
+        let mut enc = FrameEncoder::with_frame_info(info, Vec::new());
+        enc.write_all(data).unwrap();
+        let bytes = enc.finish().unwrap();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&bytes).unwrap();
+        let src = Source::open(f.path()).unwrap();
+        (f, src, bytes.len() as u64)
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i * 7 / 3) as u8 ^ (i >> 12) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn decodes_only_as_far_as_a_read_needs() {
+        let raw = data(8 << 20);
+        let (_f, src, comp) = frame_file(&raw);
+        assert_eq!(declared_size(src.bytes()).unwrap(), Some(raw.len() as u64));
+        let chunk = DecodedChunk::new(src, 0, comp, raw.len() as u64);
+        let mut buf = vec![0u8; 4096];
+        chunk.read(3 << 20, &mut buf).unwrap();
+        assert_eq!(buf, raw[3 << 20..(3 << 20) + 4096]);
+        let decoded = chunk.state.lock().unwrap().out.len();
+        assert_eq!(decoded, 4 << 20, "decoded up to the next 1 MiB step only");
+        chunk.read(raw.len() - 10, &mut buf[..10]).unwrap();
+        assert_eq!(buf[..10], raw[raw.len() - 10..]);
+    }
+
+    #[test]
+    fn concurrent_readers_share_one_decode() {
+        let raw = data(4 << 20);
+        let (_f, src, comp) = frame_file(&raw);
+        let cache = Cache::new(64 << 20);
+        let key = Key { owner: 1, index: 0 };
+        std::thread::scope(|s| {
+            for t in 0..8usize {
+                let (cache, src, raw) = (&cache, &src, &raw);
+                s.spawn(move || {
+                    let c = cache.get_or_insert(key, raw.len() as u64, || {
+                        DecodedChunk::new(Arc::clone(src), 0, comp, raw.len() as u64)
+                    });
+                    let at = t * 500_000;
+                    let mut buf = vec![0u8; 100_000];
+                    c.read(at, &mut buf).unwrap();
+                    assert_eq!(buf, raw[at..at + 100_000]);
+                });
+            }
+        });
+        let s = cache.stats();
+        assert_eq!((s.misses, s.hits), (1, 7));
+    }
+
+    #[test]
+    fn damage_is_reported_with_file_and_offset_and_sticks() {
+        let raw = data(1 << 20);
+        let (f, _, comp) = frame_file(&raw);
+        let mut bytes = std::fs::read(f.path()).unwrap();
+        let n = bytes.len();
+        bytes[n / 2..n / 2 + 8].copy_from_slice(&[0x5a; 8]);
+        std::fs::write(f.path(), &bytes).unwrap();
+        let src = Source::open(f.path()).unwrap();
+        let chunk = DecodedChunk::new(src, 0, comp, raw.len() as u64);
+        let mut buf = vec![0u8; raw.len()];
+        let e = chunk.read(0, &mut buf).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "{}: at offset 0: LZ4 frame fails to decode",
+                f.path().display()
+            )),
+            "{e}"
+        );
+        assert!(chunk.read(0, &mut buf[..1]).is_err());
+    }
+}
