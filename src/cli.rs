@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -13,6 +14,8 @@ use crate::cache::{Cache, DEFAULT_CAPACITY};
 use crate::catalog::{Catalog, ScanOptions};
 use crate::error::{Error, Result};
 use crate::export;
+use crate::mount::{self, MountArgs};
+use crate::timefmt;
 use crate::vfs;
 
 /// Mount backups read-only: every restore point of every backup set as a folder.
@@ -25,6 +28,30 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Mount every restore point under SOURCE read-only at MOUNTPOINT (runs in the foreground).
+    Mount {
+        /// Folder holding backups (searched at any depth).
+        source: PathBuf,
+        /// An empty folder to mount on.
+        mountpoint: PathBuf,
+        /// Bound of the cache for decompressed and rebuilt data, e.g. 256M or 1G.
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        cache_size: u64,
+        /// FUSE worker threads (default: the number of CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Hide restore points newer than TIME (ISO 8601, e.g. 2026-11-20T10:00).
+        #[arg(long, value_name = "TIME")]
+        as_of: Option<String>,
+        /// Let other users read the mount (root, or `user_allow_other` in /etc/fuse.conf).
+        #[arg(long)]
+        allow_other: bool,
+    },
+    /// Unmount, also a mount whose daemon died.
+    Umount {
+        /// Where restorefs is mounted.
+        mountpoint: PathBuf,
+    },
     /// List backup sets, restore points and the files each point exposes.
     Ls {
         /// Folder holding backups (searched at any depth).
@@ -82,6 +109,22 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Mount {
+            source,
+            mountpoint,
+            cache_size,
+            threads,
+            as_of,
+            allow_other,
+        } => mount_cmd(
+            source,
+            mountpoint,
+            cache_size,
+            threads,
+            as_of.as_deref(),
+            allow_other,
+        ),
+        Command::Umount { mountpoint } => mount::umount(&mountpoint).map(|()| ExitCode::SUCCESS),
         Command::Ls { source, json } => ls(&source, json),
         Command::Export {
             source,
@@ -120,10 +163,33 @@ fn byte_bar(total: u64, msg: &str) -> ProgressBar {
     bar
 }
 
+fn mount_cmd(
+    source: PathBuf,
+    mountpoint: PathBuf,
+    cache_size: u64,
+    threads: Option<usize>,
+    as_of: Option<&str>,
+    allow_other: bool,
+) -> Result<ExitCode> {
+    let args = MountArgs {
+        source,
+        mountpoint,
+        threads: threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        as_of: as_of.map(timefmt::parse_user).transpose()?,
+        allow_other,
+    };
+    mount::preflight(&args)?;
+    let cache = Cache::new(cache_size);
+    let cat = scan(&args.source, &cache)?;
+    mount::mount(&cat, cache, &args)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Scans SOURCE with a spinner on the terminal.
-pub fn scan(source: &Path, cache_size: u64) -> Result<Catalog> {
+pub fn scan(source: &Path, cache: &Arc<Cache>) -> Result<Catalog> {
     let opts = ScanOptions {
-        cache: Cache::new(cache_size),
+        cache: Arc::clone(cache),
     };
     let bar = spinner("scanning");
     let cat = Catalog::scan(source, &opts, &bar);
@@ -139,7 +205,7 @@ pub fn scan(source: &Path, cache_size: u64) -> Result<Catalog> {
 }
 
 fn ls(source: &Path, as_json: bool) -> Result<ExitCode> {
-    let cat = scan(source, DEFAULT_CAPACITY)?;
+    let cat = scan(source, &Cache::new(DEFAULT_CAPACITY))?;
     let mut out = std::io::stdout().lock();
     let w = |e: std::io::Error| Error::io(Path::new("<stdout>"), &e);
     if as_json {
@@ -219,7 +285,7 @@ fn human(n: u64) -> String {
 
 fn export_cmd(source: &Path, point_path: &str, out: &Path, cache_size: u64) -> Result<ExitCode> {
     refuse_inside(source, out)?;
-    let cat = scan(source, cache_size)?;
+    let cat = scan(source, &Cache::new(cache_size))?;
     let node = vfs::resolve(&cat.tree(None), point_path)?;
     let bar = byte_bar(export::data_bytes(&node)?, "exporting");
     let stats = export::export(&node, out, &bar);
@@ -253,7 +319,7 @@ fn refuse_inside(source: &Path, out: &Path) -> Result<()> {
 }
 
 fn verify(source: &Path) -> Result<ExitCode> {
-    let cat = scan(source, DEFAULT_CAPACITY)?;
+    let cat = scan(source, &Cache::new(DEFAULT_CAPACITY))?;
     let total = cat.sets().iter().map(|s| s.set.verify_size()).sum();
     let bar = byte_bar(total, "verifying");
     let mut damaged = 0usize;

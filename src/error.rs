@@ -53,6 +53,11 @@ impl Error {
         }
     }
 
+    /// A plain errno with a message (for answers like ENXIO that are not failures of a file).
+    pub fn from_errno(errno: i32, msg: impl Into<String>) -> Self {
+        Self::plain(ErrorKind::Io(errno), msg)
+    }
+
     /// Something named by the user or a backup does not exist.
     pub fn not_found(msg: impl Into<String>) -> Self {
         Self::plain(ErrorKind::NotFound, msg)

@@ -1,9 +1,12 @@
 //! Every call that needs `unsafe` (mmap and libc) lives here; the rest of the crate forbids it.
 #![allow(unsafe_code)]
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use memmap2::{Advice, Mmap, MmapOptions};
 
@@ -45,6 +48,18 @@ fn seek(file: &File, offset: u64, whence: i32) -> io::Result<Option<u64>> {
         return Err(err);
     }
     Ok(Some(r as u64))
+}
+
+/// Detaches a mount (also one whose FUSE daemon died), like `umount -l`.
+pub fn lazy_unmount(path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The effective user id of this process.

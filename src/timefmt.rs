@@ -1,7 +1,7 @@
 //! Local times: point names, `at/<TIME>`, `--as-of`. All comparisons use naive local time,
 //! because that is what virtnbdbackup writes (no zone) and what users type.
 
-use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone};
+use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeDelta, TimeZone};
 
 use crate::error::{Error, Result};
 
@@ -29,31 +29,39 @@ pub fn parse_naive(s: &str) -> Option<NaiveDateTime> {
 }
 
 /// Parses a time the user typed: `2026-11-20`, `2026-11-20T10:00`, `…T10:00:01[.5]`, with an
-/// optional `Z` or `+01:00` (converted to local time), or `@<unix seconds>`. A date alone means
-/// the end of that day, so `at/2026-11-20` is "as of that day".
+/// optional `Z` or `+01:00` (converted to local time), or `@<unix seconds>`. A time covers its
+/// whole last unit, so `at/2026-11-20` means "as of the end of that day" and a point's own name
+/// (to the second) finds that point.
 pub fn parse_user(s: &str) -> Result<NaiveDateTime> {
     let t = s.trim();
+    let whole = |unit_secs: i64, naive: NaiveDateTime| {
+        naive + TimeDelta::seconds(unit_secs) - TimeDelta::nanoseconds(1)
+    };
+    let exact = t.contains('.');
     if let Some(secs) = t.strip_prefix('@') {
         return secs
             .parse::<i64>()
             .ok()
             .and_then(from_unix)
+            .map(|n| whole(1, n))
             .ok_or_else(|| bad_time(s));
     }
     if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
-        return Ok(dt.with_timezone(&Local).naive_local());
+        let local = dt.with_timezone(&Local).naive_local();
+        return Ok(if exact { local } else { whole(1, local) });
     }
     if let Some(naive) = parse_naive(t) {
-        return Ok(naive);
+        return Ok(if exact { naive } else { whole(1, naive) });
     }
     for f in ["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(t, f) {
-            return Ok(naive);
+            return Ok(whole(60, naive));
         }
     }
     if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
         return d
-            .and_hms_nano_opt(23, 59, 59, 999_999_999)
+            .and_hms_opt(0, 0, 0)
+            .map(|n| whole(86_400, n))
             .ok_or_else(|| bad_time(s));
     }
     Err(bad_time(s))
@@ -92,14 +100,14 @@ mod tests {
         assert_eq!(to_name(&day), "2026-11-20T23:59:59");
         assert_eq!(
             to_name(&parse_user("2026-11-20T10:00").unwrap()),
-            "2026-11-20T10:00:00"
+            "2026-11-20T10:00:59"
         );
-        assert_eq!(
-            to_name(&parse_user("2026-11-20 10:00:01").unwrap()),
-            "2026-11-20T10:00:01"
-        );
+        let second = parse_user("2026-11-20 10:00:01").unwrap();
+        assert_eq!(to_iso(&second), "2026-11-20T10:00:01.999999999");
+        let exact = parse_user("2026-11-20T10:00:01.5").unwrap();
+        assert_eq!(to_iso(&exact), "2026-11-20T10:00:01.500");
         assert!(parse_user("tuesday").is_err());
         let unix = parse_user("@0").unwrap();
-        assert_eq!(Some(unix), from_unix(0));
+        assert_eq!(to_name(&unix), to_name(&from_unix(0).unwrap()));
     }
 }

@@ -1,0 +1,580 @@
+//! The FUSE adapter. [`Inodes`] holds everything the kernel interface needs (inode numbers,
+//! attributes, directory listings, seeks) as plain, kernel-free code; [`FuseFs`] only translates
+//! kernel requests into calls on it and errors into errnos.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::vfs::{FileNode, Node};
+
+/// How long the kernel may cache names and attributes: content never changes under a name.
+const TTL: Duration = Duration::from_secs(3600);
+/// Block size `stat` reports: large, so that `cp` and friends read in big pieces.
+const BLKSIZE: u32 = 1 << 20;
+/// The largest read the kernel sends with `FUSE_MAX_PAGES` (256 pages).
+const MAX_READ: usize = 1 << 20;
+
+/// What identifies an inode across lookups: a file node by identity (so hardlinks share an
+/// inode), anything else by parent and name (so re-made folders and symlinks keep theirs).
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Root,
+    File(usize),
+    Child(u64, String),
+}
+
+struct Entry {
+    node: Node,
+    key: Key,
+    name: String,
+    lookups: u64,
+}
+
+struct Table {
+    entries: HashMap<u64, Entry>,
+    keys: HashMap<Key, u64>,
+    next: u64,
+}
+
+/// Inode numbers for the nodes of the tree, counted like the kernel counts lookups.
+pub struct Inodes {
+    table: RwLock<Table>,
+}
+
+/// Inode number of the root folder.
+pub const ROOT: u64 = 1;
+
+impl Inodes {
+    /// A table holding the root folder.
+    pub fn new(root: Node) -> Inodes {
+        let mut entries = HashMap::new();
+        entries.insert(
+            ROOT,
+            Entry {
+                node: root,
+                key: Key::Root,
+                name: String::new(),
+                lookups: 1,
+            },
+        );
+        let mut keys = HashMap::new();
+        keys.insert(Key::Root, ROOT);
+        Inodes {
+            table: RwLock::new(Table {
+                entries,
+                keys,
+                next: ROOT + 1,
+            }),
+        }
+    }
+
+    /// The node of inode `ino`.
+    pub fn node(&self, ino: u64) -> Result<Node> {
+        let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+        t.entries
+            .get(&ino)
+            .map(|e| e.node.clone())
+            .ok_or_else(|| Error::not_found(format!("inode {ino} is not known (forgotten)")))
+    }
+
+    /// Name of inode `ino`, for log lines.
+    pub fn name(&self, ino: u64) -> String {
+        let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+        t.entries
+            .get(&ino)
+            .map(|e| e.name.clone())
+            .unwrap_or_default()
+    }
+
+    fn dir(&self, ino: u64) -> Result<Arc<dyn crate::vfs::Directory>> {
+        match self.node(ino)? {
+            Node::Dir(d) => Ok(d),
+            _ => Err(Error::usage("not a folder")),
+        }
+    }
+
+    /// Looks `name` up in folder `parent`; the kernel now holds one more reference to the result.
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<(u64, Node)> {
+        let dir = self.dir(parent)?;
+        let node = dir
+            .lookup(name)?
+            .ok_or_else(|| Error::not_found(format!("no '{name}'")))?;
+        let ino = self.assign(parent, name, node.clone(), 1);
+        Ok((ino, node))
+    }
+
+    /// The inode number for `node` found as `name` in `parent`, adding `count` kernel references.
+    fn assign(&self, parent: u64, name: &str, node: Node, count: u64) -> u64 {
+        let key = match &node {
+            Node::File(f) => Key::File(Arc::as_ptr(f) as *const () as usize),
+            _ => Key::Child(parent, name.to_owned()),
+        };
+        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(&ino) = t.keys.get(&key) {
+            let e = t.entries.get_mut(&ino).expect("keys and entries agree");
+            e.lookups += count;
+            // A folder may make a new node for the same name (a live set's `latest`): serve the newest.
+            e.node = node;
+            return ino;
+        }
+        let ino = t.next;
+        t.next += 1;
+        t.keys.insert(key.clone(), ino);
+        t.entries.insert(
+            ino,
+            Entry {
+                node,
+                key,
+                name: name.to_owned(),
+                lookups: count,
+            },
+        );
+        ino
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let Some(e) = t.entries.get_mut(&ino) else {
+            return;
+        };
+        e.lookups = e.lookups.saturating_sub(n);
+        if e.lookups == 0 {
+            let key = e.key.clone();
+            t.entries.remove(&ino);
+            t.keys.remove(&key);
+        }
+    }
+
+    /// Number of inodes currently known.
+    pub fn len(&self) -> usize {
+        self.table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+            .len()
+    }
+
+    /// Whether only the root is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() <= 1
+    }
+
+    /// Listing of folder `ino` from position `offset`: (inode, next offset, type, name).
+    /// Entries listed here are not looked up: they get inode numbers without references.
+    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<(u64, u64, FileType, String)>> {
+        let dir = self.dir(ino)?;
+        let mut all = vec![
+            (ino, FileType::Directory, ".".to_owned()),
+            (ino, FileType::Directory, "..".to_owned()),
+        ];
+        for (name, node) in dir.entries()? {
+            let child = self.assign(ino, &name, node.clone(), 0);
+            all.push((child, kind(&node), name));
+        }
+        Ok(all
+            .into_iter()
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, (ino, k, name))| (ino, i as u64 + 1, k, name))
+            .collect())
+    }
+}
+
+fn kind(node: &Node) -> FileType {
+    match node {
+        Node::Dir(_) => FileType::Directory,
+        Node::File(_) => FileType::RegularFile,
+        Node::Symlink(_) => FileType::Symlink,
+    }
+}
+
+/// `stat` of a node.
+pub fn attr(ino: u64, node: &Node) -> Result<FileAttr> {
+    let a = node.attr();
+    let (size, blocks, nlink) = match node {
+        Node::Dir(_) => (0, 0, 2),
+        Node::File(f) => (f.size()?, f.allocated()?.div_ceil(512), 1),
+        Node::Symlink(l) => (l.target.len() as u64, 0, 1),
+    };
+    Ok(FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks,
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind: kind(node),
+        perm: a.perm,
+        nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: BLKSIZE,
+        flags: 0,
+    })
+}
+
+/// `lseek` with `SEEK_DATA`/`SEEK_HOLE` answered from the file's extents.
+pub fn seek(f: &dyn FileNode, offset: i64, whence: i32) -> Result<i64> {
+    let size = f.size()?;
+    let enxio = || Error::from_errno(libc::ENXIO, "offset past the last data");
+    let off = u64::try_from(offset).map_err(|_| Error::usage("negative offset"))?;
+    if off >= size && (whence == libc::SEEK_DATA || whence == libc::SEEK_HOLE) {
+        return Err(enxio());
+    }
+    let to = match whence {
+        libc::SEEK_DATA => f.next_data(off)?.ok_or_else(enxio)?,
+        libc::SEEK_HOLE => f.next_hole(off)?,
+        libc::SEEK_SET => off,
+        libc::SEEK_END => size.saturating_add(off),
+        _ => return Err(Error::usage("unsupported whence")),
+    };
+    Ok(to as i64)
+}
+
+thread_local! {
+    /// Each FUSE worker thread's read buffer, reused so that reads don't allocate.
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The `fuser` filesystem: translation only.
+pub struct FuseFs {
+    inodes: Inodes,
+    cache: Arc<Cache>,
+}
+
+impl FuseFs {
+    /// Serves `root`; `cache` is only reported (its owners use it).
+    pub fn new(root: Node, cache: Arc<Cache>) -> FuseFs {
+        FuseFs {
+            inodes: Inodes::new(root),
+            cache,
+        }
+    }
+
+    fn fail(&self, op: &str, ino: u64, e: &Error) -> Errno {
+        if e.errno() == libc::EIO {
+            log::warn!("{op} {}: {e}", self.inodes.name(ino));
+        } else {
+            log::debug!("{op} {}: {e}", self.inodes.name(ino));
+        }
+        Errno::from_i32(e.errno())
+    }
+
+    fn file(&self, ino: u64) -> Result<Arc<dyn FileNode>> {
+        match self.inodes.node(ino)? {
+            Node::File(f) => Ok(f),
+            Node::Dir(_) => Err(Error::from_errno(libc::EISDIR, "is a folder")),
+            Node::Symlink(_) => Err(Error::usage("is a symlink")),
+        }
+    }
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // As much readahead as the kernel allows; more is set through sysfs after mounting.
+        let max = (MAX_READ as u32).max(1);
+        if let Err(allowed) = config.set_max_readahead(max) {
+            let _ = config.set_max_readahead(allowed);
+        }
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let s = self.cache.stats();
+        log::info!(
+            "cache: {} hits, {} misses, {} evictions, {} of {} bytes used",
+            s.hits,
+            s.misses,
+            s.evictions,
+            s.used,
+            s.capacity
+        );
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self
+            .inodes
+            .lookup(parent.0, name)
+            .and_then(|(ino, node)| attr(ino, &node))
+        {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(self.fail("lookup", parent.0, &e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.inodes.node(ino.0).and_then(|n| attr(ino.0, &n)) {
+            Ok(a) => reply.attr(&TTL, &a),
+            Err(e) => reply.error(self.fail("getattr", ino.0, &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.inodes.node(ino.0) {
+            Ok(Node::Symlink(l)) => reply.data(l.target.as_bytes()),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(self.fail("readlink", ino.0, &e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.file(ino.0).and_then(|f| f.check()) {
+            // Content never changes under a name: keep the page cache across opens.
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(self.fail("open", ino.0, &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let f = match self.file(ino.0) {
+            Ok(f) => f,
+            Err(e) => return reply.error(self.fail("read", ino.0, &e)),
+        };
+        if let Some(bytes) = f.borrow(offset, size as usize) {
+            return reply.data(bytes);
+        }
+        READ_BUF.with_borrow_mut(|buf| {
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
+            }
+            match f.read_at(offset, &mut buf[..size as usize]) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(self.fail(&format!("read at {offset} of"), ino.0, &e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.inodes.readdir(ino.0, offset) {
+            Ok(list) => {
+                for (child, next, k, name) in list {
+                    if reply.add(INodeNo(child), next, k, &name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(self.fail("readdir", ino.0, &e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.inodes.node(ino.0) {
+            Ok(Node::Dir(_)) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(self.fail("opendir", ino.0, &e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply.statfs(0, 0, 0, self.inodes.len() as u64, 0, BLKSIZE, 255, BLKSIZE);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if mask.contains(AccessFlags::W_OK) {
+            return reply.error(Errno::EROFS);
+        }
+        match self.inodes.node(ino.0) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(self.fail("access", ino.0, &e)),
+        }
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self
+            .file(ino.0)
+            .and_then(|f| seek(f.as_ref(), offset, whence))
+        {
+            Ok(to) => reply.offset(to),
+            Err(e) => reply.error(self.fail("lseek", ino.0, &e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfs::{Attr, BytesFile, StaticDir, Symlink};
+    use std::time::SystemTime;
+
+    fn attr() -> Attr {
+        Attr::read_only(false, SystemTime::UNIX_EPOCH)
+    }
+
+    fn tree() -> (Node, Arc<BytesFile>) {
+        let f = BytesFile::new(b"data".to_vec(), attr());
+        let link = Node::Symlink(Arc::new(Symlink {
+            target: "a".into(),
+            attr: attr(),
+        }));
+        let sub = Node::Dir(StaticDir::new(
+            attr(),
+            vec![("same".into(), Node::File(f.clone()))],
+        ));
+        let root = Node::Dir(StaticDir::new(
+            attr(),
+            vec![
+                ("a".into(), Node::File(f.clone())),
+                ("hard".into(), Node::File(f.clone())),
+                ("l".into(), link),
+                ("sub".into(), sub),
+            ],
+        ));
+        (root, f)
+    }
+
+    #[test]
+    fn hardlinked_nodes_share_an_inode_and_forget_frees() {
+        let (root, _) = tree();
+        let t = Inodes::new(root);
+        let (a, _) = t.lookup(ROOT, "a").unwrap();
+        let (hard, _) = t.lookup(ROOT, "hard").unwrap();
+        assert_eq!(a, hard);
+        let (sub, _) = t.lookup(ROOT, "sub").unwrap();
+        let (same, _) = t.lookup(sub, "same").unwrap();
+        assert_eq!(same, a);
+        let (l1, _) = t.lookup(ROOT, "l").unwrap();
+        let (l2, _) = t.lookup(ROOT, "l").unwrap();
+        assert_eq!(l1, l2);
+        assert!(t.lookup(ROOT, "nope").is_err());
+        let before = t.len();
+        t.forget(a, 3);
+        t.forget(l1, 2);
+        assert_eq!(t.len(), before - 2);
+        assert!(t.node(a).is_err());
+    }
+
+    #[test]
+    fn readdir_lists_dot_entries_then_children_resuming_at_offsets() {
+        let (root, _) = tree();
+        let t = Inodes::new(root);
+        let all = t.readdir(ROOT, 0).unwrap();
+        let names: Vec<&str> = all.iter().map(|e| e.3.as_str()).collect();
+        assert_eq!(names, [".", "..", "a", "hard", "l", "sub"]);
+        assert_eq!(
+            all[2].0, all[3].0,
+            "hardlinks share the inode in listings too"
+        );
+        let rest = t.readdir(ROOT, all[3].1).unwrap();
+        assert_eq!(
+            rest.iter().map(|e| e.3.as_str()).collect::<Vec<_>>(),
+            ["l", "sub"]
+        );
+    }
+
+    #[test]
+    fn attributes_and_seeks() {
+        let (root, f) = tree();
+        let a = attr_of(&root);
+        assert_eq!((a.kind, a.nlink), (FileType::Directory, 2));
+        let fa = super::attr(5, &Node::File(f.clone())).unwrap();
+        assert_eq!((fa.size, fa.blocks, fa.perm), (4, 1, 0o444));
+        assert_eq!(seek(f.as_ref(), 1, libc::SEEK_DATA).unwrap(), 1);
+        assert_eq!(seek(f.as_ref(), 1, libc::SEEK_HOLE).unwrap(), 4);
+        assert_eq!(
+            seek(f.as_ref(), 4, libc::SEEK_DATA).unwrap_err().errno(),
+            libc::ENXIO
+        );
+    }
+
+    fn attr_of(n: &Node) -> FileAttr {
+        super::attr(ROOT, n).unwrap()
+    }
+}
