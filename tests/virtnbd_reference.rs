@@ -19,47 +19,6 @@ fn set<'a>(doc: &'a Value, path: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no set {path}"))
 }
 
-/// The point (and its file entry) that rebuilds `mp`.
-fn find_point<'a>(doc: &'a Value, mp: &ManifestPoint) -> (&'a Value, &'a Value) {
-    let points = set(doc, &mp.backup_dir)["points"].as_array().unwrap();
-    let file_of = |p: &'a Value| -> Option<&'a Value> {
-        p["files"]
-            .as_array()?
-            .iter()
-            .find(|f| f["path"] == format!("{}.raw", mp.disk))
-    };
-    match &mp.sequence {
-        Some(seq) => {
-            let hits: Vec<_> = points
-                .iter()
-                .filter_map(|p| file_of(p).map(|f| (p, f)))
-                .filter(|(_, f)| {
-                    f["sources"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|s| s.as_str().unwrap())
-                        .eq(seq.iter().map(String::as_str))
-                })
-                .collect();
-            assert_eq!(
-                hits.len(),
-                1,
-                "{mp:?}: want exactly one point with sources {seq:?}"
-            );
-            hits[0]
-        }
-        // ALL: virtnbdrestore applied every file of the disk: the newest point.
-        None => {
-            let p = points.last().unwrap();
-            (
-                p,
-                file_of(p).unwrap_or_else(|| panic!("{mp:?}: newest point lacks the disk")),
-            )
-        }
-    }
-}
-
 #[test]
 fn every_manifest_point_exports_to_the_expected_image() {
     let doc = sets();

@@ -131,3 +131,178 @@ pub fn scratch() -> tempfile::TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// Whether this machine can run FUSE mount tests (root and /dev/fuse). Without them the test
+/// says so loudly and is skipped, except under `CI=true`, where it fails.
+pub fn fuse_available(test: &str) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    let ok = root && Path::new("/dev/fuse").exists();
+    if !ok {
+        let msg = format!("{test}: needs root and /dev/fuse for a real FUSE mount");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{msg} (CI=true: failing)"
+        );
+        eprintln!("\n!!!!! SKIPPED {msg} !!!!!\n");
+    }
+    ok
+}
+
+/// Whether `path` is a mount point now (per /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4).map(Path::new) == Some(path.as_path()))
+}
+
+/// A running `restorefs mount`, unmounted (SIGTERM, then `restorefs umount`) when dropped.
+pub struct Mounted {
+    pub path: PathBuf,
+    pub child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mounted {
+    /// Mounts `source` with extra `args` on a fresh folder and waits until it serves.
+    pub fn new(source: &Path, args: &[&str]) -> Mounted {
+        let dir = scratch();
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        let child = Command::new(bin())
+            .arg("mount")
+            .arg(source)
+            .arg(&path)
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut m = Mounted {
+            path,
+            child,
+            _dir: dir,
+        };
+        m.wait_ready();
+        m
+    }
+
+    fn wait_ready(&mut self) {
+        let start = std::time::Instant::now();
+        while !is_mounted(&self.path) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("restorefs mount exited with {status}: {err}");
+            }
+            assert!(start.elapsed().as_secs() < 30, "mount not ready after 30 s");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// `path` inside the mount.
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the daemon's stderr.
+    pub fn stop(&mut self) -> String {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = std::time::Instant::now();
+        while self.child.try_wait().unwrap().is_none() && start.elapsed().as_secs() < 10 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        err
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+        if is_mounted(&self.path) {
+            let _ = Command::new(bin()).arg("umount").arg(&self.path).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Finds the point (and its file entry) of `ls --json` output that rebuilds `mp`.
+pub fn find_point<'a>(
+    doc: &'a serde_json::Value,
+    mp: &ManifestPoint,
+) -> (&'a serde_json::Value, &'a serde_json::Value) {
+    let set = doc["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["path"] == mp.backup_dir.as_str())
+        .unwrap_or_else(|| panic!("no set {}", mp.backup_dir));
+    let points = set["points"].as_array().unwrap();
+    let file_of = |p: &'a serde_json::Value| -> Option<&'a serde_json::Value> {
+        p["files"]
+            .as_array()?
+            .iter()
+            .find(|f| f["path"] == format!("{}.raw", mp.disk))
+    };
+    match &mp.sequence {
+        Some(seq) => {
+            let hits: Vec<_> = points
+                .iter()
+                .filter_map(|p| file_of(p).map(|f| (p, f)))
+                .filter(|(_, f)| {
+                    f["sources"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|s| s.as_str().unwrap())
+                        .eq(seq.iter().map(String::as_str))
+                })
+                .collect();
+            assert_eq!(
+                hits.len(),
+                1,
+                "{mp:?}: want exactly one point with sources {seq:?}"
+            );
+            hits[0]
+        }
+        // ALL: virtnbdrestore applied every file of the disk: the newest point.
+        None => {
+            let p = points.last().unwrap();
+            (
+                p,
+                file_of(p).unwrap_or_else(|| panic!("{mp:?}: newest point lacks the disk")),
+            )
+        }
+    }
+}
+
+/// Path of `mp`'s image relative to the source, as in the mount.
+pub fn point_path(doc: &serde_json::Value, mp: &ManifestPoint) -> String {
+    let (p, _) = find_point(doc, mp);
+    format!(
+        "{}/{}/{}.raw",
+        mp.backup_dir,
+        p["name"].as_str().unwrap(),
+        mp.disk
+    )
+}
