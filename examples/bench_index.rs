@@ -112,9 +112,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(streams);
 
     let t = Instant::now();
-    let opts = ScanOptions {
-        cache: Cache::new(1 << 20),
-    };
+    let opts = ScanOptions::new(
+        Cache::new(1 << 20),
+        &restorefs::workdir::default_cache_dir(),
+    );
     let source = dir.parent().unwrap_or(Path::new("/"));
     let cat = Catalog::scan(source, &opts, &ProgressBar::hidden())?;
     let scan_s = t.elapsed().as_secs_f64();

@@ -63,6 +63,8 @@ impl Extent {
 pub struct BlockMap {
     size: u64,
     extents: Vec<Extent>,
+    /// Starts of the hole extents, for `SEEK_HOLE` without walking data extents.
+    holes: Vec<u64>,
     allocated: u64,
 }
 
@@ -95,6 +97,7 @@ impl BlockMap {
         let mut out = BlockMap {
             size,
             extents: Vec::with_capacity(order.len() + 1),
+            holes: Vec::new(),
             allocated: 0,
         };
         let (mut pos, mut i) = (0u64, 0usize);
@@ -133,6 +136,12 @@ impl BlockMap {
             out.push(piece);
         }
         out.extents.shrink_to_fit();
+        out.holes = out
+            .extents
+            .iter()
+            .filter(|e| e.is_hole())
+            .map(|e| e.start)
+            .collect();
         out
     }
 
@@ -180,10 +189,11 @@ impl BlockMap {
         if offset >= self.size {
             return offset;
         }
-        self.extents[self.find(offset)..]
-            .iter()
-            .find(|e| e.is_hole())
-            .map_or(self.size, |e| e.start.max(offset))
+        if self.extents[self.find(offset)].is_hole() {
+            return offset;
+        }
+        let next = self.holes.partition_point(|&s| s <= offset);
+        self.holes.get(next).copied().unwrap_or(self.size)
     }
 
     /// Bytes backed by data (everything but holes).
@@ -193,7 +203,7 @@ impl BlockMap {
 
     /// Heap bytes held by the map.
     pub fn heap_bytes(&self) -> usize {
-        self.extents.capacity() * std::mem::size_of::<Extent>()
+        self.extents.capacity() * std::mem::size_of::<Extent>() + self.holes.capacity() * 8
     }
 }
 
@@ -316,7 +326,16 @@ mod tests {
             }
             let refs: Vec<&[Extent]> = layers.iter().map(|l| l.as_slice()).collect();
             let map = BlockMap::build(size, &refs);
-            assert_eq!(flatten(&map), model(size, &refs));
+            let m = model(size, &refs);
+            assert_eq!(flatten(&map), m);
+            for off in 0..size {
+                let data = (off..size).find(|&b| m[b as usize].is_some());
+                let hole = (off..size)
+                    .find(|&b| m[b as usize].is_none())
+                    .unwrap_or(size);
+                assert_eq!(map.next_data(off), data, "next_data({off})");
+                assert_eq!(map.next_hole(off), hole, "next_hole({off})");
+            }
             for w in map.extents().windows(2) {
                 assert!(!w[0].joins(&w[1]), "unmerged neighbours {w:?}");
             }

@@ -139,6 +139,11 @@ impl Cache {
         }
     }
 
+    /// The bound in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     /// Current counters.
     pub fn stats(&self) -> CacheStats {
         let used = self.lock().used;

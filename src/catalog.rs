@@ -17,12 +17,25 @@ use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::timefmt;
 use crate::vfs::{Attr, BytesFile, Directory, Node, StaticDir, Symlink};
+use crate::workdir::WorkDir;
 
 /// What every format's scanner gets.
 #[derive(Clone)]
 pub struct ScanOptions {
     /// The shared cache for decoded or rebuilt data.
     pub cache: Arc<Cache>,
+    /// restorefs' scratch folder (never inside SOURCE).
+    pub work: Arc<WorkDir>,
+}
+
+impl ScanOptions {
+    /// A cache and a scratch folder under `cache_dir` with the default checkpoint bound.
+    pub fn new(cache: Arc<Cache>, cache_dir: &Path) -> ScanOptions {
+        ScanOptions {
+            cache,
+            work: WorkDir::new(cache_dir, crate::workdir::CHECKPOINT_BYTES),
+        }
+    }
 }
 
 /// One folder under SOURCE, as the scanner saw it.
@@ -64,6 +77,14 @@ pub trait BackupSet: Send + Sync {
     fn verify(&self, progress: &ProgressBar) -> Vec<Check>;
     /// Total bytes `verify` will read, for the progress bar.
     fn verify_size(&self) -> u64;
+    /// Why the set as a whole cannot be read (its points are then empty).
+    fn problem(&self) -> Option<Error> {
+        None
+    }
+    /// Whether the set can change while mounted (the kernel must not cache its listing long).
+    fn live(&self) -> bool {
+        false
+    }
 }
 
 /// The verdict on one point.
@@ -411,6 +432,22 @@ impl SetDir {
     }
 }
 
+impl SetDir {
+    fn latest(points: &[Arc<Point>]) -> Option<Node> {
+        newest_at(points, None).map(|p| Self::symlink(p.name.clone(), p.mtime()))
+    }
+
+    fn at(&self, points: Vec<Arc<Point>>) -> Option<Node> {
+        points.iter().any(|p| p.time.is_some()).then(|| {
+            Node::Dir(Arc::new(AtDir {
+                attr: self.attr(),
+                points,
+                live: self.set.live(),
+            }))
+        })
+    }
+}
+
 impl Directory for SetDir {
     fn entries(&self) -> Result<Vec<(String, Node)>> {
         let points = self.points();
@@ -418,21 +455,27 @@ impl Directory for SetDir {
         for p in &points {
             out.push((p.name.clone(), p.node(&self.path, self.set.format())));
         }
-        if let Some(p) = newest_at(&points, None) {
-            out.push(("latest".into(), Self::symlink(p.name.clone(), p.mtime())));
-        }
-        if points.iter().any(|p| p.time.is_some()) {
-            out.push((
-                "at".into(),
-                Node::Dir(Arc::new(AtDir {
-                    points,
-                    attr: self.attr(),
-                })),
-            ));
-        }
+        out.extend(Self::latest(&points).map(|n| ("latest".to_owned(), n)));
+        out.extend(self.at(points).map(|n| ("at".to_owned(), n)));
+        // Nested folders come first and win a name clash.
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.dedup_by(|a, b| a.0 == b.0);
         Ok(out)
+    }
+
+    fn lookup(&self, name: &str) -> Result<Option<Node>> {
+        if let Some((_, n)) = self.children.iter().find(|(c, _)| c == name) {
+            return Ok(Some(n.clone()));
+        }
+        let points = self.points();
+        Ok(match name {
+            "latest" => Self::latest(&points),
+            "at" => self.at(points),
+            _ => points
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.node(&self.path, self.set.format())),
+        })
     }
 
     fn attr(&self) -> Attr {
@@ -440,12 +483,17 @@ impl Directory for SetDir {
         let mtime = newest_at(&points, None).map_or(SystemTime::UNIX_EPOCH, |p| p.mtime());
         Attr::read_only(true, mtime)
     }
+
+    fn live(&self) -> bool {
+        self.set.live()
+    }
 }
 
 /// `at/`: lists nothing; looking up a time gives a symlink to the newest point at or before it.
 struct AtDir {
     points: Vec<Arc<Point>>,
     attr: Attr,
+    live: bool,
 }
 
 impl Directory for AtDir {
@@ -463,5 +511,9 @@ impl Directory for AtDir {
 
     fn attr(&self) -> Attr {
         self.attr
+    }
+
+    fn live(&self) -> bool {
+        self.live
     }
 }

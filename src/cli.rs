@@ -10,13 +10,14 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use crate::cache::{Cache, DEFAULT_CAPACITY};
+use crate::cache::Cache;
 use crate::catalog::{Catalog, ScanOptions};
 use crate::error::{Error, Result};
 use crate::export;
 use crate::mount::{self, MountArgs};
 use crate::timefmt;
 use crate::vfs;
+use crate::workdir;
 
 /// Mount backups read-only: every restore point of every backup set as a folder.
 #[derive(Parser, Debug)]
@@ -24,6 +25,27 @@ use crate::vfs;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where restorefs keeps what it computes (never inside SOURCE).
+#[derive(clap::Args, Debug)]
+struct CacheArgs {
+    /// Bound of the in-memory cache for decompressed and rebuilt data, e.g. 256M or 1G.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    cache_size: u64,
+    /// Folder for restorefs' scratch files (default: $XDG_CACHE_HOME/restorefs).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    fn options(&self) -> ScanOptions {
+        let dir = self
+            .cache_dir
+            .clone()
+            .unwrap_or_else(workdir::default_cache_dir);
+        ScanOptions::new(Cache::new(self.cache_size), &dir)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -34,9 +56,8 @@ enum Command {
         source: PathBuf,
         /// An empty folder to mount on.
         mountpoint: PathBuf,
-        /// Bound of the cache for decompressed and rebuilt data, e.g. 256M or 1G.
-        #[arg(long, default_value = "256M", value_parser = parse_size)]
-        cache_size: u64,
+        #[command(flatten)]
+        cache: CacheArgs,
         /// FUSE worker threads (default: the number of CPUs).
         #[arg(long)]
         threads: Option<usize>,
@@ -59,6 +80,8 @@ enum Command {
         /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Write one exposed file (image, database) or folder of a point, without FUSE.
     Export {
@@ -69,14 +92,15 @@ enum Command {
         /// Where to write (must not exist; a folder for trees).
         #[arg(short, long)]
         out: PathBuf,
-        /// Bound of the decompression cache, e.g. 256M or 1G.
-        #[arg(long, default_value = "256M", value_parser = parse_size)]
-        cache_size: u64,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Read every backup file the points depend on, check every checksum, report per point.
     Verify {
         /// Folder holding backups.
         source: PathBuf,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
 }
 
@@ -112,27 +136,31 @@ pub fn run() -> ExitCode {
         Command::Mount {
             source,
             mountpoint,
-            cache_size,
+            cache,
             threads,
             as_of,
             allow_other,
         } => mount_cmd(
             source,
             mountpoint,
-            cache_size,
+            &cache,
             threads,
             as_of.as_deref(),
             allow_other,
         ),
         Command::Umount { mountpoint } => mount::umount(&mountpoint).map(|()| ExitCode::SUCCESS),
-        Command::Ls { source, json } => ls(&source, json),
+        Command::Ls {
+            source,
+            json,
+            cache,
+        } => ls(&source, json, &cache),
         Command::Export {
             source,
             point_path,
             out,
-            cache_size,
-        } => export_cmd(&source, &point_path, &out, cache_size),
-        Command::Verify { source } => verify(&source),
+            cache,
+        } => export_cmd(&source, &point_path, &out, &cache),
+        Command::Verify { source, cache } => verify(&source, &cache),
     };
     match result {
         Ok(code) => code,
@@ -166,7 +194,7 @@ fn byte_bar(total: u64, msg: &str) -> ProgressBar {
 fn mount_cmd(
     source: PathBuf,
     mountpoint: PathBuf,
-    cache_size: u64,
+    cache: &CacheArgs,
     threads: Option<usize>,
     as_of: Option<&str>,
     allow_other: bool,
@@ -180,32 +208,29 @@ fn mount_cmd(
         allow_other,
     };
     mount::preflight(&args)?;
-    let cache = Cache::new(cache_size);
-    let cat = scan(&args.source, &cache)?;
-    mount::mount(&cat, cache, &args)?;
+    let opts = cache.options();
+    let cat = scan(&args.source, &opts)?;
+    mount::mount(&cat, Arc::clone(&opts.cache), &args)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Scans SOURCE with a spinner on the terminal.
-pub fn scan(source: &Path, cache: &Arc<Cache>) -> Result<Catalog> {
-    let opts = ScanOptions {
-        cache: Arc::clone(cache),
-    };
+pub fn scan(source: &Path, opts: &ScanOptions) -> Result<Catalog> {
     let bar = spinner("scanning");
-    let cat = Catalog::scan(source, &opts, &bar);
+    let cat = Catalog::scan(source, opts, &bar);
     bar.finish_and_clear();
     let cat = cat?;
     if cat.sets().is_empty() {
         return Err(Error::not_found(format!(
-            "{}: no backups found (looked for virtnbdbackup folders at any depth)",
+            "{}: no backups found (looked at any depth for virtnbdbackup folders and Core Lightning backup files)",
             source.display()
         )));
     }
     Ok(cat)
 }
 
-fn ls(source: &Path, as_json: bool) -> Result<ExitCode> {
-    let cat = scan(source, &Cache::new(DEFAULT_CAPACITY))?;
+fn ls(source: &Path, as_json: bool, cache: &CacheArgs) -> Result<ExitCode> {
+    let cat = scan(source, &cache.options())?;
     let mut out = std::io::stdout().lock();
     let w = |e: std::io::Error| Error::io(Path::new("<stdout>"), &e);
     if as_json {
@@ -214,7 +239,11 @@ fn ls(source: &Path, as_json: bool) -> Result<ExitCode> {
             .iter()
             .map(|s| {
                 let points: Vec<Value> = s.set.points().iter().map(|p| p.to_json()).collect();
-                json!({"path": s.path, "format": s.set.format(), "points": points})
+                let mut v = json!({"path": s.path, "format": s.set.format(), "points": points});
+                if let Some(e) = s.set.problem() {
+                    v["error"] = json!(e.to_string());
+                }
+                v
             })
             .collect();
         let problems: Vec<String> = cat.problems().iter().map(ToString::to_string).collect();
@@ -233,6 +262,9 @@ fn ls(source: &Path, as_json: bool) -> Result<ExitCode> {
             points.len()
         )
         .map_err(w)?;
+        if let Some(e) = s.set.problem() {
+            writeln!(out, "  ERROR: {e}").map_err(w)?;
+        }
         for p in points.iter() {
             writeln!(out, "  {}", p.name).map_err(w)?;
             match &p.content {
@@ -283,9 +315,9 @@ fn human(n: u64) -> String {
     }
 }
 
-fn export_cmd(source: &Path, point_path: &str, out: &Path, cache_size: u64) -> Result<ExitCode> {
+fn export_cmd(source: &Path, point_path: &str, out: &Path, cache: &CacheArgs) -> Result<ExitCode> {
     refuse_inside(source, out)?;
-    let cat = scan(source, &Cache::new(cache_size))?;
+    let cat = scan(source, &cache.options())?;
     let node = vfs::resolve(&cat.tree(None), point_path)?;
     let bar = byte_bar(export::data_bytes(&node)?, "exporting");
     let stats = export::export(&node, out, &bar);
@@ -318,14 +350,19 @@ fn refuse_inside(source: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn verify(source: &Path) -> Result<ExitCode> {
-    let cat = scan(source, &Cache::new(DEFAULT_CAPACITY))?;
+fn verify(source: &Path, cache: &CacheArgs) -> Result<ExitCode> {
+    let cat = scan(source, &cache.options())?;
     let total = cat.sets().iter().map(|s| s.set.verify_size()).sum();
     let bar = byte_bar(total, "verifying");
     let mut damaged = 0usize;
     let mut lines = Vec::new();
     for s in cat.sets() {
         let points = s.set.points();
+        if let Some(e) = s.set.problem() {
+            damaged += 1;
+            lines.push(format!("DAMAGED  {}", s.path));
+            lines.push(format!("           {e}"));
+        }
         for check in s.set.verify(&bar) {
             if check.problems.is_empty() {
                 lines.push(format!("OK       {}/{}", s.path, check.point));

@@ -20,10 +20,22 @@ use crate::vfs::{FileNode, Node};
 
 /// How long the kernel may cache names and attributes: content never changes under a name.
 const TTL: Duration = Duration::from_secs(3600);
+/// The same inside live folders, whose listing can change (a growing backup log).
+const LIVE_TTL: Duration = Duration::from_secs(1);
 /// Block size `stat` reports: large, so that `cp` and friends read in big pieces.
 const BLKSIZE: u32 = 1 << 20;
 /// The largest read the kernel sends with `FUSE_MAX_PAGES` (256 pages).
 const MAX_READ: usize = 1 << 20;
+/// Entries prepared per readdir call (more than one reply buffer holds).
+const READDIR_BATCH: usize = 1024;
+
+/// Runs a request handler; a panic (a bug) is logged and answered with EIO by the dropped
+/// reply, and the mount stays up.
+fn guard(op: &str, f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        log::error!("{op}: internal error (a bug): answered EIO, the mount stays up");
+    }
+}
 
 /// What identifies an inode across lookups: a file node by identity (so hardlinks share an
 /// inode), anything else by parent and name (so re-made folders and symlinks keep theirs).
@@ -104,6 +116,14 @@ impl Inodes {
         }
     }
 
+    /// How long the kernel may cache what is found in (or said about) folder `ino`.
+    pub fn ttl(&self, ino: u64) -> Duration {
+        match self.node(ino) {
+            Ok(Node::Dir(d)) if d.live() => LIVE_TTL,
+            _ => TTL,
+        }
+    }
+
     /// Looks `name` up in folder `parent`; the kernel now holds one more reference to the result.
     pub fn lookup(&self, parent: u64, name: &str) -> Result<(u64, Node)> {
         let dir = self.dir(parent)?;
@@ -174,24 +194,27 @@ impl Inodes {
         self.len() <= 1
     }
 
-    /// Listing of folder `ino` from position `offset`: (inode, next offset, type, name).
-    /// Entries listed here are not looked up: they get inode numbers without references.
+    /// Up to `READDIR_BATCH` entries of folder `ino` from position `offset`: (inode, next
+    /// offset, type, name). Listed entries are not looked up: they get inode numbers without
+    /// references.
     pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<(u64, u64, FileType, String)>> {
         let dir = self.dir(ino)?;
-        let mut all = vec![
-            (ino, FileType::Directory, ".".to_owned()),
-            (ino, FileType::Directory, "..".to_owned()),
-        ];
-        for (name, node) in dir.entries()? {
-            let child = self.assign(ino, &name, node.clone(), 0);
-            all.push((child, kind(&node), name));
+        let entries = dir.entries()?;
+        let mut out = Vec::new();
+        let start = offset as usize;
+        for i in start..(entries.len() + 2).min(start + READDIR_BATCH) {
+            let next = i as u64 + 1;
+            match i {
+                0 => out.push((ino, next, FileType::Directory, ".".to_owned())),
+                1 => out.push((ino, next, FileType::Directory, "..".to_owned())),
+                _ => {
+                    let (name, node) = &entries[i - 2];
+                    let child = self.assign(ino, name, node.clone(), 0);
+                    out.push((child, next, kind(node), name.clone()));
+                }
+            }
         }
-        Ok(all
-            .into_iter()
-            .enumerate()
-            .skip(offset as usize)
-            .map(|(i, (ino, k, name))| (ino, i as u64 + 1, k, name))
-            .collect())
+        Ok(out)
     }
 }
 
@@ -310,47 +333,55 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some(name) = name.to_str() else {
-            return reply.error(Errno::ENOENT);
-        };
-        match self
-            .inodes
-            .lookup(parent.0, name)
-            .and_then(|(ino, node)| attr(ino, &node))
-        {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(self.fail("lookup", parent.0, &e)),
-        }
+        guard("lookup", || {
+            let Some(name) = name.to_str() else {
+                return reply.error(Errno::ENOENT);
+            };
+            match self
+                .inodes
+                .lookup(parent.0, name)
+                .and_then(|(ino, node)| attr(ino, &node))
+            {
+                Ok(a) => reply.entry(&self.inodes.ttl(parent.0), &a, Generation(0)),
+                Err(e) => reply.error(self.fail("lookup", parent.0, &e)),
+            }
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.inodes.forget(ino.0, nlookup);
+        guard("forget", || {
+            self.inodes.forget(ino.0, nlookup);
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.inodes.node(ino.0).and_then(|n| attr(ino.0, &n)) {
-            Ok(a) => reply.attr(&TTL, &a),
-            Err(e) => reply.error(self.fail("getattr", ino.0, &e)),
-        }
+        guard("getattr", || {
+            match self.inodes.node(ino.0).and_then(|n| attr(ino.0, &n)) {
+                Ok(a) => reply.attr(&self.inodes.ttl(ino.0), &a),
+                Err(e) => reply.error(self.fail("getattr", ino.0, &e)),
+            }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.inodes.node(ino.0) {
+        guard("readlink", || match self.inodes.node(ino.0) {
             Ok(Node::Symlink(l)) => reply.data(l.target.as_bytes()),
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(self.fail("readlink", ino.0, &e)),
-        }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        match self.file(ino.0).and_then(|f| f.check()) {
-            // Content never changes under a name: keep the page cache across opens.
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(self.fail("open", ino.0, &e)),
-        }
+        guard("open", || {
+            if flags.acc_mode() != OpenAccMode::O_RDONLY {
+                return reply.error(Errno::EROFS);
+            }
+            match self.file(ino.0).and_then(|f| f.check()) {
+                // Content never changes under a name: keep the page cache across opens.
+                Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => reply.error(self.fail("open", ino.0, &e)),
+            }
+        });
     }
 
     fn read(
@@ -364,21 +395,23 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let f = match self.file(ino.0) {
-            Ok(f) => f,
-            Err(e) => return reply.error(self.fail("read", ino.0, &e)),
-        };
-        if let Some(bytes) = f.borrow(offset, size as usize) {
-            return reply.data(bytes);
-        }
-        READ_BUF.with_borrow_mut(|buf| {
-            if buf.len() < size as usize {
-                buf.resize(size as usize, 0);
+        guard("read", || {
+            let f = match self.file(ino.0) {
+                Ok(f) => f,
+                Err(e) => return reply.error(self.fail("read", ino.0, &e)),
+            };
+            if let Some(bytes) = f.borrow(offset, size as usize) {
+                return reply.data(bytes);
             }
-            match f.read_at(offset, &mut buf[..size as usize]) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(self.fail(&format!("read at {offset} of"), ino.0, &e)),
-            }
+            READ_BUF.with_borrow_mut(|buf| {
+                if buf.len() < size as usize {
+                    buf.resize(size as usize, 0);
+                }
+                match f.read_at(offset, &mut buf[..size as usize]) {
+                    Ok(n) => reply.data(&buf[..n]),
+                    Err(e) => reply.error(self.fail(&format!("read at {offset} of"), ino.0, &e)),
+                }
+            });
         });
     }
 
@@ -401,7 +434,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.inodes.readdir(ino.0, offset) {
+        guard("readdir", || match self.inodes.readdir(ino.0, offset) {
             Ok(list) => {
                 for (child, next, k, name) in list {
                     if reply.add(INodeNo(child), next, k, &name) {
@@ -411,29 +444,40 @@ impl Filesystem for FuseFs {
                 reply.ok();
             }
             Err(e) => reply.error(self.fail("readdir", ino.0, &e)),
-        }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.inodes.node(ino.0) {
-            Ok(Node::Dir(_)) => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(self.fail("opendir", ino.0, &e)),
-        }
+        guard("opendir", || {
+            match self.inodes.node(ino.0) {
+                // A folder that cannot change may be listed from the kernel's cache.
+                Ok(Node::Dir(d)) if !d.live() => reply.opened(
+                    FileHandle(0),
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                ),
+                Ok(Node::Dir(_)) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Ok(_) => reply.error(Errno::ENOTDIR),
+                Err(e) => reply.error(self.fail("opendir", ino.0, &e)),
+            }
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply.statfs(0, 0, 0, self.inodes.len() as u64, 0, BLKSIZE, 255, BLKSIZE);
+        guard("statfs", || {
+            reply.statfs(0, 0, 0, self.inodes.len() as u64, 0, BLKSIZE, 255, BLKSIZE);
+        });
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        if mask.contains(AccessFlags::W_OK) {
-            return reply.error(Errno::EROFS);
-        }
-        match self.inodes.node(ino.0) {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(self.fail("access", ino.0, &e)),
-        }
+        guard("access", || {
+            if mask.contains(AccessFlags::W_OK) {
+                return reply.error(Errno::EROFS);
+            }
+            match self.inodes.node(ino.0) {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(self.fail("access", ino.0, &e)),
+            }
+        });
     }
 
     fn getxattr(
@@ -478,13 +522,15 @@ impl Filesystem for FuseFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self
-            .file(ino.0)
-            .and_then(|f| seek(f.as_ref(), offset, whence))
-        {
-            Ok(to) => reply.offset(to),
-            Err(e) => reply.error(self.fail("lseek", ino.0, &e)),
-        }
+        guard("lseek", || {
+            match self
+                .file(ino.0)
+                .and_then(|f| seek(f.as_ref(), offset, whence))
+            {
+                Ok(to) => reply.offset(to),
+                Err(e) => reply.error(self.fail("lseek", ino.0, &e)),
+            }
+        });
     }
 }
 

@@ -33,16 +33,35 @@ pub trait Layer: Send + Sync {
     fn cache_owner(&self) -> u64;
 }
 
+/// A handle on a cached block map.
+pub struct MapRef(Arc<MapCell>);
+
+impl std::ops::Deref for MapRef {
+    type Target = BlockMap;
+    fn deref(&self) -> &BlockMap {
+        self.0.map.get().expect("built before handing out")
+    }
+}
+
 /// Zeros to lend for holes without allocating (FUSE reads are at most 1 MiB).
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
 /// A reconstructed disk image: `layers` applied in order, truncated or extended to `size`.
+/// Its block map lives in the shared cache (rebuilt if evicted), so many points' maps never
+/// hold more memory than the cache allows.
 pub struct ImageFile {
     size: u64,
     layers: Vec<Arc<dyn Layer>>,
-    map: OnceLock<BlockMap>,
+    owner: u64,
+    allocated: OnceLock<u64>,
     cache: Arc<Cache>,
     attr: Attr,
+}
+
+/// The cache's value for a block map: built once, outside the cache's lock.
+#[derive(Default)]
+struct MapCell {
+    map: OnceLock<BlockMap>,
 }
 
 impl ImageFile {
@@ -51,18 +70,29 @@ impl ImageFile {
         ImageFile {
             size,
             layers,
-            map: OnceLock::new(),
+            owner: crate::cache::new_owner_id(),
+            allocated: OnceLock::new(),
             cache,
             attr,
         }
     }
 
-    /// The block map, built on first call.
-    pub fn map(&self) -> &BlockMap {
-        self.map.get_or_init(|| {
-            let extents: Vec<&[Extent]> = self.layers.iter().map(|l| l.extents()).collect();
-            BlockMap::build(self.size, &extents)
-        })
+    /// The block map, from the cache or built now.
+    pub fn map(&self) -> MapRef {
+        let key = Key {
+            owner: self.owner,
+            index: 0,
+        };
+        let cell = self.cache.get_or_insert(key, 0, MapCell::default);
+        if cell.map.get().is_none() {
+            let map = cell.map.get_or_init(|| {
+                let extents: Vec<&[Extent]> = self.layers.iter().map(|l| l.extents()).collect();
+                BlockMap::build(self.size, &extents)
+            });
+            self.cache.set_cost(key, map.heap_bytes() as u64);
+            let _ = self.allocated.set(map.allocated());
+        }
+        MapRef(cell)
     }
 
     fn chunk(&self, layer: &Arc<dyn Layer>, idx: u32) -> Result<Arc<DecodedChunk>> {
@@ -134,7 +164,7 @@ impl FileNode for ImageFile {
         }
         let len = len.min((self.size - offset) as usize);
         let map = self.map();
-        let e = &map.extents()[map.find(offset)];
+        let e = map.extents()[map.find(offset)];
         if e.end() - offset < len as u64 {
             return None;
         }
@@ -160,6 +190,9 @@ impl FileNode for ImageFile {
     }
 
     fn allocated(&self) -> Result<u64> {
+        if let Some(&a) = self.allocated.get() {
+            return Ok(a);
+        }
         Ok(self.map().allocated())
     }
 

@@ -21,3 +21,4 @@ pub mod source;
 mod sys;
 pub mod timefmt;
 pub mod vfs;
+pub mod workdir;

@@ -16,6 +16,10 @@ use crate::source::{SliceReader, Source};
 
 const MAGIC: [u8; 4] = [0x04, 0x22, 0x4d, 0x18];
 
+/// The largest LZ4 frame restorefs decodes into memory. virtnbdbackup splits extents into
+/// frames of the NBD maximum request size (32 MiB with qemu); anything far beyond is hostile.
+pub const MAX_FRAME: u64 = 256 << 20;
+
 /// Decoding granularity: a read past the decoded prefix decodes up to the next multiple of this.
 const STEP: usize = 1 << 20;
 
@@ -133,7 +137,9 @@ impl DecodedChunk {
             st.decoder = Some(FrameDecoder::new(
                 self.source.reader(self.offset, self.comp_len)?,
             ));
-            st.out.reserve_exact(self.raw_len);
+            st.out.try_reserve_exact(self.raw_len).map_err(|e| {
+                self.corrupt(format!("cannot hold {} decoded bytes: {e}", self.raw_len))
+            })?;
         }
         let target = need.div_ceil(STEP).saturating_mul(STEP).min(self.raw_len);
         let mut filled = st.out.len();

@@ -1,7 +1,7 @@
 //! Local times: point names, `at/<TIME>`, `--as-of`. All comparisons use naive local time,
 //! because that is what virtnbdbackup writes (no zone) and what users type.
 
-use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeDelta, TimeZone};
+use chrono::{DateTime, Datelike, Local, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Timelike};
 
 use crate::error::{Error, Result};
 
@@ -17,7 +17,10 @@ pub fn to_iso(t: &NaiveDateTime) -> String {
 
 /// Local time of a Unix timestamp.
 pub fn from_unix(secs: i64) -> Option<NaiveDateTime> {
-    DateTime::from_timestamp(secs, 0).map(|utc| utc.with_timezone(&Local).naive_local())
+    Local
+        .timestamp_opt(secs, 0)
+        .earliest()
+        .map(|t| t.naive_local())
 }
 
 /// Parses an ISO 8601 time as written by Python's `isoformat()` (no zone, optional fraction).
@@ -33,9 +36,17 @@ pub fn parse_naive(s: &str) -> Option<NaiveDateTime> {
 /// whole last unit, so `at/2026-11-20` means "as of the end of that day" and a point's own name
 /// (to the second) finds that point.
 pub fn parse_user(s: &str) -> Result<NaiveDateTime> {
+    parse_any(s)
+        .filter(|t| (1..=9999).contains(&t.year()))
+        .ok_or_else(|| bad_time(s))
+}
+
+fn parse_any(s: &str) -> Option<NaiveDateTime> {
     let t = s.trim();
     let whole = |unit_secs: i64, naive: NaiveDateTime| {
-        naive + TimeDelta::seconds(unit_secs) - TimeDelta::nanoseconds(1)
+        naive
+            .checked_add_signed(TimeDelta::seconds(unit_secs) - TimeDelta::nanoseconds(1))
+            .unwrap_or(naive)
     };
     let exact = t.contains('.');
     if let Some(secs) = t.strip_prefix('@') {
@@ -43,28 +54,22 @@ pub fn parse_user(s: &str) -> Result<NaiveDateTime> {
             .parse::<i64>()
             .ok()
             .and_then(from_unix)
-            .map(|n| whole(1, n))
-            .ok_or_else(|| bad_time(s));
+            .map(|n| whole(1, n));
     }
     if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
-        let local = dt.with_timezone(&Local).naive_local();
-        return Ok(if exact { local } else { whole(1, local) });
+        let local = from_unix(dt.timestamp())?.with_nanosecond(dt.timestamp_subsec_nanos())?;
+        return Some(if exact { local } else { whole(1, local) });
     }
     if let Some(naive) = parse_naive(t) {
-        return Ok(if exact { naive } else { whole(1, naive) });
+        return Some(if exact { naive } else { whole(1, naive) });
     }
     for f in ["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(t, f) {
-            return Ok(whole(60, naive));
+            return Some(whole(60, naive));
         }
     }
-    if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-        return d
-            .and_hms_opt(0, 0, 0)
-            .map(|n| whole(86_400, n))
-            .ok_or_else(|| bad_time(s));
-    }
-    Err(bad_time(s))
+    let day = NaiveDate::parse_from_str(t, "%Y-%m-%d").ok()?;
+    day.and_hms_opt(0, 0, 0).map(|n| whole(86_400, n))
 }
 
 fn bad_time(s: &str) -> Error {
@@ -107,6 +112,9 @@ mod tests {
         let exact = parse_user("2026-11-20T10:00:01.5").unwrap();
         assert_eq!(to_iso(&exact), "2026-11-20T10:00:01.500");
         assert!(parse_user("tuesday").is_err());
+        assert!(parse_user("+262143-12-31").is_err());
+        assert!(parse_user("@8210266876799").is_err());
+        assert!(parse_user("@-99999999999999").is_err());
         let unix = parse_user("@0").unwrap();
         assert_eq!(to_name(&unix), to_name(&from_unix(0).unwrap()));
     }

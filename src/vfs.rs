@@ -69,6 +69,11 @@ pub trait Directory: Send + Sync {
 
     /// Attributes of the folder itself.
     fn attr(&self) -> Attr;
+
+    /// Whether the listing can change while mounted (then the kernel caches it only briefly).
+    fn live(&self) -> bool {
+        false
+    }
 }
 
 /// A regular file served by offset.

@@ -156,8 +156,9 @@ fn eight_threads_read_random_ranges_of_several_images() {
     if !fuse_available("eight_threads_read_random_ranges_of_several_images") {
         return;
     }
-    // A small cache, so compressed chunks are evicted and decoded again while others read them.
-    let m = Mounted::new(&source(), &["--cache-size", "4M", "--threads", "4"]);
+    // A cache smaller than the chunks in use, so they are evicted and decoded again while
+    // other threads read them.
+    let m = Mounted::new(&source(), &["--cache-size", "48M", "--threads", "4"]);
     let doc = ls_json(&source());
     let picks = [
         ("v1-lz4", "p5-inc3", "vda"),

@@ -186,9 +186,8 @@ fn check(seed: u64) {
     let dir = tmp.path().join("vm");
     std::fs::create_dir(&dir).unwrap();
     let backups = generate(&mut rng, &dir);
-    let opts = ScanOptions {
-        cache: Cache::new(1 << 20),
-    };
+    let cache_dir = common::scratch();
+    let opts = ScanOptions::new(Cache::new(1 << 20), cache_dir.path());
     let cat = Catalog::scan(tmp.path(), &opts, &indicatif::ProgressBar::hidden()).unwrap();
     let root = cat.tree(None);
     let points = cat.sets()[0].set.points();
@@ -226,9 +225,8 @@ fn stream_version_1_reads_back() {
     spec.frames.push(Frame::Data(0, vec![7u8; 4096]));
     spec.frames.push(Frame::Zero(4096, 4096));
     std::fs::write(dir.join("vda.full.data"), spec.to_bytes()).unwrap();
-    let opts = ScanOptions {
-        cache: Cache::new(1 << 20),
-    };
+    let cache_dir = common::scratch();
+    let opts = ScanOptions::new(Cache::new(1 << 20), cache_dir.path());
     let cat = Catalog::scan(tmp.path(), &opts, &indicatif::ProgressBar::hidden()).unwrap();
     let node = vfs::resolve(&cat.tree(None), "old/latest/vda.raw").unwrap();
     let mut rng = Rng(3);

@@ -306,3 +306,119 @@ pub fn point_path(doc: &serde_json::Value, mp: &ManifestPoint) -> String {
         mp.disk
     )
 }
+
+/// canon-v1 (tests/data README): a logical hash of a SQLite database that does not depend on
+/// the library version or the page history. `None` path content = a 0-byte database.
+pub fn canon_v1(db: &Path) -> String {
+    use rusqlite::types::ValueRef;
+    let mut text = String::from("canon-v1\n");
+    if std::fs::metadata(db).unwrap().len() == 0 {
+        return sha256(text.as_bytes());
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    type MasterRow = (Vec<u8>, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+    let mut master: Vec<MasterRow> = conn
+        .prepare("SELECT type, name, tbl_name, sql FROM sqlite_master")
+        .unwrap()
+        .query_map([], |r| {
+            let b = |i: usize| -> rusqlite::Result<Vec<u8>> {
+                Ok(match r.get_ref(i)? {
+                    ValueRef::Text(t) | ValueRef::Blob(t) => t.to_vec(),
+                    other => format!("{other:?}").into_bytes(),
+                })
+            };
+            Ok((
+                b(0)?,
+                b(1)?,
+                b(2)?,
+                r.get::<_, Option<String>>(3)?.map(String::into_bytes),
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    master.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    for (ty, name, tbl, sql) in &master {
+        let sql = sql
+            .as_ref()
+            .map_or_else(|| "N".to_owned(), |q| format!("T{}", hex(q)));
+        text.push_str(&format!("S\t{}\t{}\t{}\t{sql}\n", s(ty), s(name), s(tbl)));
+    }
+    let mut tables: Vec<&Vec<u8>> = master
+        .iter()
+        .filter(|m| m.0 == b"table")
+        .map(|m| &m.1)
+        .collect();
+    tables.sort();
+    for t in tables {
+        let name = s(t);
+        let mut st = conn
+            .prepare(&format!("SELECT * FROM \"{}\"", name.replace('"', "\"\"")))
+            .unwrap();
+        let ncols = st.column_count();
+        let mut rows: Vec<String> = st
+            .query_map([], |r| {
+                let mut line = format!("R\t{name}");
+                for i in 0..ncols {
+                    line.push('\t');
+                    line.push_str(&match r.get_ref(i)? {
+                        ValueRef::Null => "N".to_owned(),
+                        ValueRef::Integer(v) => format!("I{v}"),
+                        ValueRef::Real(f) => format!("F{}", hex(&f.to_bits().to_be_bytes())),
+                        ValueRef::Text(b) => format!("T{}", hex(b)),
+                        ValueRef::Blob(b) => format!("B{}", hex(b)),
+                    });
+                }
+                Ok(line)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows.sort();
+        text.push_str(&format!("C\t{name}\t{}\n", rows.len()));
+        for r in rows {
+            text.push_str(&r);
+            text.push('\n');
+        }
+    }
+    sha256(text.as_bytes())
+}
+
+/// One row of tests/data/clightning/MANIFEST.tsv.
+#[derive(Debug, Clone)]
+pub struct ClnRow {
+    pub scenario: String,
+    pub file: String,
+    pub version: Option<u32>,
+    pub ok: bool,
+    pub canon: String,
+}
+
+/// Every row of the Core Lightning MANIFEST.
+pub fn cln_manifest() -> Vec<ClnRow> {
+    let text = std::fs::read_to_string(data_dir().join("clightning/MANIFEST.tsv")).unwrap();
+    let mut lines = text.lines();
+    let head: Vec<&str> = lines.next().unwrap().split('\t').collect();
+    let col = |n: &str| head.iter().position(|h| *h == n).unwrap();
+    let (sc, fi, ve, st, ca) = (
+        col("scenario"),
+        col("file"),
+        col("version"),
+        col("intended_status"),
+        col("intended_canon_sha256"),
+    );
+    lines
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .map(|c| ClnRow {
+            scenario: c[sc].into(),
+            file: c[fi].into(),
+            version: c[ve].parse().ok(),
+            ok: c[st] == "ok",
+            canon: c[ca].into(),
+        })
+        .collect()
+}

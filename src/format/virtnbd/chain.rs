@@ -19,8 +19,6 @@ pub enum Level {
     Inc(String),
     /// `<disk>.diff.<ident>.data`
     Diff(String),
-    /// Any other `<disk>.<rest>.data`
-    Other(String),
 }
 
 impl Level {
@@ -31,12 +29,12 @@ impl Level {
             Level::Full | Level::Copy => "base".into(),
             Level::Inc(x) => format!("inc.{x}"),
             Level::Diff(x) => format!("diff.{x}"),
-            Level::Other(x) => x.clone(),
         }
     }
 }
 
-/// Splits `<disk>.<level>.data` into disk and level; `None` for names that are not streams.
+/// Splits `<disk>.<level>.data` into disk and level; `None` for names virtnbdbackup does not
+/// write (so an unrelated `foo.data` does not make a folder a backup set).
 pub fn parse_name(name: &str) -> Option<(String, Level)> {
     let base = name.strip_suffix(".data")?;
     let (disk, rest) = base.split_once('.').unwrap_or((base, ""));
@@ -44,9 +42,9 @@ pub fn parse_name(name: &str) -> Option<(String, Level)> {
         "full" => Level::Full,
         "copy" => Level::Copy,
         _ => match rest.split_once('.') {
-            Some(("inc", cp)) => Level::Inc(cp.into()),
-            Some(("diff", id)) => Level::Diff(id.into()),
-            _ => Level::Other(rest.into()),
+            Some(("inc", cp)) if !cp.is_empty() => Level::Inc(cp.into()),
+            Some(("diff", id)) if !id.is_empty() => Level::Diff(id.into()),
+            _ => return None,
         },
     };
     Some((disk.to_owned(), level))
@@ -89,7 +87,7 @@ pub struct FileInfo {
 /// The checkpoint tree as `checkpoints/*.xml` and `<domain>.cpt` record it: child → parent.
 #[derive(Default)]
 pub struct Checkpoints {
-    parents: HashMap<String, Option<String>>,
+    parents: HashMap<String, String>,
 }
 
 impl Checkpoints {
@@ -101,9 +99,10 @@ impl Checkpoints {
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default();
-            for (i, cp) in list.iter().enumerate() {
-                let parent = i.checked_sub(1).map(|p| list[p].clone());
-                cps.parents.entry(cp.clone()).or_insert(parent);
+            for pair in list.windows(2) {
+                cps.parents
+                    .entry(pair[1].clone())
+                    .or_insert_with(|| pair[0].clone());
             }
         }
         if let Ok(rd) = std::fs::read_dir(dir.join("checkpoints")) {
@@ -115,7 +114,9 @@ impl Checkpoints {
                 let Ok(xml) = std::fs::read_to_string(entry.path()) else {
                     continue;
                 };
-                cps.parents.insert(cp.to_owned(), xml_parent(&xml));
+                if let Some(parent) = xml_parent(&xml) {
+                    cps.parents.insert(cp.to_owned(), parent);
+                }
             }
         }
         cps
@@ -123,20 +124,20 @@ impl Checkpoints {
 
     /// Records `child`'s parent.
     #[cfg(test)]
-    pub fn insert(&mut self, child: &str, parent: Option<&str>) {
-        self.parents.insert(child.into(), parent.map(str::to_owned));
+    pub fn insert(&mut self, child: &str, parent: &str) {
+        self.parents.insert(child.into(), parent.into());
     }
 
-    /// The parent of checkpoint `cp`: `None` if unknown, `Some(None)` for a root.
-    fn parent(&self, cp: &str) -> Option<Option<&str>> {
-        self.parents.get(cp).map(Option::as_deref)
+    /// The parent of checkpoint `cp`, when known.
+    fn parent(&self, cp: &str) -> Option<&str> {
+        self.parents.get(cp).map(String::as_str)
     }
 }
 
 /// `<parent><name>X</name></parent>` of a libvirt domaincheckpoint XML.
 fn xml_parent(xml: &str) -> Option<String> {
     // The embedded <domain> has <name>s of its own: look only before it.
-    let body = xml.split_once("<domaincheckpoint>").map_or(xml, |(_, b)| b);
+    let body = xml.split_once("<domaincheckpoint").map_or(xml, |(_, b)| b);
     let head = body.split("<domain").next().unwrap_or(body);
     let inner = head.split_once("<parent>")?.1.split_once("</parent>")?.0;
     let name = inner.split_once("<name>")?.1.split_once("</name>")?.0;
@@ -227,7 +228,7 @@ impl<'a> Resolver<'a> {
         };
         let base = match self.creators.get(&(f.disk.as_str(), parent)) {
             Some(&c) if c != idx => self.parent_chain(c, idx, visiting, warnings)?,
-            _ => self.degraded(idx, h, parent, visiting, warnings)?,
+            _ => self.without_creator(idx, h, parent, visiting, warnings)?,
         };
         let mut seq = base;
         seq.push(idx);
@@ -249,9 +250,11 @@ impl<'a> Resolver<'a> {
         })
     }
 
-    /// The creator of `parent` is gone. When it was overwritten by an offline incremental (the
-    /// file-name collision of spec §2.3), rebuild as well as the remaining files allow and warn.
-    fn degraded(
+    /// The creator of checkpoint `parent` is gone. When an offline incremental overwrote it
+    /// (the file-name collision of spec §2.3), rebuild as well as the remaining files allow and
+    /// warn: the offline incremental on `parent` stands in for it; for that offline file itself,
+    /// the best base is the state of the checkpoint before.
+    fn without_creator(
         &self,
         idx: usize,
         h: &Header,
@@ -269,19 +272,27 @@ impl<'a> Resolver<'a> {
                 ),
             )
         };
+        let offline_on = |cp: &str| {
+            self.files.iter().position(|o| {
+                o.disk == f.disk
+                    && o.level == Level::Inc(cp.to_owned())
+                    && o.header.as_ref().is_ok_and(Header::offline)
+            })
+        };
         let collided = h.offline() && f.level == Level::Inc(parent.to_owned());
-        let Some(Some(grand)) = self.checkpoints.parent(parent).filter(|_| collided) else {
+        if !collided {
+            // A later backup on top of the overwritten checkpoint: the offline incremental on
+            // it stands in (its own resolution carries the warning).
+            return match offline_on(parent) {
+                Some(o) if o != idx => self.parent_chain(o, idx, visiting, warnings),
+                _ => Err(missing()),
+            };
+        }
+        let Some(grand) = self.checkpoints.parent(parent) else {
             return Err(missing());
         };
-        // The best remaining base: an offline incremental on the grandparent checkpoint (it holds
-        // the changes since then, up to its own time), else the grandparent's creator.
-        let offline_on_grand = self.files.iter().position(|o| {
-            o.disk == f.disk
-                && o.level == Level::Inc(grand.to_owned())
-                && o.header.as_ref().is_ok_and(Header::offline)
-        });
         let base = match (
-            offline_on_grand,
+            offline_on(grand),
             self.creators.get(&(f.disk.as_str(), grand)),
         ) {
             (Some(o), _) if o != idx => self.parent_chain(o, idx, visiting, warnings)?,
@@ -346,6 +357,8 @@ mod tests {
             Some(("vda".into(), Level::Diff("1795313044".into())))
         );
         assert_eq!(parse_name("vda.full.data.partial"), None);
+        assert_eq!(parse_name("notes.data"), None);
+        assert_eq!(parse_name("vda.snapshot.data"), None);
         assert_eq!(parse_name("vda.full.data.chksum"), None);
     }
 
@@ -433,8 +446,7 @@ mod tests {
             ),
         ];
         let mut cps = Checkpoints::default();
-        cps.insert("virtnbdbackup.0", None);
-        cps.insert("virtnbdbackup.1", Some("virtnbdbackup.0"));
+        cps.insert("virtnbdbackup.1", "virtnbdbackup.0");
         let r = Resolver::new(Path::new("/b"), &files, &cps);
         assert_eq!(
             names(&files, r.resolve(1)),
@@ -448,6 +460,39 @@ mod tests {
                 "vda.full.data",
                 "vda.inc.virtnbdbackup.0.data",
                 "vda.inc.virtnbdbackup.1.data"
+            ]
+        );
+    }
+
+    #[test]
+    fn backups_after_an_overwritten_checkpoint_build_on_the_offline_stand_in() {
+        let files = vec![
+            file("vda.full.data", hdr(false, "virtnbdbackup.0", "")),
+            file(
+                "vda.inc.virtnbdbackup.1.data",
+                hdr(true, "virtnbdbackup.1", "virtnbdbackup.1"),
+            ),
+            file(
+                "vda.inc.virtnbdbackup.2.data",
+                hdr(true, "virtnbdbackup.2", "virtnbdbackup.1"),
+            ),
+            file(
+                "vda.diff.99.data",
+                hdr(true, "virtnbdbackup.3", "virtnbdbackup.2"),
+            ),
+        ];
+        let mut cps = Checkpoints::default();
+        cps.insert("virtnbdbackup.1", "virtnbdbackup.0");
+        let r = Resolver::new(Path::new("/b"), &files, &cps);
+        let res = r.resolve(3);
+        assert_eq!(res.warnings.len(), 1, "{:?}", res.warnings);
+        assert_eq!(
+            names(&files, res),
+            [
+                "vda.full.data",
+                "vda.inc.virtnbdbackup.1.data",
+                "vda.inc.virtnbdbackup.2.data",
+                "vda.diff.99.data"
             ]
         );
     }

@@ -58,8 +58,14 @@ pub fn parse(json: &[u8]) -> Result<Meta, String> {
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err("meta 'incremental' is not a boolean".into()),
     };
+    let virtual_size = uint("virtualSize")?;
+    if virtual_size > i64::MAX as u64 {
+        return Err(format!(
+            "meta 'virtualSize' {virtual_size} is beyond any disk"
+        ));
+    }
     Ok(Meta {
-        virtual_size: uint("virtualSize")?,
+        virtual_size,
         data_size: uint("dataSize")?,
         date: obj
             .get("date")

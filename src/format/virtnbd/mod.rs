@@ -162,7 +162,6 @@ fn build_point(
         }
         Level::Inc(_) => "inc",
         Level::Diff(_) => "diff",
-        Level::Other(_) => "unknown",
     };
     let mut warnings = Vec::new();
     let time = run_time(dir, files, infos, members, kind, &mut warnings);
@@ -243,7 +242,7 @@ fn build_point(
     let content = if !exposed.is_empty() && exposed.iter().all(|e| e.error.is_some()) {
         Err(errors[0].clone())
     } else {
-        if let Some(xml) = vmconfig(dir, first, stream_header.copied()) {
+        if let Some(xml) = vmconfig(dir, infos, members, stream_header.copied()) {
             exposed.push(Exposed {
                 path: "vmconfig.xml".into(),
                 size: Some(xml.1.len() as u64),
@@ -312,19 +311,19 @@ fn run_time(
     timefmt::from_unix(secs as i64)
 }
 
-/// `vmconfig.<ident>.xml` of a run, with its name.
+/// `vmconfig.<ident>.xml` of a run, with its name: a full run's ident is its checkpoint, a
+/// copy run's is `copy`, the others' are in their file names.
 fn vmconfig(
     dir: &Path,
-    first: &chain::FileInfo,
+    infos: &[chain::FileInfo],
+    members: &[usize],
     header: Option<&chain::Header>,
 ) -> Option<(String, Vec<u8>)> {
-    let ident = match &first.level {
-        Level::Full | Level::Copy => match header {
-            Some(h) if h.incremental => return None,
-            Some(h) if !h.raw && first.level == Level::Full => h.checkpoint.clone()?,
-            _ => "copy".into(),
-        },
-        Level::Inc(x) | Level::Diff(x) | Level::Other(x) => x.clone(),
+    let full = members.iter().any(|&m| infos[m].level == Level::Full);
+    let ident = match &infos[members[0]].level {
+        Level::Full | Level::Copy if full => header?.checkpoint.clone()?,
+        Level::Full | Level::Copy => "copy".into(),
+        Level::Inc(x) | Level::Diff(x) => x.clone(),
     };
     let name = format!("vmconfig.{ident}.xml");
     let data = std::fs::read(dir.join(&name)).ok()?;

@@ -378,7 +378,17 @@ impl<'a> Parser<'a> {
                 Some(n) => n,
                 None => lz4::decode_count(self.source, file_off, comp_len)?,
             };
-            if guest + raw_len > h.start + h.length {
+            if raw_len > lz4::MAX_FRAME {
+                return Err(self.err(
+                    file_off,
+                    format!(
+                        "LZ4 frame declares {raw_len} bytes, more than the {} restorefs accepts",
+                        lz4::MAX_FRAME
+                    ),
+                ));
+            }
+            // frame end >= guest holds: `guest` only advances while it stays inside the frame.
+            if raw_len > h.start + h.length - guest {
                 break;
             }
             extents.push(Extent {
@@ -422,7 +432,7 @@ impl<'a> Parser<'a> {
             return Err(missing("the file does not end with a comp frame"));
         }
         let start = hpos
-            .checked_sub(2 + h.length)
+            .checked_sub(h.length.saturating_add(2))
             .ok_or_else(|| self.err(hpos, "comp frame gives a trailer longer than the file"))?;
         self.expect_crlf(hpos - 2, "compression trailer")?;
         let json = &self.bytes[start as usize..(hpos - 2) as usize];
@@ -444,7 +454,8 @@ impl<'a> Parser<'a> {
                         .as_array()
                         .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
                         .ok_or_else(|| bad(format!("{list} is not a list of sizes")))?;
-                    if sizes.iter().sum::<u64>() != total {
+                    let sum = sizes.iter().try_fold(0u64, |a, &b| a.checked_add(b));
+                    if sum != Some(total) {
                         return Err(bad(format!("sizes {sizes:?} do not add up to {total}")));
                     }
                     Ok(sizes)

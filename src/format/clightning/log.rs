@@ -1,0 +1,248 @@
+//! The Core Lightning backup plugin's file: a 512-byte header, then entries of a 9-byte header
+//! (`u32 length, u32 version, u8 type`, big-endian) and a payload (spec §1).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Size of the file header; entries start here.
+pub const HEADER_LEN: u64 = 512;
+/// Size of an entry header.
+const ENTRY_HEADER: u64 = 9;
+/// The data_version bump that ends every committed transaction (spec §1.2).
+const BUMP: &str = "UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = ";
+/// How much of a payload's end is read to find its last statement (the bump is ~90 bytes).
+const TAIL_WINDOW: u64 = 160;
+
+/// The file header's fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Must be 1.
+    pub file_version: u32,
+    /// data_version of the last entry the plugin believes it wrote: the committed head.
+    pub version: u32,
+    /// Where the plugin thinks the next entry goes (not trusted).
+    pub offset_next: u64,
+    /// Version before the head.
+    pub prev_version: u32,
+    /// Where the plugin thinks the head entry starts (not trusted).
+    pub offset_last: u64,
+    /// Entries appended since the file was made.
+    pub version_count: u64,
+}
+
+/// What the first bytes of a file say.
+pub enum Probe {
+    /// Not a backup-plugin file.
+    NotOurs,
+    /// A valid header.
+    Valid(Header),
+    /// Looks like a backup-plugin file but its header cannot be used.
+    Broken(Error),
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Reads the header of `path`. A file is claimed when its padding (bytes 36..512) is all zero
+/// and its first word is a small file version; anything else is not ours.
+pub fn probe(path: &Path) -> Probe {
+    let Ok(f) = File::open(path) else {
+        return Probe::NotOurs;
+    };
+    let mut buf = [0u8; HEADER_LEN as usize];
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return Probe::NotOurs,
+        }
+    }
+    if n < 36 || buf[36..n].iter().any(|&b| b != 0) {
+        return Probe::NotOurs;
+    }
+    let h = Header {
+        file_version: be32(&buf, 0),
+        version: be32(&buf, 4),
+        offset_next: be64(&buf, 8),
+        prev_version: be32(&buf, 16),
+        offset_last: be64(&buf, 20),
+        version_count: be64(&buf, 28),
+    };
+    // Sane offsets tell a damaged backup file from unrelated data with zeros in it.
+    let plausible = h.offset_next >= HEADER_LEN && h.offset_last < h.offset_next;
+    match (n == buf.len(), h.file_version) {
+        (false, 1) => Probe::Broken(Error::corrupt(
+            path,
+            n as u64,
+            format!("header cut short: {n} of {HEADER_LEN} bytes"),
+        )),
+        (true, 1) => Probe::Valid(h),
+        (true, v @ 2..=255) if plausible => Probe::Broken(Error::unsupported(
+            path,
+            format!("file_version {v} (only version 1 exists)"),
+        )),
+        _ => Probe::NotOurs,
+    }
+}
+
+/// Entry type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// SQL statements of one lightningd transaction.
+    Transaction,
+    /// A whole SQLite database file.
+    Snapshot,
+}
+
+/// One entry, as indexed (the payload is read when replayed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// File offset of the 9-byte entry header.
+    pub offset: u64,
+    /// Payload length.
+    pub length: u32,
+    /// data_version the entry carries.
+    pub version: u32,
+    /// Type.
+    pub kind: Kind,
+    /// Whether a transaction ends with the data_version bump (PRAGMA-only entries do not).
+    pub bump: bool,
+}
+
+impl Entry {
+    /// File offset of the payload.
+    pub fn payload_offset(&self) -> u64 {
+        self.offset + ENTRY_HEADER
+    }
+
+    /// File offset just past the entry.
+    pub fn end(&self) -> u64 {
+        self.payload_offset() + u64::from(self.length)
+    }
+}
+
+/// Where and why the walk stopped before the end of the file.
+#[derive(Clone, Debug)]
+pub struct Tail {
+    /// Offset of the entry that could not be read.
+    pub offset: u64,
+    /// Its version, when its header was readable.
+    pub version: Option<u32>,
+    /// What is wrong.
+    pub msg: String,
+}
+
+/// Walks entries from `from` to the end of the file (`len` bytes), appending them to `entries`.
+/// Stops at the first entry without a full header and payload or with an unknown type (never
+/// resynchronises) and says why; `None` when the walk reached the end cleanly.
+pub fn walk(file: &File, from: u64, len: u64, entries: &mut Vec<Entry>) -> Option<Tail> {
+    let mut pos = from;
+    while pos < len {
+        let tail = |version: Option<u32>, msg: String| Tail {
+            offset: pos,
+            version,
+            msg,
+        };
+        let mut h = [0u8; ENTRY_HEADER as usize];
+        let have = (len - pos).min(ENTRY_HEADER) as usize;
+        if let Err(e) = file.read_exact_at(&mut h[..have], pos) {
+            return Some(tail(None, format!("cannot read entry header: {e}")));
+        }
+        if have < ENTRY_HEADER as usize {
+            return Some(tail(
+                None,
+                format!("entry header cut short: {have} of {ENTRY_HEADER} bytes"),
+            ));
+        }
+        let (length, version) = (be32(&h, 0), be32(&h, 4));
+        let kind = match h[8] {
+            1 => Kind::Transaction,
+            2 => Kind::Snapshot,
+            t => return Some(tail(Some(version), format!("unknown entry type {t}"))),
+        };
+        let end = pos + ENTRY_HEADER + u64::from(length);
+        if end > len {
+            return Some(tail(
+                Some(version),
+                format!(
+                    "payload cut short: {length} bytes announced, {} present",
+                    len - pos - ENTRY_HEADER
+                ),
+            ));
+        }
+        let bump = match kind {
+            Kind::Snapshot => false,
+            Kind::Transaction => match last_statement(file, pos + ENTRY_HEADER, length) {
+                Ok(s) => is_bump(&s),
+                Err(e) => return Some(tail(Some(version), format!("cannot read payload: {e}"))),
+            },
+        };
+        entries.push(Entry {
+            offset: pos,
+            length,
+            version,
+            kind,
+            bump,
+        });
+        pos = end;
+    }
+    None
+}
+
+/// The end of a transaction payload after its last NUL (at most `TAIL_WINDOW` bytes).
+fn last_statement(file: &File, payload: u64, length: u32) -> std::io::Result<String> {
+    let take = u64::from(length).min(TAIL_WINDOW);
+    let mut buf = vec![0u8; take as usize];
+    file.read_exact_at(&mut buf, payload + u64::from(length) - take)?;
+    let start = buf.iter().rposition(|&b| b == 0).map_or(0, |p| p + 1);
+    if start == 0 && u64::from(length) > take {
+        // The last statement is longer than any bump statement.
+        return Ok(String::new());
+    }
+    Ok(String::from_utf8_lossy(&buf[start..]).into_owned())
+}
+
+/// Whether `stmt` is the data_version bump `… AND intval = N` (with or without `;`).
+pub fn is_bump(stmt: &str) -> bool {
+    stmt.trim()
+        .trim_end_matches(';')
+        .trim_end()
+        .strip_prefix(BUMP)
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Reads an entry's payload.
+pub fn payload(file: &File, path: &Path, e: &Entry) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; e.length as usize];
+    file.read_exact_at(&mut buf, e.payload_offset())
+        .map_err(|err| Error::io(path, &err).context(format!("entry at offset {}", e.offset)))?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bump_statements() {
+        assert!(is_bump(
+            "UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = 7"
+        ));
+        assert!(is_bump(
+            "UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = 12;"
+        ));
+        assert!(!is_bump(
+            "UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = "
+        ));
+        assert!(!is_bump("PRAGMA foreign_keys = OFF;"));
+    }
+}

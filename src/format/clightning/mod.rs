@@ -1,0 +1,501 @@
+//! Core Lightning's backup plugin: any file with a valid 512-byte header is a backup set; every
+//! committed data_version is a restore point exposing `lightningd.sqlite3` as of that version,
+//! rebuilt on first read (spec: `clightning-backup-log.md`).
+//!
+//! The set is live: a log that grows while mounted shows its new versions (only those the header
+//! names as written, so never a torn one); a log replaced by compaction is read anew.
+
+mod log;
+mod replay;
+mod resolve;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
+use indicatif::ProgressBar;
+use serde_json::{Map, json};
+
+use crate::cache::{self, Cache, Key};
+use crate::catalog::{BackupSet, Check, DirInfo, Exposed, Format, Found, Point, ScanOptions};
+use crate::error::{Error, Result};
+use crate::vfs::{Attr, FileNode, Node};
+use crate::workdir::{Rebuilt, WorkDir};
+use log::{Entry, Kind, Probe};
+use replay::Replayer;
+
+/// Checkpoints are taken at least every this many versions (more sparsely when the
+/// checkpoints of a whole log would not fit the store's bound).
+pub const CHECKPOINT_EVERY: u64 = 32;
+
+/// The Core Lightning backup-plugin format.
+pub struct Clightning;
+
+impl Format for Clightning {
+    fn name(&self) -> &'static str {
+        "clightning"
+    }
+
+    fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanOptions) -> Found {
+        let mut found = Found::default();
+        for name in dir.files {
+            // A clone being built by `backup-compact` (or left over by a failed one) is not the
+            // backup; it is left alone while the real file is next to it.
+            if let Some(real) = name.strip_suffix(".compacting")
+                && dir.files.iter().any(|f| f == real)
+            {
+                found.claimed_files.push(name.clone());
+                continue;
+            }
+            let path = dir.path.join(name);
+            let probe = log::probe(&path);
+            if matches!(probe, Probe::NotOurs) {
+                continue;
+            }
+            let set = ClnSet::new(path, name.clone(), opts, probe);
+            found
+                .sets
+                .push((name.clone(), Arc::new(set) as Arc<dyn BackupSet>));
+            found.claimed_files.push(name.clone());
+        }
+        found
+    }
+}
+
+/// An open backup file, as one refresh saw it.
+struct LogFile {
+    path: PathBuf,
+    file: File,
+    /// Cache and checkpoint owner id of this file (a replaced file gets a new one).
+    owner: u64,
+    mtime: SystemTime,
+}
+
+/// The entries kept by one resolution, shared by the points it made.
+struct Plan {
+    entries: Vec<Entry>,
+    kept: Vec<usize>,
+}
+
+impl Plan {
+    fn entry(&self, pos: usize) -> &Entry {
+        &self.entries[self.kept[pos]]
+    }
+
+    /// Position in `kept` of the entry at file offset `off`, if kept.
+    fn position(&self, off: u64) -> Option<usize> {
+        self.kept
+            .binary_search_by_key(&off, |&i| self.entries[i].offset)
+            .ok()
+    }
+}
+
+struct State {
+    /// (dev, ino, len, mtime ns) of the file last read.
+    seen: Option<(u64, u64, u64, i64)>,
+    log: Option<Arc<LogFile>>,
+    entries: Vec<Entry>,
+    /// Where the walk stopped (end of the last whole entry).
+    walked: u64,
+    problem: Option<Error>,
+    points: Arc<Vec<Arc<Point>>>,
+    nodes: HashMap<(u64, u64), Arc<DbFile>>,
+    head: Option<Arc<DbFile>>,
+}
+
+/// One backup file.
+struct ClnSet {
+    path: PathBuf,
+    name: String,
+    cache: Arc<Cache>,
+    work: Arc<WorkDir>,
+    state: Mutex<State>,
+}
+
+impl ClnSet {
+    fn new(path: PathBuf, name: String, opts: &ScanOptions, probe: Probe) -> ClnSet {
+        let set = ClnSet {
+            path,
+            name,
+            cache: Arc::clone(&opts.cache),
+            work: Arc::clone(&opts.work),
+            state: Mutex::new(State {
+                seen: None,
+                log: None,
+                entries: Vec::new(),
+                walked: log::HEADER_LEN,
+                problem: None,
+                points: Arc::new(Vec::new()),
+                nodes: HashMap::new(),
+                head: None,
+            }),
+        };
+        let mut st = set.state.lock().unwrap_or_else(|p| p.into_inner());
+        set.refresh(&mut st, Some(probe));
+        drop(st);
+        set
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Re-reads the file if it changed since last time: new entries of a grown file are walked
+    /// on from where the last walk stopped; a replaced (or shrunk) file is read anew.
+    fn refresh(&self, st: &mut State, probe: Option<Probe>) {
+        let md = match std::fs::metadata(&self.path) {
+            Ok(md) => md,
+            Err(e) => {
+                st.problem = Some(Error::io(&self.path, &e));
+                st.points = Arc::new(Vec::new());
+                return;
+            }
+        };
+        let seen = (
+            md.dev(),
+            md.ino(),
+            md.len(),
+            md.mtime_nsec() + md.mtime() * 1_000_000_000,
+        );
+        if st.seen == Some(seen) {
+            return;
+        }
+        let header = match probe.unwrap_or_else(|| log::probe(&self.path)) {
+            Probe::Valid(h) => h,
+            Probe::Broken(e) => return self.broken(st, seen, e),
+            Probe::NotOurs => {
+                let e = Error::corrupt(
+                    &self.path,
+                    0,
+                    "no longer a backup-plugin file (header changed)",
+                );
+                return self.broken(st, seen, e);
+            }
+        };
+        let same_file = st
+            .seen
+            .is_some_and(|s| (s.0, s.1) == (seen.0, seen.1) && seen.2 >= st.walked);
+        if !same_file || st.log.is_none() {
+            let file = match File::open(&self.path) {
+                Ok(f) => f,
+                Err(e) => return self.broken(st, seen, Error::io(&self.path, &e)),
+            };
+            st.log = Some(Arc::new(LogFile {
+                path: self.path.clone(),
+                file,
+                owner: cache::new_owner_id(),
+                mtime: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            }));
+            st.entries.clear();
+            st.walked = log::HEADER_LEN;
+            st.nodes.clear();
+        }
+        st.seen = Some(seen);
+        st.problem = None;
+        let log = Arc::clone(st.log.as_ref().expect("opened above"));
+        let tail = log::walk(&log.file, st.walked, seen.2, &mut st.entries);
+        st.walked = st.entries.last().map_or(log::HEADER_LEN, Entry::end);
+        let r = resolve::resolve(&st.entries, header.version, tail.as_ref());
+        let plan = Arc::new(Plan {
+            entries: st.entries.clone(),
+            kept: r.kept.clone(),
+        });
+        let mut points: Vec<(u32, Point)> = Vec::new();
+        let mut nodes = HashMap::new();
+        let attr = Attr::read_only(false, log.mtime);
+        for s in r.served.values() {
+            let key = (log.owner, plan.entry(s.upto).offset);
+            let node = st.nodes.get(&key).cloned().unwrap_or_else(|| {
+                Arc::new(DbFile {
+                    log: Arc::clone(&log),
+                    plan: Arc::clone(&plan),
+                    upto: s.upto,
+                    base: s.base,
+                    cache: Arc::clone(&self.cache),
+                    work: Arc::clone(&self.work),
+                    size: OnceLock::new(),
+                    attr,
+                })
+            });
+            nodes.insert(key, Arc::clone(&node));
+            let mut ids = Map::new();
+            ids.insert("version".into(), json!(s.version));
+            ids.insert(
+                "snapshot_version".into(),
+                json!(s.base.map(|b| plan.entry(b).version)),
+            );
+            let content = Ok(vec![Exposed {
+                path: "lightningd.sqlite3".into(),
+                node: Node::File(node as Arc<dyn FileNode>),
+                size: None,
+                sources: vec![self.name.clone()],
+                error: None,
+            }]);
+            points.push((
+                s.version,
+                Point::new(
+                    point_name(s.version),
+                    None,
+                    "version",
+                    ids,
+                    content,
+                    Vec::new(),
+                ),
+            ));
+        }
+        for (&v, (offset, why)) in &r.unserved {
+            let mut ids = Map::new();
+            ids.insert("version".into(), json!(v));
+            let err = Error::corrupt(
+                &self.path,
+                *offset,
+                format!("version {v} not served: {why}"),
+            );
+            points.push((
+                v,
+                Point::new(point_name(v), None, "version", ids, Err(err), Vec::new()),
+            ));
+        }
+        points.sort_by_key(|p| p.0);
+        st.head = r
+            .served
+            .values()
+            .next_back()
+            .and_then(|s| nodes.get(&(log.owner, plan.entry(s.upto).offset)).cloned());
+        st.nodes = nodes;
+        st.points = Arc::new(points.into_iter().map(|(_, p)| Arc::new(p)).collect());
+    }
+
+    fn broken(&self, st: &mut State, seen: (u64, u64, u64, i64), e: Error) {
+        st.seen = Some(seen);
+        st.problem = Some(e);
+        st.points = Arc::new(Vec::new());
+        st.nodes.clear();
+        st.head = None;
+    }
+}
+
+/// `v` and the version zero-padded to 10 digits (u32), so names sort by version.
+fn point_name(v: u32) -> String {
+    format!("v{v:010}")
+}
+
+impl BackupSet for ClnSet {
+    fn format(&self) -> &'static str {
+        "clightning"
+    }
+
+    fn points(&self) -> Arc<Vec<Arc<Point>>> {
+        let mut st = self.lock();
+        self.refresh(&mut st, None);
+        Arc::clone(&st.points)
+    }
+
+    fn problem(&self) -> Option<Error> {
+        self.lock().problem.clone()
+    }
+
+    fn live(&self) -> bool {
+        true
+    }
+
+    fn verify(&self, progress: &ProgressBar) -> Vec<Check> {
+        let (points, head, problem) = {
+            let mut st = self.lock();
+            self.refresh(&mut st, None);
+            (Arc::clone(&st.points), st.head.clone(), st.problem.clone())
+        };
+        let mut checks: Vec<Check> = points
+            .iter()
+            .filter_map(|p| p.content.as_ref().err().map(|e| (p, e)))
+            .map(|(p, e)| Check {
+                point: p.name.clone(),
+                problems: vec![e.clone()],
+            })
+            .collect();
+        if let Some(e) = problem {
+            checks.push(Check {
+                point: "(header)".into(),
+                problems: vec![e],
+            });
+        }
+        if let Some(head) = head {
+            let name = point_name(head.plan.entry(head.upto).version);
+            let problems = match head.rebuild_file() {
+                Ok(path) => {
+                    let r = replay::integrity_check(&path).map_err(|m| {
+                        Error::corrupt(&self.path, 0, format!("{name}: integrity_check: {m}"))
+                    });
+                    let _ = std::fs::remove_file(&path);
+                    r.err().into_iter().collect()
+                }
+                Err(e) => vec![e],
+            };
+            checks.push(Check {
+                point: name,
+                problems,
+            });
+        }
+        progress.inc(self.verify_size());
+        checks
+    }
+
+    fn verify_size(&self) -> u64 {
+        self.lock().walked
+    }
+}
+
+/// The value cached for one rebuilt version: built once, by whichever reader comes first.
+#[derive(Default)]
+struct RebuiltDb {
+    once: OnceLock<Result<Rebuilt>>,
+}
+
+/// `lightningd.sqlite3` of one version.
+struct DbFile {
+    log: Arc<LogFile>,
+    plan: Arc<Plan>,
+    upto: usize,
+    base: Option<usize>,
+    cache: Arc<Cache>,
+    work: Arc<WorkDir>,
+    size: OnceLock<u64>,
+    attr: Attr,
+}
+
+impl DbFile {
+    fn key(&self) -> Key {
+        Key {
+            owner: self.log.owner,
+            index: self.plan.entry(self.upto).offset,
+        }
+    }
+
+    /// The rebuilt file, from the cache or rebuilt now.
+    fn data(&self) -> Result<Arc<RebuiltDb>> {
+        let key = self.key();
+        let db = self.cache.get_or_insert(key, 0, RebuiltDb::default);
+        let built = db.once.get_or_init(|| {
+            let path = self.rebuild_file()?;
+            // Databases too large for a quarter of the cache stay on disk.
+            Rebuilt::take(path, self.cache.capacity() / 4)
+        });
+        match built {
+            Ok(r) => {
+                self.cache.set_cost(key, r.memory());
+                let _ = self.size.set(r.len());
+                Ok(db)
+            }
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    fn corrupt(&self, e: &Entry, msg: String) -> Error {
+        Error::corrupt(&self.log.path, e.offset, msg)
+    }
+
+    /// Rebuilds this version into a new scratch file: from the nearest checkpoint (or the
+    /// snapshot, or an empty database), replaying the kept entries up to this version, and
+    /// leaving checkpoints behind on the way.
+    fn rebuild_file(&self) -> Result<PathBuf> {
+        let plan = &self.plan;
+        let owner = self.log.owner;
+        let target = self.plan.entry(self.upto);
+        let out = self.work.file("db")?;
+        let store = self.work.checkpoints();
+        let lo = self.base.map_or(0, |b| plan.entry(b).offset);
+        let from = store.nearest(owner, lo..=target.offset, |off| {
+            plan.position(off).is_some()
+        });
+        let start: Option<usize> = match from {
+            Some((off, mut f)) => {
+                let mut w = File::create(&out).map_err(|e| Error::io(&out, &e))?;
+                std::io::copy(&mut f, &mut w).map_err(|e| Error::io(&out, &e))?;
+                plan.position(off)
+            }
+            None => {
+                let init: &[u8] = &[];
+                match self.base {
+                    Some(b) => {
+                        let snap = log::payload(&self.log.file, &self.log.path, plan.entry(b))?;
+                        std::fs::write(&out, snap).map_err(|e| Error::io(&out, &e))?;
+                    }
+                    None => std::fs::write(&out, init).map_err(|e| Error::io(&out, &e))?,
+                }
+                self.base
+            }
+        };
+        let first = start.map_or(0, |s| s + 1);
+        if first > self.upto {
+            return Ok(out);
+        }
+        let mut r = Replayer::open(&out)
+            .map_err(|m| self.corrupt(target, format!("version {}: {m}", target.version)))?;
+        // Connection settings (foreign_keys) set by PRAGMA-only entries before a checkpoint
+        // are not in the file: set them again.
+        if start != self.base {
+            for pos in self.base.map_or(0, |b| b + 1)..first {
+                let e = plan.entry(pos);
+                if e.kind == Kind::Transaction && !e.bump {
+                    let payload = log::payload(&self.log.file, &self.log.path, e)?;
+                    r.reapply_pragmas(&payload)
+                        .map_err(|m| self.corrupt(e, m))?;
+                }
+            }
+        }
+        let every = self.checkpoint_spacing(&out);
+        let seg_start = self.base.map_or(0, |b| b + 1);
+        for pos in first..=self.upto {
+            let e = plan.entry(pos);
+            let payload = log::payload(&self.log.file, &self.log.path, e)?;
+            r.apply(&payload, e.bump)
+                .map_err(|m| self.corrupt(e, format!("replaying version {}: {m}", e.version)))?;
+            let n = (pos - seg_start + 1) as u64;
+            if e.bump && pos < self.upto && n.is_multiple_of(every) && !store.has(owner, e.offset) {
+                r.commit().map_err(|m| self.corrupt(e, m))?;
+                store.put(&self.work, owner, e.offset, &out)?;
+            }
+        }
+        r.finish().map_err(|m| self.corrupt(target, m))?;
+        Ok(out)
+    }
+
+    /// Versions between checkpoints: `CHECKPOINT_EVERY`, or more when checkpoints of the whole
+    /// segment at this database size would not fit the store.
+    fn checkpoint_spacing(&self, db: &Path) -> u64 {
+        let size = std::fs::metadata(db).map_or(0, |m| m.len()).max(1);
+        let versions = (self.upto - self.base.unwrap_or(0)) as u64 + 1;
+        let fit = (self.work.checkpoints().bound() / size).max(1);
+        CHECKPOINT_EVERY.max(versions.div_ceil(fit))
+    }
+}
+
+impl FileNode for DbFile {
+    fn size(&self) -> Result<u64> {
+        if let Some(&s) = self.size.get() {
+            return Ok(s);
+        }
+        let db = self.data()?;
+        Ok(db
+            .once
+            .get()
+            .and_then(|r| r.as_ref().ok())
+            .map_or(0, Rebuilt::len))
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let db = self.data()?;
+        match db.once.get() {
+            Some(Ok(r)) => r.read_at(offset, buf),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(Error::corrupt(&self.log.path, 0, "rebuild did not run")),
+        }
+    }
+
+    fn attr(&self) -> Attr {
+        self.attr
+    }
+}

@@ -1,0 +1,237 @@
+//! Replaying log entries into SQLite the way lightningd committed them (spec §7.6): foreign keys
+//! on, each statement on its own, the two pre-v0.9.2 rewrites, and PRAGMA-only entries run
+//! outside any transaction so that they act as they did live.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// Splits a transaction payload into its statements (NUL-separated, strict UTF-8).
+pub fn statements(payload: &[u8]) -> Result<Vec<&str>, String> {
+    payload
+        .split(|&b| b == 0)
+        .enumerate()
+        .map(|(i, s)| {
+            std::str::from_utf8(s).map_err(|e| format!("statement {} is not UTF-8: {e}", i + 1))
+        })
+        .collect()
+}
+
+/// Gives back the space lightningd before v0.9.2 dropped before `WHERE` in two statements
+/// (`reserved_til=<digits>WHERE` and `peer_id=<digits>WHERE channels.id=`), anywhere in the
+/// text, exactly as the plugin's restore does.
+pub fn rewrite_pre_4090(stmt: &str) -> Cow<'_, str> {
+    let once = insert_space(stmt, "reserved_til=", "WHERE");
+    match insert_space(&once, "peer_id=", "WHERE channels.id=") {
+        Cow::Owned(s) => Cow::Owned(s),
+        Cow::Borrowed(_) => once,
+    }
+}
+
+fn insert_space<'a>(s: &'a str, key: &str, next: &str) -> Cow<'a, str> {
+    let mut out = String::new();
+    let mut rest = s;
+    let mut changed = false;
+    while let Some(p) = rest.find(key) {
+        let (head, tail) = rest.split_at(p + key.len());
+        out.push_str(head);
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && tail[digits..].starts_with(next) {
+            out.push_str(&tail[..digits]);
+            out.push(' ');
+            rest = &tail[digits..];
+            changed = true;
+        } else {
+            rest = tail;
+        }
+    }
+    if !changed {
+        return Cow::Borrowed(s);
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+/// Whether a statement is a PRAGMA (re-applied when resuming from a checkpoint, because
+/// connection settings such as `foreign_keys` are not stored in the database file).
+pub fn is_pragma(stmt: &str) -> bool {
+    stmt.trim_start()
+        .get(..6)
+        .is_some_and(|p| p.eq_ignore_ascii_case("pragma"))
+}
+
+/// A database being rebuilt.
+pub struct Replayer {
+    conn: Connection,
+    in_tx: bool,
+}
+
+impl Replayer {
+    /// Opens (or creates) the database file at `path` for replaying.
+    pub fn open(path: &Path) -> Result<Replayer, String> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| format!("cannot open the database: {e}"))?;
+        // Nothing here needs to survive a crash: the file is rebuilt from the log if lost.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(|e| e.to_string())?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            conn.query_row("PRAGMA journal_mode = MEMORY", [], |_| Ok(()))
+                .map_err(|e| e.to_string())?;
+        }
+        conn.execute_batch("PRAGMA synchronous = OFF; PRAGMA foreign_keys = ON;")
+            .map_err(|e| e.to_string())?;
+        Ok(Replayer { conn, in_tx: false })
+    }
+
+    fn run(&self, sql: &str) -> Result<(), String> {
+        if sql.trim().is_empty() {
+            return Ok(());
+        }
+        let sql = rewrite_pre_4090(sql);
+        let mut st = self.conn.prepare(&sql).map_err(|e| e.to_string())?;
+        let mut rows = st.raw_query();
+        while rows.next().map_err(|e| e.to_string())?.is_some() {}
+        Ok(())
+    }
+
+    /// Applies one transaction entry: a committed transaction (`bump`) joins the open write
+    /// transaction; a PRAGMA-only entry first commits, then runs on its own.
+    pub fn apply(&mut self, payload: &[u8], bump: bool) -> Result<(), String> {
+        let stmts = statements(payload)?;
+        if bump && !self.in_tx {
+            self.conn
+                .execute_batch("BEGIN")
+                .map_err(|e| e.to_string())?;
+            self.in_tx = true;
+        } else if !bump {
+            self.commit()?;
+        }
+        for (i, s) in stmts.iter().enumerate() {
+            self.run(s)
+                .map_err(|e| format!("statement {} ({}) fails: {e}", i + 1, preview(s)))?;
+        }
+        Ok(())
+    }
+
+    /// Re-runs the PRAGMAs of a PRAGMA-only entry met before a checkpoint.
+    pub fn reapply_pragmas(&mut self, payload: &[u8]) -> Result<(), String> {
+        self.commit()?;
+        for s in statements(payload)?.into_iter().filter(|s| is_pragma(s)) {
+            self.run(s)?;
+        }
+        Ok(())
+    }
+
+    /// Commits the open write transaction, if any.
+    pub fn commit(&mut self) -> Result<(), String> {
+        if self.in_tx {
+            self.conn
+                .execute_batch("COMMIT")
+                .map_err(|e| e.to_string())?;
+            self.in_tx = false;
+        }
+        Ok(())
+    }
+
+    /// Commits and closes the database.
+    pub fn finish(mut self) -> Result<(), String> {
+        self.commit()?;
+        self.conn.close().map_err(|(_, e)| e.to_string())
+    }
+}
+
+fn preview(s: &str) -> String {
+    let t: String = s.chars().take(60).collect();
+    if t.len() < s.len() {
+        format!("{t}…")
+    } else {
+        t
+    }
+}
+
+/// `PRAGMA integrity_check` of a database file, opened read-only.
+pub fn integrity_check(path: &Path) -> Result<(), String> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| e.to_string())?;
+    let mut st = conn
+        .prepare("PRAGMA integrity_check")
+        .map_err(|e| e.to_string())?;
+    let lines: Vec<String> = st
+        .query_map([], |r| r.get(0))
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if lines == ["ok"] {
+        Ok(())
+    } else {
+        Err(lines.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_two_pre_4090_rewrites() {
+        assert_eq!(
+            rewrite_pre_4090(
+                "UPDATE outputs SET status=1, reserved_til=174WHERE prev_out_tx=x'00'"
+            ),
+            "UPDATE outputs SET status=1, reserved_til=174 WHERE prev_out_tx=x'00'"
+        );
+        assert_eq!(
+            rewrite_pre_4090("UPDATE channels SET peer_id=3WHERE channels.id=5"),
+            "UPDATE channels SET peer_id=3 WHERE channels.id=5"
+        );
+        // Like the plugin, inside string data too.
+        assert_eq!(
+            rewrite_pre_4090("INSERT INTO q VALUES ('reserved_til=9WHERE')"),
+            "INSERT INTO q VALUES ('reserved_til=9 WHERE')"
+        );
+        assert!(matches!(
+            rewrite_pre_4090("reserved_til=WHERE peer_id=1 WHERE"),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            rewrite_pre_4090("peer_id=3WHERE id=5"),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn splitting() {
+        assert_eq!(statements(b"a\0b;\0").unwrap(), ["a", "b;", ""]);
+        assert!(statements(b"a\0\xff").unwrap_err().contains("statement 2"));
+        assert!(is_pragma("  pragma foreign_keys = OFF"));
+        assert!(!is_pragma("UPDATE"));
+    }
+
+    #[test]
+    fn pragma_entries_act_outside_the_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let mut r = Replayer::open(&db).unwrap();
+        r.apply(
+            b"CREATE TABLE p (id INTEGER PRIMARY KEY)\0CREATE TABLE c (pid INTEGER REFERENCES p(id) ON DELETE CASCADE)\0INSERT INTO p VALUES (1)\0INSERT INTO c VALUES (1)",
+            true,
+        )
+        .unwrap();
+        // With foreign keys on, deleting the parent cascades.
+        r.apply(b"PRAGMA foreign_keys = OFF;", false).unwrap();
+        r.apply(b"DELETE FROM p WHERE id = 1", true).unwrap();
+        r.apply(b"PRAGMA foreign_keys = ON;", false).unwrap();
+        r.finish().unwrap();
+        let conn = Connection::open(&db).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM c", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "the PRAGMA turned cascades off, as it did live");
+        integrity_check(&db).unwrap();
+    }
+}

@@ -1,0 +1,228 @@
+//! Which versions a backup log serves, by the rules of spec §7: a later same-version write
+//! replaces the earlier one (rewinds, orphans), PRAGMA-only entries carry no version, a gap
+//! stops serving until the next snapshot, versions beyond the header's are not committed.
+
+use std::collections::BTreeMap;
+
+use super::log::{Entry, Kind, Tail};
+
+/// One servable version: the kept entries `base..=upto` rebuild it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Served {
+    /// data_version.
+    pub version: u32,
+    /// Position in [`Resolved::kept`] of the entry that makes this version.
+    pub upto: usize,
+    /// Position in `kept` of the snapshot it starts from; `None`: an empty database.
+    pub base: Option<usize>,
+}
+
+/// The outcome of resolving a log.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    /// Indices into the entry list of the entries that make up committed states, in order.
+    pub kept: Vec<usize>,
+    /// Servable versions, by version.
+    pub served: BTreeMap<u32, Served>,
+    /// Versions present (or named by the header) that are not served: file offset and reason.
+    pub unserved: BTreeMap<u32, (u64, String)>,
+}
+
+/// Applies the rules to `entries` (as walked), the header's `head` version and the walk's `tail`.
+pub fn resolve(entries: &[Entry], head: u32, tail: Option<&Tail>) -> Resolved {
+    let mut r = Resolved::default();
+    // The segment being built: where its base sits in `kept` and the last kept bump version.
+    let mut base: Option<usize> = None;
+    let mut seg_start = 0usize;
+    let mut last: u32 = 0;
+    let mut gap: Option<u32> = None;
+    let gap_note = |missing: u32| {
+        format!(
+            "version {missing} is missing from the log (gap); versions after it are served again from the next snapshot"
+        )
+    };
+    for (i, e) in entries.iter().enumerate() {
+        if e.kind == Kind::Snapshot {
+            r.kept.push(i);
+            base = Some(r.kept.len() - 1);
+            seg_start = r.kept.len() - 1;
+            last = e.version;
+            gap = None;
+            continue;
+        }
+        if let Some(missing) = gap {
+            if e.bump {
+                r.unserved.insert(e.version, (e.offset, gap_note(missing)));
+            }
+            continue;
+        }
+        if !e.bump {
+            r.kept.push(i);
+            continue;
+        }
+        let v = e.version;
+        if v <= last {
+            // A later write of an already kept version replaces it and what followed it,
+            // back to the segment's snapshot at most.
+            let keep_from = if base.is_some() {
+                seg_start + 1
+            } else {
+                seg_start
+            };
+            while r.kept.len() > keep_from && entries[r.kept[r.kept.len() - 1]].version >= v {
+                r.kept.pop();
+            }
+        } else if v != last.wrapping_add(1) {
+            gap = Some(last.wrapping_add(1));
+            r.unserved
+                .insert(v, (e.offset, gap_note(last.wrapping_add(1))));
+            continue;
+        }
+        r.kept.push(i);
+        last = v;
+    }
+    // Kept positions of every bump and snapshot, in order; later segments win on equal versions.
+    let mut seg_base: Option<usize> = None;
+    for (pos, &i) in r.kept.iter().enumerate() {
+        let e = &entries[i];
+        if e.kind == Kind::Snapshot {
+            seg_base = Some(pos);
+        }
+        if e.kind == Kind::Snapshot || e.bump {
+            if e.version > head {
+                r.served.remove(&e.version);
+                r.unserved.insert(
+                    e.version,
+                    (
+                        e.offset,
+                        format!(
+                            "not committed: newer than the header's version {head} (an orphan, or an append in progress)"
+                        ),
+                    ),
+                );
+                continue;
+            }
+            r.served.insert(
+                e.version,
+                Served {
+                    version: e.version,
+                    upto: pos,
+                    base: seg_base,
+                },
+            );
+            r.unserved.remove(&e.version);
+        }
+    }
+    if let Some(t) = tail
+        && let Some(v) = t.version
+        && !r.served.contains_key(&v)
+    {
+        r.unserved
+            .insert(v, (t.offset, format!("damaged entry: {}", t.msg)));
+    }
+    if head > 0 && !r.served.contains_key(&head) && !r.unserved.contains_key(&head) {
+        let why = match tail {
+            Some(t) => format!(
+                "the header names it as written, but the log stops at offset {} before it: {}",
+                t.offset, t.msg
+            ),
+            None => "the header names it as written, but the log does not hold it".to_owned(),
+        };
+        // Offset 4: the header's version field.
+        r.unserved.insert(head, (4, why));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx(version: u32, bump: bool) -> Entry {
+        Entry {
+            offset: 0,
+            length: 1,
+            version,
+            kind: Kind::Transaction,
+            bump,
+        }
+    }
+
+    fn snap(version: u32) -> Entry {
+        Entry {
+            kind: Kind::Snapshot,
+            ..tx(version, false)
+        }
+    }
+
+    #[test]
+    fn a_rewound_version_replaces_the_stale_one() {
+        let e = [snap(7), tx(8, true), tx(9, true), tx(9, true), tx(10, true)];
+        let r = resolve(&e, 10, None);
+        assert_eq!(r.kept, [0, 1, 3, 4]);
+        assert_eq!(r.served[&9].upto, 2);
+        assert_eq!(r.served.keys().copied().collect::<Vec<_>>(), [7, 8, 9, 10]);
+        assert!(r.unserved.is_empty());
+    }
+
+    #[test]
+    fn pragma_only_entries_are_kept_without_a_version() {
+        let e = [
+            snap(7),
+            tx(8, true),
+            tx(8, false),
+            tx(9, true),
+            tx(9, false),
+            tx(10, true),
+        ];
+        let r = resolve(&e, 10, None);
+        assert_eq!(r.kept, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(r.served[&10].upto, 5);
+    }
+
+    #[test]
+    fn a_gap_stops_serving_until_the_next_snapshot() {
+        let e = [
+            snap(7),
+            tx(8, true),
+            tx(10, true),
+            tx(11, true),
+            snap(20),
+            tx(21, true),
+        ];
+        let r = resolve(&e, 21, None);
+        assert_eq!(r.served.keys().copied().collect::<Vec<_>>(), [7, 8, 20, 21]);
+        assert!(r.unserved[&10].1.contains("version 9 is missing"));
+        assert!(r.unserved.contains_key(&11));
+        assert_eq!(r.served[&21].base, Some(2));
+    }
+
+    #[test]
+    fn versions_beyond_the_header_are_not_committed() {
+        let e = [snap(7), tx(8, true), tx(9, true)];
+        let r = resolve(&e, 8, None);
+        assert_eq!(r.served.keys().copied().collect::<Vec<_>>(), [7, 8]);
+        assert!(r.unserved[&9].1.contains("not committed"));
+        // After a restart the real version 9 is appended behind the orphan: it wins.
+        let e = [snap(7), tx(8, true), tx(9, true), tx(9, true)];
+        let r = resolve(&e, 9, None);
+        assert_eq!(r.served[&9].upto, 2);
+        assert_eq!(r.kept, [0, 1, 3]);
+    }
+
+    #[test]
+    fn without_a_snapshot_the_base_is_an_empty_database() {
+        let e = [tx(1, true), tx(2, true)];
+        let r = resolve(&e, 2, None);
+        assert_eq!(
+            r.served[&2],
+            Served {
+                version: 2,
+                upto: 1,
+                base: None
+            }
+        );
+        let e = [tx(5, true)];
+        assert!(resolve(&e, 5, None).served.is_empty());
+    }
+}

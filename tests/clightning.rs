@@ -1,0 +1,328 @@
+//! Core Lightning backup logs written by the plugin's own code: every version the MANIFEST calls
+//! ok is served (through `export` and through the mount) with exactly the intended canon-v1
+//! hash; every other version is not served. Plus live logs and damaged headers.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::Value;
+
+fn source() -> PathBuf {
+    data_dir().join("clightning")
+}
+
+fn name(v: u32) -> String {
+    format!("v{v:010}")
+}
+
+/// Points of every set in `ls --json`, by set path then point name.
+fn listing(source: &Path) -> BTreeMap<String, BTreeMap<String, Value>> {
+    let doc = ls_json(source);
+    doc["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let points = s["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p["name"].as_str().unwrap().to_owned(), p.clone()))
+                .collect();
+            (s["path"].as_str().unwrap().to_owned(), points)
+        })
+        .collect()
+}
+
+#[test]
+fn every_intended_version_exports_with_its_canon_hash_and_no_other_is_served() {
+    let sets = listing(&source());
+    let tmp = scratch();
+    let src = source();
+    let mut served = 0;
+    for row in cln_manifest() {
+        let Some(v) = row.version else { continue };
+        let point = sets[&row.file].get(&name(v));
+        let path = format!("{}/{}/lightningd.sqlite3", row.file, name(v));
+        if row.ok {
+            let p = point.unwrap_or_else(|| panic!("{row:?}: not listed"));
+            assert!(p.get("error").is_none(), "{row:?}: {p}");
+            let out = tmp.path().join(format!("{}-{v}.db", row.scenario));
+            run_ok(&[
+                "export",
+                src.to_str().unwrap(),
+                &path,
+                "-o",
+                out.to_str().unwrap(),
+            ]);
+            assert_eq!(canon_v1(&out), row.canon, "{} v{v}", row.scenario);
+            served += 1;
+        } else {
+            if let Some(p) = point {
+                let e = p["error"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{row:?} is served: {p}"));
+                assert!(e.contains(&row.file), "{e}");
+            }
+            let out = tmp.path().join("never.db");
+            let r = run(&[
+                "export",
+                src.to_str().unwrap(),
+                &path,
+                "-o",
+                out.to_str().unwrap(),
+            ]);
+            assert_no_panic(&r);
+            assert!(!r.status.success(), "{row:?} exported");
+        }
+    }
+    assert!(served > 300, "{served} versions checked");
+    // Nothing else is served: every listed point without an error is an ok MANIFEST row.
+    let ok: std::collections::HashSet<(String, String)> = cln_manifest()
+        .into_iter()
+        .filter(|r| r.ok)
+        .map(|r| (r.file, name(r.version.unwrap())))
+        .collect();
+    for (set, points) in &sets {
+        for (pname, p) in points {
+            if p.get("error").is_none() {
+                assert!(
+                    ok.contains(&(set.clone(), pname.clone())),
+                    "{set}/{pname} served but not intended"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn damaged_headers_are_listed_with_their_errors() {
+    let sets = ls_json(&source());
+    let set = |p: &str| {
+        sets["sets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["path"] == p)
+            .unwrap()
+            .clone()
+    };
+    let e = set("bad_file_version.bkp")["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        e.contains("bad_file_version.bkp") && e.contains("file_version 2"),
+        "{e}"
+    );
+    let e = set("short_header.bkp")["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        e.contains("short_header.bkp: at offset 100: header cut short"),
+        "{e}"
+    );
+    let p = &set("unknown_type.bkp")["points"];
+    let v22 = p
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name(22))
+        .unwrap();
+    assert!(
+        v22["error"].as_str().unwrap().contains("at offset 102804"),
+        "{v22}"
+    );
+}
+
+#[test]
+fn verify_rebuilds_the_head_and_checks_integrity() {
+    let out = run(&["verify", source().to_str().unwrap()]);
+    assert_no_panic(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for f in [
+        "plain.bkp",
+        "compacted.bkp",
+        "rewind.bkp",
+        "migration.bkp",
+        "small.bkp",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with("OK") && l.contains(f)),
+            "{f}: {text}"
+        );
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("DAMAGED") && l.contains(f)),
+            "{f}: {text}"
+        );
+    }
+    for f in [
+        "zero_tail.bkp",
+        "bad_file_version.bkp",
+        "short_header.bkp",
+        "truncated_payload.bkp",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("DAMAGED") && l.contains(f)),
+            "{f}: {text}"
+        );
+    }
+    assert!(!out.status.success());
+}
+
+#[test]
+fn every_intended_version_through_the_mount() {
+    if !fuse_available("every_intended_version_through_the_mount") {
+        return;
+    }
+    let before = std::fs::read_dir(source()).unwrap().count();
+    let m = Mounted::new(&source(), &["--cache-size", "1M"]);
+    let tmp = scratch();
+    for row in cln_manifest() {
+        let Some(v) = row.version else { continue };
+        let db = m.join(&format!("{}/{}/lightningd.sqlite3", row.file, name(v)));
+        if row.ok {
+            let copy = tmp.path().join("copy.db");
+            std::fs::write(&copy, std::fs::read(&db).unwrap()).unwrap();
+            assert_eq!(
+                canon_v1(&copy),
+                row.canon,
+                "{} v{v} via the mount",
+                row.scenario
+            );
+        } else {
+            assert!(
+                std::fs::read(&db).is_err(),
+                "{} v{v} is served",
+                row.scenario
+            );
+        }
+    }
+    let latest = std::fs::read_link(m.join("plain.bkp/latest")).unwrap();
+    assert_eq!(latest.to_str(), Some(name(157).as_str()));
+    drop(m);
+    assert_eq!(
+        std::fs::read_dir(source()).unwrap().count(),
+        before,
+        "nothing written next to the backups"
+    );
+}
+
+/// A log file under construction: the header of `small.bkp` with the head set to `version`,
+/// and its entries up to `end`.
+fn partial_log(small: &[u8], end: usize, version: u32) -> Vec<u8> {
+    let mut out = small[..end].to_vec();
+    out[4..8].copy_from_slice(&version.to_be_bytes());
+    out
+}
+
+/// File offsets of the entries of a log, from 512 on, by the spec's entry layout.
+fn entry_offsets(log: &[u8]) -> Vec<usize> {
+    let mut v = Vec::new();
+    let mut pos = 512;
+    while pos + 9 <= log.len() {
+        v.push(pos);
+        pos += 9 + u32::from_be_bytes(log[pos..pos + 4].try_into().unwrap()) as usize;
+    }
+    v
+}
+
+#[test]
+fn a_growing_log_shows_new_versions_and_a_compacted_one_is_read_anew() {
+    if !fuse_available("a_growing_log_shows_new_versions_and_a_compacted_one_is_read_anew") {
+        return;
+    }
+    let small = std::fs::read(source().join("small.bkp")).unwrap();
+    let offs = entry_offsets(&small);
+    let canon = |v: u32| {
+        cln_manifest()
+            .into_iter()
+            .find(|r| r.scenario == "small" && r.version == Some(v))
+            .unwrap()
+            .canon
+    };
+    let tmp = scratch();
+    let dir = tmp.path().join("node");
+    std::fs::create_dir(&dir).unwrap();
+    let log = dir.join("backup.bkp");
+    // Entries 0..=10: the snapshot (v7) and versions 8..=17.
+    std::fs::write(&log, partial_log(&small, offs[11], 17)).unwrap();
+    let m = Mounted::new(tmp.path(), &[]);
+    let list = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(m.join("node/backup.bkp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with('v'))
+            .collect();
+        v.sort();
+        v
+    };
+    let read_canon = |v: u32| {
+        let copy = tmp.path().join(format!("copy{v}.db"));
+        std::fs::write(
+            &copy,
+            std::fs::read(m.join(&format!("node/backup.bkp/{}/lightningd.sqlite3", name(v))))
+                .unwrap(),
+        )
+        .unwrap();
+        canon_v1(&copy)
+    };
+    assert_eq!(list().last().unwrap(), &name(17));
+    assert_eq!(read_canon(17), canon(17));
+
+    // The plugin appends the entry, then rewrites the header. Between the two, the new
+    // version is not committed: listed, but not served.
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(&small[offs[11]..offs[12]]).unwrap();
+    drop(f);
+    assert_eq!(list().last().unwrap(), &name(18));
+    assert!(
+        std::fs::read(m.join(&format!("node/backup.bkp/{}/lightningd.sqlite3", name(18)))).is_err()
+    );
+    let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &18u32.to_be_bytes(), 4).unwrap();
+    drop(f);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(read_canon(18), canon(18));
+    // A torn append (half an entry) is listed, never served, and breaks nothing.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(&small[offs[12]..offs[12] + 20]).unwrap();
+    drop(f);
+    assert_eq!(list().last().unwrap(), &name(19));
+    assert!(
+        std::fs::read(m.join(&format!("node/backup.bkp/{}/lightningd.sqlite3", name(19)))).is_err()
+    );
+    assert_eq!(read_canon(17), canon(17));
+    assert_eq!(
+        std::fs::read_link(m.join("node/backup.bkp/latest"))
+            .unwrap()
+            .to_str(),
+        Some(name(18).as_str())
+    );
+
+    // Compaction renames a new file over the log: its versions replace the old ones.
+    let next = dir.join("backup.bkp.compacting");
+    std::fs::copy(source().join("compacted.bkp"), &next).unwrap();
+    std::fs::rename(&next, &log).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let names = list();
+    assert_eq!(names.first().unwrap(), &name(131));
+    assert_eq!(names.last().unwrap(), &name(157));
+    let compacted = |v: u32| {
+        cln_manifest()
+            .into_iter()
+            .find(|r| r.scenario == "compacted" && r.version == Some(v))
+            .unwrap()
+            .canon
+    };
+    assert_eq!(read_canon(157), compacted(157));
+    assert!(!m.join(&format!("node/backup.bkp/{}", name(17))).exists());
+}
