@@ -120,7 +120,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cat = Catalog::scan(source, &opts, &ProgressBar::hidden())?;
     let scan_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let name = cat.sets()[0].set.points().last().unwrap().name.clone();
+    let points = cat.sets()[0].set.points();
+    let name = points.name(points.len() - 1);
     let set = cat.sets()[0].path.clone();
     let Node::File(image) = vfs::resolve(&cat.tree(None), &format!("{set}/{name}/vda.raw"))? else {
         return Err("not a file".into());

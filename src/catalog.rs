@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::timefmt;
-use crate::vfs::{Attr, BytesFile, Directory, Node, StaticDir, Symlink};
+use crate::vfs::{Attr, BytesFile, Directory, Kind, Node, StaticDir, Symlink};
 use crate::workdir::WorkDir;
 
 /// What every format's scanner gets.
@@ -72,7 +72,7 @@ pub trait BackupSet: Send + Sync {
     /// The format's name.
     fn format(&self) -> &'static str;
     /// The restore points, oldest first. Live sets may return a newer list on each call.
-    fn points(&self) -> Arc<Vec<Arc<Point>>>;
+    fn points(&self) -> Arc<dyn PointList>;
     /// Reads everything the points depend on and checks every checksum; one entry per point.
     fn verify(&self, progress: &ProgressBar) -> Vec<Check>;
     /// Total bytes `verify` will read, for the progress bar.
@@ -84,6 +84,57 @@ pub trait BackupSet: Send + Sync {
     /// Whether the set can change while mounted (the kernel must not cache its listing long).
     fn live(&self) -> bool {
         false
+    }
+}
+
+/// A set's restore points, oldest first (by time when they have one), made on demand so that
+/// a set with a million points costs little until they are looked at.
+pub trait PointList: Send + Sync {
+    /// Number of points.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Name of point `i`.
+    fn name(&self, i: usize) -> String;
+    /// Time of point `i`.
+    fn time(&self, i: usize) -> Option<NaiveDateTime>;
+    /// Whether point `i` can be served.
+    fn is_ok(&self, i: usize) -> bool;
+    /// Point `i`, whole.
+    fn get(&self, i: usize) -> Arc<Point>;
+    /// Index of the point called `name`.
+    fn find(&self, name: &str) -> Option<usize> {
+        (0..self.len()).find(|&i| self.name(i) == name)
+    }
+}
+
+impl dyn PointList {
+    /// Every point, made one at a time.
+    pub fn iter(&self) -> impl Iterator<Item = Arc<Point>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+impl PointList for Vec<Arc<Point>> {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+    fn name(&self, i: usize) -> String {
+        self[i].name.clone()
+    }
+    fn time(&self, i: usize) -> Option<NaiveDateTime> {
+        self[i].time
+    }
+    fn is_ok(&self, i: usize) -> bool {
+        self[i].is_ok()
+    }
+    fn get(&self, i: usize) -> Arc<Point> {
+        Arc::clone(&self[i])
+    }
+    fn find(&self, name: &str) -> Option<usize> {
+        self.iter().position(|p| p.name == name)
     }
 }
 
@@ -123,6 +174,8 @@ pub struct Point {
     pub content: Result<Vec<Exposed>>,
     /// Things the user should know (degraded chains, odd metadata).
     pub warnings: Vec<String>,
+    /// Modification time shown for the point's folder (its time, or the source file's).
+    modified: SystemTime,
     dir: OnceLock<Node>,
 }
 
@@ -137,6 +190,9 @@ impl Point {
         warnings: Vec<String>,
     ) -> Point {
         Point {
+            modified: time
+                .as_ref()
+                .map_or(SystemTime::UNIX_EPOCH, timefmt::to_system_time),
             name,
             time,
             kind: kind.to_owned(),
@@ -145,6 +201,12 @@ impl Point {
             warnings,
             dir: OnceLock::new(),
         }
+    }
+
+    /// The same point shown with modification time `t` (for points without a time of their own).
+    pub fn modified_at(mut self, t: SystemTime) -> Point {
+        self.modified = t;
+        self
     }
 
     /// The point as `ls --json` and `info.json` show it.
@@ -189,9 +251,7 @@ impl Point {
 
     /// Modification time shown for the point and its files.
     pub fn mtime(&self) -> SystemTime {
-        self.time
-            .as_ref()
-            .map_or(SystemTime::UNIX_EPOCH, timefmt::to_system_time)
+        self.modified
     }
 
     /// The point folder: its exposed files plus `info.json`.
@@ -388,25 +448,24 @@ fn list_dir(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
     Ok((files, dirs))
 }
 
-/// Visible points of a set: at or before `as_of`, oldest first.
-pub fn visible_points(set: &dyn BackupSet, as_of: Option<NaiveDateTime>) -> Vec<Arc<Point>> {
-    set.points()
-        .iter()
-        .filter(|p| match (as_of, p.time) {
-            (Some(limit), Some(t)) => t <= limit,
-            _ => true,
-        })
-        .cloned()
-        .collect()
+/// Points of a set visible at `as_of`: the first `n` of the list (lists are sorted by time;
+/// points without a time are always visible).
+pub fn visible(list: &dyn PointList, as_of: Option<NaiveDateTime>) -> usize {
+    match as_of {
+        None => list.len(),
+        Some(limit) => (0..list.len())
+            .take_while(|&i| list.time(i).is_none_or(|t| t <= limit))
+            .count(),
+    }
 }
 
-/// The newest servable point among `points` (oldest first) at or before `t` (any time if `None`).
-pub fn newest_at(points: &[Arc<Point>], t: Option<NaiveDateTime>) -> Option<&Arc<Point>> {
-    points.iter().rev().find(|p| {
-        p.is_ok()
+/// Index of the newest servable point among the first `n` at or before `t` (any time if `None`).
+pub fn newest_at(list: &dyn PointList, n: usize, t: Option<NaiveDateTime>) -> Option<usize> {
+    (0..n).rev().find(|&i| {
+        list.is_ok(i)
             && match t {
                 None => true,
-                Some(limit) => p.time.is_some_and(|pt| pt <= limit),
+                Some(limit) => list.time(i).is_some_and(|pt| pt <= limit),
             }
     })
 }
@@ -420,8 +479,10 @@ struct SetDir {
 }
 
 impl SetDir {
-    fn points(&self) -> Vec<Arc<Point>> {
-        visible_points(self.set.as_ref(), self.as_of)
+    fn points(&self) -> (Arc<dyn PointList>, usize) {
+        let list = self.set.points();
+        let n = visible(list.as_ref(), self.as_of);
+        (list, n)
     }
 
     fn symlink(target: String, mtime: SystemTime) -> Node {
@@ -430,57 +491,80 @@ impl SetDir {
             attr: Attr::read_only(false, mtime),
         }))
     }
-}
 
-impl SetDir {
-    fn latest(points: &[Arc<Point>]) -> Option<Node> {
-        newest_at(points, None).map(|p| Self::symlink(p.name.clone(), p.mtime()))
+    fn latest(list: &dyn PointList, n: usize) -> Option<Node> {
+        newest_at(list, n, None).map(|i| Self::symlink(list.name(i), list.get(i).mtime()))
     }
 
-    fn at(&self, points: Vec<Arc<Point>>) -> Option<Node> {
-        points.iter().any(|p| p.time.is_some()).then(|| {
+    fn at(&self, list: Arc<dyn PointList>, n: usize) -> Option<Node> {
+        (0..n).any(|i| list.time(i).is_some()).then(|| {
             Node::Dir(Arc::new(AtDir {
                 attr: self.attr(),
-                points,
+                list,
+                n,
                 live: self.set.live(),
             }))
         })
+    }
+
+    fn point(&self, list: &dyn PointList, i: usize) -> Node {
+        list.get(i).node(&self.path, self.set.format())
     }
 }
 
 impl Directory for SetDir {
     fn entries(&self) -> Result<Vec<(String, Node)>> {
-        let points = self.points();
+        let (list, n) = self.points();
         let mut out: Vec<(String, Node)> = self.children.clone();
-        for p in &points {
-            out.push((p.name.clone(), p.node(&self.path, self.set.format())));
+        for i in 0..n {
+            out.push((list.name(i), self.point(list.as_ref(), i)));
         }
-        out.extend(Self::latest(&points).map(|n| ("latest".to_owned(), n)));
-        out.extend(self.at(points).map(|n| ("at".to_owned(), n)));
+        out.extend(Self::latest(list.as_ref(), n).map(|l| ("latest".to_owned(), l)));
+        out.extend(self.at(list, n).map(|a| ("at".to_owned(), a)));
         // Nested folders come first and win a name clash.
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.dedup_by(|a, b| a.0 == b.0);
         Ok(out)
     }
 
-    fn lookup(&self, name: &str) -> Result<Option<Node>> {
-        if let Some((_, n)) = self.children.iter().find(|(c, _)| c == name) {
-            return Ok(Some(n.clone()));
+    fn names(&self) -> Result<Vec<(String, Kind)>> {
+        let (list, n) = self.points();
+        let mut out: Vec<(String, Kind)> = self
+            .children
+            .iter()
+            .map(|(c, node)| (c.clone(), node.kind()))
+            .collect();
+        out.extend((0..n).map(|i| (list.name(i), Kind::Dir)));
+        if newest_at(list.as_ref(), n, None).is_some() {
+            out.push(("latest".to_owned(), Kind::Symlink));
         }
-        let points = self.points();
+        if (0..n).any(|i| list.time(i).is_some()) {
+            out.push(("at".to_owned(), Kind::Dir));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+        Ok(out)
+    }
+
+    fn lookup(&self, name: &str) -> Result<Option<Node>> {
+        if let Some((_, node)) = self.children.iter().find(|(c, _)| c == name) {
+            return Ok(Some(node.clone()));
+        }
+        let (list, n) = self.points();
         Ok(match name {
-            "latest" => Self::latest(&points),
-            "at" => self.at(points),
-            _ => points
-                .iter()
-                .find(|p| p.name == name)
-                .map(|p| p.node(&self.path, self.set.format())),
+            "latest" => Self::latest(list.as_ref(), n),
+            "at" => self.at(list, n),
+            _ => list
+                .find(name)
+                .filter(|&i| i < n)
+                .map(|i| self.point(list.as_ref(), i)),
         })
     }
 
     fn attr(&self) -> Attr {
-        let points = self.points();
-        let mtime = newest_at(&points, None).map_or(SystemTime::UNIX_EPOCH, |p| p.mtime());
+        let (list, n) = self.points();
+        let mtime = newest_at(list.as_ref(), n, None)
+            .map_or(SystemTime::UNIX_EPOCH, |i| list.get(i).mtime());
         Attr::read_only(true, mtime)
     }
 
@@ -491,7 +575,8 @@ impl Directory for SetDir {
 
 /// `at/`: lists nothing; looking up a time gives a symlink to the newest point at or before it.
 struct AtDir {
-    points: Vec<Arc<Point>>,
+    list: Arc<dyn PointList>,
+    n: usize,
     attr: Attr,
     live: bool,
 }
@@ -505,8 +590,12 @@ impl Directory for AtDir {
         let Ok(t) = timefmt::parse_user(name) else {
             return Ok(None);
         };
-        Ok(newest_at(&self.points, Some(t))
-            .map(|p| SetDir::symlink(format!("../{}", p.name), p.mtime())))
+        Ok(newest_at(self.list.as_ref(), self.n, Some(t)).map(|i| {
+            SetDir::symlink(
+                format!("../{}", self.list.name(i)),
+                self.list.get(i).mtime(),
+            )
+        }))
     }
 
     fn attr(&self) -> Attr {

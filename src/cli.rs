@@ -371,11 +371,14 @@ fn verify(source: &Path, cache: &CacheArgs) -> Result<ExitCode> {
                 lines.push(format!("DAMAGED  {}/{}", s.path, check.point));
                 lines.extend(check.problems.iter().map(|p| format!("           {p}")));
             }
-            let warnings = points
-                .iter()
-                .filter(|p| p.name == check.point)
-                .flat_map(|p| &p.warnings);
-            lines.extend(warnings.map(|w| format!("           warning: {w}")));
+            if let Some(i) = points.find(&check.point) {
+                let p = points.get(i);
+                lines.extend(
+                    p.warnings
+                        .iter()
+                        .map(|w| format!("           warning: {w}")),
+                );
+            }
         }
     }
     bar.finish_and_clear();

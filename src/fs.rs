@@ -16,7 +16,7 @@ use fuser::{
 
 use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::vfs::{FileNode, Node};
+use crate::vfs::{FileNode, Kind, Node};
 
 /// How long the kernel may cache names and attributes: content never changes under a name.
 const TTL: Duration = Duration::from_secs(3600);
@@ -47,7 +47,8 @@ enum Key {
 }
 
 struct Entry {
-    node: Node,
+    /// `None` for a name listed but not looked up yet: found through its parent when needed.
+    node: Option<Node>,
     key: Key,
     name: String,
     lookups: u64,
@@ -74,7 +75,7 @@ impl Inodes {
         entries.insert(
             ROOT,
             Entry {
-                node: root,
+                node: Some(root),
                 key: Key::Root,
                 name: String::new(),
                 lookups: 1,
@@ -93,11 +94,30 @@ impl Inodes {
 
     /// The node of inode `ino`.
     pub fn node(&self, ino: u64) -> Result<Node> {
-        let t = self.table.read().unwrap_or_else(|p| p.into_inner());
-        t.entries
-            .get(&ino)
-            .map(|e| e.node.clone())
-            .ok_or_else(|| Error::not_found(format!("inode {ino} is not known (forgotten)")))
+        let key = {
+            let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+            let e = t
+                .entries
+                .get(&ino)
+                .ok_or_else(|| Error::not_found(format!("inode {ino} is not known (forgotten)")))?;
+            match &e.node {
+                Some(n) => return Ok(n.clone()),
+                None => e.key.clone(),
+            }
+        };
+        let Key::Child(parent, name) = key else {
+            return Err(Error::not_found(format!("inode {ino} has no node")));
+        };
+        let node = match self.node(parent)? {
+            Node::Dir(d) => d.lookup(&name)?,
+            _ => None,
+        }
+        .ok_or_else(|| Error::not_found(format!("'{name}' is gone")))?;
+        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = t.entries.get_mut(&ino) {
+            e.node = Some(node.clone());
+        }
+        Ok(node)
     }
 
     /// Name of inode `ino`, for log lines.
@@ -140,12 +160,18 @@ impl Inodes {
             Node::File(f) => Key::File(Arc::as_ptr(f) as *const () as usize),
             _ => Key::Child(parent, name.to_owned()),
         };
+        self.assign_key(key, name, Some(node), count)
+    }
+
+    fn assign_key(&self, key: Key, name: &str, node: Option<Node>, count: u64) -> u64 {
         let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
         if let Some(&ino) = t.keys.get(&key) {
             let e = t.entries.get_mut(&ino).expect("keys and entries agree");
             e.lookups += count;
             // A folder may make a new node for the same name (a live set's `latest`): serve the newest.
-            e.node = node;
+            if node.is_some() {
+                e.node = node;
+            }
             return ino;
         }
         let ino = t.next;
@@ -199,18 +225,26 @@ impl Inodes {
     /// references.
     pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<(u64, u64, FileType, String)>> {
         let dir = self.dir(ino)?;
-        let entries = dir.entries()?;
+        let names = dir.names()?;
         let mut out = Vec::new();
         let start = offset as usize;
-        for i in start..(entries.len() + 2).min(start + READDIR_BATCH) {
+        for i in start..(names.len() + 2).min(start + READDIR_BATCH) {
             let next = i as u64 + 1;
             match i {
                 0 => out.push((ino, next, FileType::Directory, ".".to_owned())),
                 1 => out.push((ino, next, FileType::Directory, "..".to_owned())),
                 _ => {
-                    let (name, node) = &entries[i - 2];
-                    let child = self.assign(ino, name, node.clone(), 0);
-                    out.push((child, next, kind(node), name.clone()));
+                    let (name, k) = &names[i - 2];
+                    // Files are keyed by their node (hardlinks); folders and links by name, so
+                    // a large listing makes no nodes.
+                    let child = match k {
+                        Kind::File => match dir.lookup(name)? {
+                            Some(node) => self.assign(ino, name, node, 0),
+                            None => continue,
+                        },
+                        _ => self.assign_key(Key::Child(ino, name.clone()), name, None, 0),
+                    };
+                    out.push((child, next, file_type(*k), name.clone()));
                 }
             }
         }
@@ -218,11 +252,11 @@ impl Inodes {
     }
 }
 
-fn kind(node: &Node) -> FileType {
-    match node {
-        Node::Dir(_) => FileType::Directory,
-        Node::File(_) => FileType::RegularFile,
-        Node::Symlink(_) => FileType::Symlink,
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 
@@ -242,7 +276,7 @@ pub fn attr(ino: u64, node: &Node) -> Result<FileAttr> {
         mtime: a.mtime,
         ctime: a.mtime,
         crtime: a.mtime,
-        kind: kind(node),
+        kind: file_type(node.kind()),
         perm: a.perm,
         nlink,
         uid: a.uid,

@@ -42,7 +42,27 @@ pub enum Node {
     Symlink(Arc<Symlink>),
 }
 
+/// What a node is, without the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A folder.
+    Dir,
+    /// A regular file.
+    File,
+    /// A symbolic link.
+    Symlink,
+}
+
 impl Node {
+    /// What the node is.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Node::Dir(_) => Kind::Dir,
+            Node::File(_) => Kind::File,
+            Node::Symlink(_) => Kind::Symlink,
+        }
+    }
+
     /// The node's attributes.
     pub fn attr(&self) -> Attr {
         match self {
@@ -57,6 +77,15 @@ impl Node {
 pub trait Directory: Send + Sync {
     /// Listed children, sorted by name. Folders may answer lookups of names they don't list.
     fn entries(&self) -> Result<Vec<(String, Node)>>;
+
+    /// Listed names and what they are, without making their nodes (for large listings).
+    fn names(&self) -> Result<Vec<(String, Kind)>> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .map(|(n, node)| (n, node.kind()))
+            .collect())
+    }
 
     /// The child called `name`, if any.
     fn lookup(&self, name: &str) -> Result<Option<Node>> {

@@ -193,7 +193,7 @@ fn check(seed: u64) {
     let points = cat.sets()[0].set.points();
     assert_eq!(points.len(), backups.len());
     for (i, b) in backups.iter().enumerate() {
-        let p = &points[i];
+        let p = points.get(i);
         assert_eq!(p.kind, b.name);
         let node = vfs::resolve(&root, &format!("vm/{}/vda.raw", p.name)).unwrap();
         let want = model(&backups, i);

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod cln_writer;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

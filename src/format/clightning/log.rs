@@ -228,6 +228,24 @@ pub fn payload(file: &File, path: &Path, e: &Entry) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Copies an entry's payload into a new file at `out`, a piece at a time.
+pub fn copy_payload(file: &File, path: &Path, e: &Entry, out: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut w = File::create(out).map_err(|err| Error::io(out, &err))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < u64::from(e.length) {
+        let n = (u64::from(e.length) - done).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], e.payload_offset() + done)
+            .map_err(|err| {
+                Error::io(path, &err).context(format!("entry at offset {}", e.offset))
+            })?;
+        w.write_all(&buf[..n]).map_err(|err| Error::io(out, &err))?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

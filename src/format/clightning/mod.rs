@@ -20,16 +20,21 @@ use indicatif::ProgressBar;
 use serde_json::{Map, json};
 
 use crate::cache::{self, Cache, Key};
-use crate::catalog::{BackupSet, Check, DirInfo, Exposed, Format, Found, Point, ScanOptions};
+use crate::catalog::{
+    BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanOptions,
+};
 use crate::error::{Error, Result};
 use crate::vfs::{Attr, FileNode, Node};
 use crate::workdir::{Rebuilt, WorkDir};
 use log::{Entry, Kind, Probe};
 use replay::Replayer;
 
-/// Checkpoints are taken at least every this many versions (more sparsely when the
-/// checkpoints of a whole log would not fit the store's bound).
+/// Checkpoints are taken at least this many versions apart.
 pub const CHECKPOINT_EVERY: u64 = 32;
+/// Replaying one transaction costs about as much as copying this many bytes of database, so a
+/// checkpoint every `size / REPLAY_BYTES` versions keeps the copying no costlier than the
+/// replaying it saves.
+const REPLAY_BYTES: u64 = 8 << 10;
 
 /// The Core Lightning backup-plugin format.
 pub struct Clightning;
@@ -75,6 +80,7 @@ struct LogFile {
 }
 
 /// The entries kept by one resolution, shared by the points it made.
+#[derive(Default)]
 struct Plan {
     entries: Vec<Entry>,
     kept: Vec<usize>,
@@ -101,9 +107,7 @@ struct State {
     /// Where the walk stopped (end of the last whole entry).
     walked: u64,
     problem: Option<Error>,
-    points: Arc<Vec<Arc<Point>>>,
-    nodes: HashMap<(u64, u64), Arc<DbFile>>,
-    head: Option<Arc<DbFile>>,
+    points: Arc<ClnPoints>,
 }
 
 /// One backup file.
@@ -112,6 +116,8 @@ struct ClnSet {
     name: String,
     cache: Arc<Cache>,
     work: Arc<WorkDir>,
+    /// Sizes of rebuilt databases, by (owner, entry offset), so `stat` needs no rebuild twice.
+    sizes: Arc<Mutex<HashMap<(u64, u64), u64>>>,
     state: Mutex<State>,
 }
 
@@ -122,15 +128,14 @@ impl ClnSet {
             name,
             cache: Arc::clone(&opts.cache),
             work: Arc::clone(&opts.work),
+            sizes: Arc::default(),
             state: Mutex::new(State {
                 seen: None,
                 log: None,
                 entries: Vec::new(),
                 walked: log::HEADER_LEN,
                 problem: None,
-                points: Arc::new(Vec::new()),
-                nodes: HashMap::new(),
-                head: None,
+                points: Arc::new(ClnPoints::default()),
             }),
         };
         let mut st = set.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -149,9 +154,7 @@ impl ClnSet {
         let md = match std::fs::metadata(&self.path) {
             Ok(md) => md,
             Err(e) => {
-                st.problem = Some(Error::io(&self.path, &e));
-                st.points = Arc::new(Vec::new());
-                return;
+                return self.broken(st, None, Error::io(&self.path, &e));
             }
         };
         let seen = (
@@ -165,14 +168,14 @@ impl ClnSet {
         }
         let header = match probe.unwrap_or_else(|| log::probe(&self.path)) {
             Probe::Valid(h) => h,
-            Probe::Broken(e) => return self.broken(st, seen, e),
+            Probe::Broken(e) => return self.broken(st, Some(seen), e),
             Probe::NotOurs => {
                 let e = Error::corrupt(
                     &self.path,
                     0,
                     "no longer a backup-plugin file (header changed)",
                 );
-                return self.broken(st, seen, e);
+                return self.broken(st, Some(seen), e);
             }
         };
         let same_file = st
@@ -181,7 +184,7 @@ impl ClnSet {
         if !same_file || st.log.is_none() {
             let file = match File::open(&self.path) {
                 Ok(f) => f,
-                Err(e) => return self.broken(st, seen, Error::io(&self.path, &e)),
+                Err(e) => return self.broken(st, Some(seen), Error::io(&self.path, &e)),
             };
             st.log = Some(Arc::new(LogFile {
                 path: self.path.clone(),
@@ -191,7 +194,6 @@ impl ClnSet {
             }));
             st.entries.clear();
             st.walked = log::HEADER_LEN;
-            st.nodes.clear();
         }
         st.seen = Some(seen);
         st.problem = None;
@@ -199,82 +201,150 @@ impl ClnSet {
         let tail = log::walk(&log.file, st.walked, seen.2, &mut st.entries);
         st.walked = st.entries.last().map_or(log::HEADER_LEN, Entry::end);
         let r = resolve::resolve(&st.entries, header.version, tail.as_ref());
-        let plan = Arc::new(Plan {
-            entries: st.entries.clone(),
-            kept: r.kept.clone(),
-        });
-        let mut points: Vec<(u32, Point)> = Vec::new();
-        let mut nodes = HashMap::new();
-        let attr = Attr::read_only(false, log.mtime);
-        for s in r.served.values() {
-            let key = (log.owner, plan.entry(s.upto).offset);
-            let node = st.nodes.get(&key).cloned().unwrap_or_else(|| {
-                Arc::new(DbFile {
-                    log: Arc::clone(&log),
-                    plan: Arc::clone(&plan),
-                    upto: s.upto,
-                    base: s.base,
-                    cache: Arc::clone(&self.cache),
-                    work: Arc::clone(&self.work),
-                    size: OnceLock::new(),
-                    attr,
-                })
-            });
-            nodes.insert(key, Arc::clone(&node));
-            let mut ids = Map::new();
-            ids.insert("version".into(), json!(s.version));
-            ids.insert(
-                "snapshot_version".into(),
-                json!(s.base.map(|b| plan.entry(b).version)),
-            );
-            let content = Ok(vec![Exposed {
-                path: "lightningd.sqlite3".into(),
-                node: Node::File(node as Arc<dyn FileNode>),
-                size: None,
-                sources: vec![self.name.clone()],
-                error: None,
-            }]);
-            points.push((
-                s.version,
-                Point::new(
-                    point_name(s.version),
-                    None,
-                    "version",
-                    ids,
-                    content,
-                    Vec::new(),
-                ),
-            ));
-        }
-        for (&v, (offset, why)) in &r.unserved {
-            let mut ids = Map::new();
-            ids.insert("version".into(), json!(v));
-            let err = Error::corrupt(
-                &self.path,
-                *offset,
-                format!("version {v} not served: {why}"),
-            );
-            points.push((
-                v,
-                Point::new(point_name(v), None, "version", ids, Err(err), Vec::new()),
-            ));
-        }
-        points.sort_by_key(|p| p.0);
-        st.head = r
+        let mut order: Vec<(u32, Slot)> = r
             .served
             .values()
-            .next_back()
-            .and_then(|s| nodes.get(&(log.owner, plan.entry(s.upto).offset)).cloned());
-        st.nodes = nodes;
-        st.points = Arc::new(points.into_iter().map(|(_, p)| Arc::new(p)).collect());
+            .map(|s| (s.version, Slot::Served(*s)))
+            .collect();
+        let mut unserved = Vec::new();
+        for (&v, (offset, why)) in &r.unserved {
+            order.push((v, Slot::Unserved(unserved.len())));
+            unserved.push((*offset, why.clone()));
+        }
+        order.sort_by_key(|o| o.0);
+        st.points = Arc::new(ClnPoints {
+            set: self.name.clone(),
+            path: self.path.clone(),
+            log: Some(log),
+            plan: Arc::new(Plan {
+                entries: st.entries.clone(),
+                kept: r.kept,
+            }),
+            order,
+            unserved,
+            cache: Some(Arc::clone(&self.cache)),
+            work: Some(Arc::clone(&self.work)),
+            sizes: Arc::clone(&self.sizes),
+        });
     }
 
-    fn broken(&self, st: &mut State, seen: (u64, u64, u64, i64), e: Error) {
-        st.seen = Some(seen);
+    fn broken(&self, st: &mut State, seen: Option<(u64, u64, u64, i64)>, e: Error) {
+        st.seen = seen;
         st.problem = Some(e);
-        st.points = Arc::new(Vec::new());
-        st.nodes.clear();
-        st.head = None;
+        st.points = Arc::new(ClnPoints::default());
+    }
+}
+
+/// What a listed version is.
+#[derive(Clone, Copy)]
+enum Slot {
+    Served(resolve::Served),
+    Unserved(usize),
+}
+
+/// The versions of one resolution of a log; points are made when asked for.
+#[derive(Default)]
+struct ClnPoints {
+    set: String,
+    path: PathBuf,
+    log: Option<Arc<LogFile>>,
+    plan: Arc<Plan>,
+    /// Every listed version, ascending.
+    order: Vec<(u32, Slot)>,
+    /// (offset, reason) of the versions not served.
+    unserved: Vec<(u64, String)>,
+    cache: Option<Arc<Cache>>,
+    work: Option<Arc<WorkDir>>,
+    sizes: Arc<Mutex<HashMap<(u64, u64), u64>>>,
+}
+
+impl ClnPoints {
+    fn db(&self, s: &resolve::Served) -> Option<DbFile> {
+        let log = self.log.as_ref()?;
+        Some(DbFile {
+            log: Arc::clone(log),
+            plan: Arc::clone(&self.plan),
+            upto: s.upto,
+            base: s.base,
+            cache: Arc::clone(self.cache.as_ref()?),
+            work: Arc::clone(self.work.as_ref()?),
+            sizes: Arc::clone(&self.sizes),
+            attr: Attr::read_only(false, log.mtime),
+        })
+    }
+
+    /// The newest served version's database.
+    fn head(&self) -> Option<DbFile> {
+        self.order.iter().rev().find_map(|(_, slot)| match slot {
+            Slot::Served(s) => self.db(s),
+            Slot::Unserved(_) => None,
+        })
+    }
+}
+
+impl PointList for ClnPoints {
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    fn name(&self, i: usize) -> String {
+        point_name(self.order[i].0)
+    }
+
+    fn time(&self, _i: usize) -> Option<chrono::NaiveDateTime> {
+        None
+    }
+
+    fn is_ok(&self, i: usize) -> bool {
+        matches!(self.order[i].1, Slot::Served(_))
+    }
+
+    fn get(&self, i: usize) -> Arc<Point> {
+        let (v, slot) = self.order[i];
+        let mut ids = Map::new();
+        ids.insert("version".into(), json!(v));
+        let content = match slot {
+            Slot::Served(s) => {
+                ids.insert(
+                    "snapshot_version".into(),
+                    json!(s.base.map(|b| self.plan.entry(b).version)),
+                );
+                match self.db(&s) {
+                    Some(db) => Ok(vec![Exposed {
+                        path: "lightningd.sqlite3".into(),
+                        node: Node::File(Arc::new(db) as Arc<dyn FileNode>),
+                        size: None,
+                        sources: vec![self.set.clone()],
+                        error: None,
+                    }]),
+                    None => Err(Error::not_found("the log is not open")),
+                }
+            }
+            Slot::Unserved(u) => {
+                let (offset, why) = &self.unserved[u];
+                Err(Error::corrupt(
+                    &self.path,
+                    *offset,
+                    format!("version {v} not served: {why}"),
+                ))
+            }
+        };
+        let mtime = self
+            .log
+            .as_ref()
+            .map_or(SystemTime::UNIX_EPOCH, |l| l.mtime);
+        Arc::new(
+            Point::new(point_name(v), None, "version", ids, content, Vec::new()).modified_at(mtime),
+        )
+    }
+
+    fn find(&self, name: &str) -> Option<usize> {
+        let v: u32 = name
+            .strip_prefix('v')
+            .filter(|d| d.len() == 10)?
+            .parse()
+            .ok()?;
+        self.order.binary_search_by_key(&v, |o| o.0).ok()
     }
 }
 
@@ -288,10 +358,10 @@ impl BackupSet for ClnSet {
         "clightning"
     }
 
-    fn points(&self) -> Arc<Vec<Arc<Point>>> {
+    fn points(&self) -> Arc<dyn PointList> {
         let mut st = self.lock();
         self.refresh(&mut st, None);
-        Arc::clone(&st.points)
+        Arc::clone(&st.points) as Arc<dyn PointList>
     }
 
     fn problem(&self) -> Option<Error> {
@@ -303,17 +373,28 @@ impl BackupSet for ClnSet {
     }
 
     fn verify(&self, progress: &ProgressBar) -> Vec<Check> {
-        let (points, head, problem) = {
+        let (points, problem) = {
             let mut st = self.lock();
             self.refresh(&mut st, None);
-            (Arc::clone(&st.points), st.head.clone(), st.problem.clone())
+            (Arc::clone(&st.points), st.problem.clone())
         };
         let mut checks: Vec<Check> = points
+            .order
             .iter()
-            .filter_map(|p| p.content.as_ref().err().map(|e| (p, e)))
-            .map(|(p, e)| Check {
-                point: p.name.clone(),
-                problems: vec![e.clone()],
+            .filter_map(|(v, slot)| match slot {
+                Slot::Unserved(u) => {
+                    let (offset, why) = &points.unserved[*u];
+                    let e = Error::corrupt(
+                        &self.path,
+                        *offset,
+                        format!("version {v} not served: {why}"),
+                    );
+                    Some(Check {
+                        point: point_name(*v),
+                        problems: vec![e],
+                    })
+                }
+                Slot::Served(_) => None,
             })
             .collect();
         if let Some(e) = problem {
@@ -322,7 +403,7 @@ impl BackupSet for ClnSet {
                 problems: vec![e],
             });
         }
-        if let Some(head) = head {
+        if let Some(head) = points.head() {
             let name = point_name(head.plan.entry(head.upto).version);
             let problems = match head.rebuild_file() {
                 Ok(path) => {
@@ -362,7 +443,7 @@ struct DbFile {
     base: Option<usize>,
     cache: Arc<Cache>,
     work: Arc<WorkDir>,
-    size: OnceLock<u64>,
+    sizes: Arc<Mutex<HashMap<(u64, u64), u64>>>,
     attr: Attr,
 }
 
@@ -386,7 +467,8 @@ impl DbFile {
         match built {
             Ok(r) => {
                 self.cache.set_cost(key, r.memory());
-                let _ = self.size.set(r.len());
+                let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
+                sizes.insert((key.owner, key.index), r.len());
                 Ok(db)
             }
             Err(e) => Err(e.clone()),
@@ -399,12 +481,19 @@ impl DbFile {
 
     /// Rebuilds this version into a new scratch file: from the nearest checkpoint (or the
     /// snapshot, or an empty database), replaying the kept entries up to this version, and
-    /// leaving checkpoints behind on the way.
+    /// leaving checkpoints behind on the way. A failed rebuild leaves no file behind.
     fn rebuild_file(&self) -> Result<PathBuf> {
+        let out = self.work.file("db")?;
+        self.rebuild_into(&out).inspect_err(|_| {
+            let _ = std::fs::remove_file(&out);
+        })?;
+        Ok(out)
+    }
+
+    fn rebuild_into(&self, out: &Path) -> Result<()> {
         let plan = &self.plan;
         let owner = self.log.owner;
         let target = self.plan.entry(self.upto);
-        let out = self.work.file("db")?;
         let store = self.work.checkpoints();
         let lo = self.base.map_or(0, |b| plan.entry(b).offset);
         let from = store.nearest(owner, lo..=target.offset, |off| {
@@ -412,27 +501,25 @@ impl DbFile {
         });
         let start: Option<usize> = match from {
             Some((off, mut f)) => {
-                let mut w = File::create(&out).map_err(|e| Error::io(&out, &e))?;
-                std::io::copy(&mut f, &mut w).map_err(|e| Error::io(&out, &e))?;
+                let mut w = File::create(out).map_err(|e| Error::io(out, &e))?;
+                std::io::copy(&mut f, &mut w).map_err(|e| Error::io(out, &e))?;
                 plan.position(off)
             }
             None => {
-                let init: &[u8] = &[];
                 match self.base {
                     Some(b) => {
-                        let snap = log::payload(&self.log.file, &self.log.path, plan.entry(b))?;
-                        std::fs::write(&out, snap).map_err(|e| Error::io(&out, &e))?;
+                        log::copy_payload(&self.log.file, &self.log.path, plan.entry(b), out)?
                     }
-                    None => std::fs::write(&out, init).map_err(|e| Error::io(&out, &e))?,
+                    None => std::fs::write(out, b"").map_err(|e| Error::io(out, &e))?,
                 }
                 self.base
             }
         };
         let first = start.map_or(0, |s| s + 1);
         if first > self.upto {
-            return Ok(out);
+            return Ok(());
         }
-        let mut r = Replayer::open(&out)
+        let mut r = Replayer::open(out)
             .map_err(|m| self.corrupt(target, format!("version {}: {m}", target.version)))?;
         // Connection settings (foreign_keys) set by PRAGMA-only entries before a checkpoint
         // are not in the file: set them again.
@@ -446,7 +533,7 @@ impl DbFile {
                 }
             }
         }
-        let every = self.checkpoint_spacing(&out);
+        let every = self.checkpoint_spacing(out);
         let seg_start = self.base.map_or(0, |b| b + 1);
         for pos in first..=self.upto {
             let e = plan.entry(pos);
@@ -456,26 +543,35 @@ impl DbFile {
             let n = (pos - seg_start + 1) as u64;
             if e.bump && pos < self.upto && n.is_multiple_of(every) && !store.has(owner, e.offset) {
                 r.commit().map_err(|m| self.corrupt(e, m))?;
-                store.put(&self.work, owner, e.offset, &out)?;
+                store.put(&self.work, owner, e.offset, out)?;
             }
         }
-        r.finish().map_err(|m| self.corrupt(target, m))?;
-        Ok(out)
+        r.finish().map_err(|m| self.corrupt(target, m))
     }
 
-    /// Versions between checkpoints: `CHECKPOINT_EVERY`, or more when checkpoints of the whole
-    /// segment at this database size would not fit the store.
+    /// K, the versions between checkpoints: at least `CHECKPOINT_EVERY`, at least one
+    /// checkpoint's copy worth of replay (`size / REPLAY_BYTES`), and sparse enough that the
+    /// checkpoints of the whole segment fit the store's bound.
     fn checkpoint_spacing(&self, db: &Path) -> u64 {
         let size = std::fs::metadata(db).map_or(0, |m| m.len()).max(1);
         let versions = (self.upto - self.base.unwrap_or(0)) as u64 + 1;
         let fit = (self.work.checkpoints().bound() / size).max(1);
-        CHECKPOINT_EVERY.max(versions.div_ceil(fit))
+        CHECKPOINT_EVERY
+            .max(size / REPLAY_BYTES)
+            .max(versions.div_ceil(fit))
     }
 }
 
 impl FileNode for DbFile {
     fn size(&self) -> Result<u64> {
-        if let Some(&s) = self.size.get() {
+        let key = self.key();
+        let known = self
+            .sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(key.owner, key.index))
+            .copied();
+        if let Some(s) = known {
             return Ok(s);
         }
         let db = self.data()?;

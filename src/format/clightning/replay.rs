@@ -75,12 +75,13 @@ impl Replayer {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| format!("cannot open the database: {e}"))?;
-        // Nothing here needs to survive a crash: the file is rebuilt from the log if lost.
+        // No journal and no syncing: a rebuild that fails is thrown away whole (never rolled
+        // back), and one that is lost is rebuilt from the log. A WAL snapshot keeps its mode.
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .map_err(|e| e.to_string())?;
         if !mode.eq_ignore_ascii_case("wal") {
-            conn.query_row("PRAGMA journal_mode = MEMORY", [], |_| Ok(()))
+            conn.query_row("PRAGMA journal_mode = OFF", [], |_| Ok(()))
                 .map_err(|e| e.to_string())?;
         }
         conn.execute_batch("PRAGMA synchronous = OFF; PRAGMA foreign_keys = ON;")

@@ -14,7 +14,9 @@ use chrono::NaiveDateTime;
 use indicatif::ProgressBar;
 use serde_json::{Map, json};
 
-use crate::catalog::{self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, ScanOptions};
+use crate::catalog::{
+    self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanOptions,
+};
 use crate::error::{Error, Result};
 use crate::image::{ImageFile, Layer};
 use crate::timefmt;
@@ -335,8 +337,8 @@ impl BackupSet for VirtnbdSet {
         "virtnbdbackup"
     }
 
-    fn points(&self) -> Arc<Vec<Arc<Point>>> {
-        Arc::clone(&self.points)
+    fn points(&self) -> Arc<dyn PointList> {
+        Arc::clone(&self.points) as Arc<dyn PointList>
     }
 
     fn verify(&self, progress: &ProgressBar) -> Vec<Check> {
