@@ -26,6 +26,8 @@ pub struct ScanOptions {
     pub cache: Arc<Cache>,
     /// restorefs' scratch folder (never inside SOURCE).
     pub work: Arc<WorkDir>,
+    /// Freezer's encryption password (`--freezer-key`), if given.
+    pub freezer_key: Option<Arc<Vec<u8>>>,
 }
 
 impl ScanOptions {
@@ -34,6 +36,7 @@ impl ScanOptions {
         ScanOptions {
             cache,
             work: WorkDir::new(cache_dir, crate::workdir::CHECKPOINT_BYTES),
+            freezer_key: None,
         }
     }
 }

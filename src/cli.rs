@@ -36,15 +36,25 @@ struct CacheArgs {
     /// Folder for restorefs' scratch files (default: $XDG_CACHE_HOME/restorefs).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    /// File whose first line is Freezer's encryption password (for encrypted backups).
+    #[arg(long, value_name = "FILE")]
+    freezer_key: Option<PathBuf>,
 }
 
 impl CacheArgs {
-    fn options(&self) -> ScanOptions {
+    fn options(&self) -> Result<ScanOptions> {
         let dir = self
             .cache_dir
             .clone()
             .unwrap_or_else(workdir::default_cache_dir);
-        ScanOptions::new(Cache::new(self.cache_size), &dir)
+        let mut opts = ScanOptions::new(Cache::new(self.cache_size), &dir);
+        if let Some(f) = &self.freezer_key {
+            let text = std::fs::read(f).map_err(|e| Error::io(f, &e))?;
+            // Like `openssl enc -pass file:`: the first line, without its newline.
+            let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+            opts.freezer_key = Some(Arc::new(line.strip_suffix(b"\r").unwrap_or(line).to_vec()));
+        }
+        Ok(opts)
     }
 }
 
@@ -208,7 +218,7 @@ fn mount_cmd(
         allow_other,
     };
     mount::preflight(&args)?;
-    let opts = cache.options();
+    let opts = cache.options()?;
     let cat = scan(&args.source, &opts)?;
     mount::mount(&cat, Arc::clone(&opts.cache), &args)?;
     Ok(ExitCode::SUCCESS)
@@ -222,7 +232,7 @@ pub fn scan(source: &Path, opts: &ScanOptions) -> Result<Catalog> {
     let cat = cat?;
     if cat.sets().is_empty() {
         return Err(Error::not_found(format!(
-            "{}: no backups found (looked at any depth for virtnbdbackup folders and Core Lightning backup files)",
+            "{}: no backups found (looked at any depth for virtnbdbackup folders, Freezer containers and Core Lightning backup files)",
             source.display()
         )));
     }
@@ -230,7 +240,7 @@ pub fn scan(source: &Path, opts: &ScanOptions) -> Result<Catalog> {
 }
 
 fn ls(source: &Path, as_json: bool, cache: &CacheArgs) -> Result<ExitCode> {
-    let cat = scan(source, &cache.options())?;
+    let cat = scan(source, &cache.options()?)?;
     let mut out = std::io::stdout().lock();
     let w = |e: std::io::Error| Error::io(Path::new("<stdout>"), &e);
     if as_json {
@@ -317,7 +327,7 @@ fn human(n: u64) -> String {
 
 fn export_cmd(source: &Path, point_path: &str, out: &Path, cache: &CacheArgs) -> Result<ExitCode> {
     refuse_inside(source, out)?;
-    let cat = scan(source, &cache.options())?;
+    let cat = scan(source, &cache.options()?)?;
     let node = vfs::resolve(&cat.tree(None), point_path)?;
     let bar = byte_bar(export::data_bytes(&node)?, "exporting");
     let stats = export::export(&node, out, &bar);
@@ -351,7 +361,7 @@ fn refuse_inside(source: &Path, out: &Path) -> Result<()> {
 }
 
 fn verify(source: &Path, cache: &CacheArgs) -> Result<ExitCode> {
-    let cat = scan(source, &cache.options())?;
+    let cat = scan(source, &cache.options()?)?;
     let total = cat.sets().iter().map(|s| s.set.verify_size()).sum();
     let bar = byte_bar(total, "verifying");
     let mut damaged = 0usize;

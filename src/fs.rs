@@ -265,7 +265,7 @@ pub fn attr(ino: u64, node: &Node) -> Result<FileAttr> {
     let a = node.attr();
     let (size, blocks, nlink) = match node {
         Node::Dir(_) => (0, 0, 2),
-        Node::File(f) => (f.size()?, f.allocated()?.div_ceil(512), 1),
+        Node::File(f) => (f.size()?, f.allocated()?.div_ceil(512), f.nlink()),
         Node::Symlink(l) => (l.target.len() as u64, 0, 1),
     };
     Ok(FileAttr {

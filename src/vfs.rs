@@ -133,6 +133,11 @@ pub trait FileNode: Send + Sync {
         Ok(offset.max(self.size()?))
     }
 
+    /// Names this file has in its tree (hard links).
+    fn nlink(&self) -> u32 {
+        1
+    }
+
     /// Bytes that hold data (not holes), for `st_blocks`.
     fn allocated(&self) -> Result<u64> {
         self.size()

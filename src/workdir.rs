@@ -162,13 +162,30 @@ impl Rebuilt {
         }
     }
 
-    /// Bytes held in memory (what the cache is charged).
+    /// Bytes held in memory.
     pub fn memory(&self) -> u64 {
         match self {
             Rebuilt::Memory(d) => d.len() as u64,
             Rebuilt::Disk { .. } => 0,
         }
     }
+
+    /// What the cache is charged: memory, plus an eighth of a scratch file's size, so the
+    /// cache's bound also bounds the scratch folder (256 MiB of cache: at most 2 GiB on disk).
+    pub fn cost(&self) -> u64 {
+        match self {
+            Rebuilt::Memory(d) => d.len() as u64,
+            Rebuilt::Disk { len, .. } => len / 8,
+        }
+    }
+}
+
+/// The cache's value for a rebuilt file: built once, by whichever reader comes first, outside
+/// the cache's lock.
+#[derive(Default)]
+pub struct RebuiltCell {
+    /// The file, or why it could not be built.
+    pub once: OnceLock<Result<Rebuilt>>,
 }
 
 impl Drop for Rebuilt {

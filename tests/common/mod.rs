@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cln_writer;
+pub mod tree;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use indicatif::ProgressBar;
@@ -25,7 +25,7 @@ use crate::catalog::{
 };
 use crate::error::{Error, Result};
 use crate::vfs::{Attr, FileNode, Node};
-use crate::workdir::{Rebuilt, WorkDir};
+use crate::workdir::{Rebuilt, RebuiltCell, WorkDir};
 use log::{Entry, Kind, Probe};
 use replay::Replayer;
 
@@ -429,12 +429,6 @@ impl BackupSet for ClnSet {
     }
 }
 
-/// The value cached for one rebuilt version: built once, by whichever reader comes first.
-#[derive(Default)]
-struct RebuiltDb {
-    once: OnceLock<Result<Rebuilt>>,
-}
-
 /// `lightningd.sqlite3` of one version.
 struct DbFile {
     log: Arc<LogFile>,
@@ -456,9 +450,9 @@ impl DbFile {
     }
 
     /// The rebuilt file, from the cache or rebuilt now.
-    fn data(&self) -> Result<Arc<RebuiltDb>> {
+    fn data(&self) -> Result<Arc<RebuiltCell>> {
         let key = self.key();
-        let db = self.cache.get_or_insert(key, 0, RebuiltDb::default);
+        let db = self.cache.get_or_insert(key, 0, RebuiltCell::default);
         let built = db.once.get_or_init(|| {
             let path = self.rebuild_file()?;
             // Databases too large for a quarter of the cache stay on disk.
@@ -466,7 +460,7 @@ impl DbFile {
         });
         match built {
             Ok(r) => {
-                self.cache.set_cost(key, r.memory());
+                self.cache.set_cost(key, r.cost());
                 let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
                 sizes.insert((key.owner, key.index), r.len());
                 Ok(db)

@@ -1,0 +1,614 @@
+//! OpenStack Freezer, tar engine, local storage (spec: `freezer-tar.md`): a container holds
+//! `metadata/<engine>/<host>_<name>/<l0_ts>/<level>_<ts>/metadata` and `data/...`; every backup
+//! with its `metadata` file is a restore point exposing `files/`, the tree restored from its
+//! chain of levels.
+//!
+//! A level's stream (gzip, bzip2 or xz, perhaps encrypted) cannot be entered in the middle: it is
+//! decompressed once, front to back, when a point that needs it is first opened; its tar index is
+//! kept, and the decompressed stream goes to the shared cache (or the scratch folder when large)
+//! so that file reads are plain reads from then on.
+
+mod stream;
+mod tar;
+mod tree;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use indicatif::ProgressBar;
+use serde_json::{Map, Value, json};
+
+use crate::cache::{self, Cache, Key};
+use crate::catalog::{
+    self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanOptions,
+};
+use crate::error::{Error, Result};
+use crate::timefmt;
+use crate::vfs::{self, Attr, Directory, FileNode, Node, StaticDir, Symlink};
+use crate::workdir::{Rebuilt, RebuiltCell, WorkDir};
+use tar::Member;
+use tree::{FileId, TNode};
+
+/// The Freezer format.
+pub struct Freezer;
+
+impl Format for Freezer {
+    fn name(&self) -> &'static str {
+        "freezer"
+    }
+
+    fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanOptions) -> Found {
+        let has = |n: &str| dir.dirs.iter().any(|d| d == n);
+        if !has("metadata") || !has("data") {
+            return Found::default();
+        }
+        let mut found = Found::default();
+        let mut backups: BTreeMap<(String, String), Vec<Backup>> = BTreeMap::new();
+        let meta_root = dir.path.join("metadata");
+        for engine in subdirs(&meta_root) {
+            let mut found_in_engine = Vec::new();
+            find_backups(&meta_root.join(&engine), "", 0, &mut found_in_engine);
+            for (hbn, b) in found_in_engine {
+                backups.entry((engine.clone(), hbn)).or_default().push(b);
+            }
+        }
+        if backups.is_empty() {
+            return found;
+        }
+        for ((engine, hbn), list) in backups {
+            let set = FreezerSet::new(dir.path, &engine, &hbn, list, opts);
+            found.sets.push((
+                format!("{engine}/{hbn}"),
+                Arc::new(set) as Arc<dyn BackupSet>,
+            ));
+        }
+        found.claimed_dirs = vec!["metadata".into(), "data".into()];
+        found
+    }
+}
+
+fn subdirs(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+fn digits(s: &str) -> Option<i64> {
+    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
+}
+
+/// One backup found under `metadata/`.
+#[derive(Clone, Debug)]
+struct Backup {
+    l0: i64,
+    level: u32,
+    ts: i64,
+    /// `<l0>/<level>_<ts>`, relative to the set's folders under `metadata/` and `data/`.
+    rel: String,
+}
+
+/// Finds `<l0_ts>/<level>_<ts>/metadata` below `dir`, matching from the right so that host and
+/// backup names (which may hold `_` or, for nova/glance, a resource id folder) stay whole.
+fn find_backups(dir: &Path, hbn: &str, depth: usize, out: &mut Vec<(String, Backup)>) {
+    if depth > 4 {
+        return;
+    }
+    for name in subdirs(dir) {
+        let sub = dir.join(&name);
+        if let Some(l0) = digits(&name).filter(|_| !hbn.is_empty()) {
+            let mut any = false;
+            for lv in subdirs(&sub) {
+                let Some((level, ts)) = lv.split_once('_') else {
+                    continue;
+                };
+                let (Some(level), Some(ts)) = (digits(level), digits(ts)) else {
+                    continue;
+                };
+                any = true;
+                // Data is written first and the metadata JSON last: without it the backup is
+                // incomplete and not shown.
+                if sub.join(&lv).join("metadata").is_file() {
+                    out.push((
+                        hbn.to_owned(),
+                        Backup {
+                            l0,
+                            level: level as u32,
+                            ts,
+                            rel: format!("{name}/{lv}"),
+                        },
+                    ));
+                }
+            }
+            if any {
+                continue;
+            }
+        }
+        let deeper = if hbn.is_empty() {
+            name.clone()
+        } else {
+            format!("{hbn}/{name}")
+        };
+        find_backups(&sub, &deeper, depth + 1, out);
+    }
+}
+
+/// One level's stream, decoded on first use and shared by every point that needs it.
+struct Level {
+    data: PathBuf,
+    compression: String,
+    password: Option<Arc<Vec<u8>>>,
+    cache: Arc<Cache>,
+    work: Arc<WorkDir>,
+    owner: u64,
+    members: OnceLock<std::result::Result<Arc<Vec<Member>>, Error>>,
+}
+
+impl Level {
+    /// The tar index, decoding the stream if it was never decoded.
+    fn members(&self) -> Result<Arc<Vec<Member>>> {
+        if let Some(m) = self.members.get() {
+            return m.clone();
+        }
+        self.data()?;
+        self.members
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Err(Error::not_found("level not decoded")))
+    }
+
+    /// The decompressed stream, from the cache or decoded now.
+    fn data(&self) -> Result<Arc<RebuiltCell>> {
+        let key = Key {
+            owner: self.owner,
+            index: 0,
+        };
+        let cell = self.cache.get_or_insert(key, 0, RebuiltCell::default);
+        let built = cell.once.get_or_init(|| self.decode());
+        match built {
+            Ok(r) => {
+                self.cache.set_cost(key, r.cost());
+                Ok(cell)
+            }
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    fn decode(&self) -> Result<Rebuilt> {
+        let path = self.work.file("tar")?;
+        let mut input = stream::open(
+            &self.data,
+            &self.compression,
+            self.password.as_deref().map(Vec::as_slice),
+        )?;
+        let out = std::fs::File::create(&path).map_err(|e| Error::io(&path, &e))?;
+        let mut sink = std::io::BufWriter::with_capacity(1 << 20, out);
+        let indexed = tar::index(&mut input, &mut sink);
+        let flushed = std::io::Write::flush(&mut sink);
+        let members = match indexed {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                let err = Error::corrupt(
+                    &self.data,
+                    e.offset,
+                    format!("in the decompressed tar stream: {}", e.msg),
+                );
+                let _ = self.members.set(Err(err.clone()));
+                return Err(err);
+            }
+        };
+        flushed.map_err(|e| Error::io(&path, &e))?;
+        let _ = self.members.set(Ok(Arc::new(members)));
+        Rebuilt::take(path, self.cache.capacity() / 4)
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let cell = self.data()?;
+        match cell.once.get() {
+            Some(Ok(r)) => r.read_at(offset, buf),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(Error::not_found("level not decoded")),
+        }
+    }
+}
+
+/// A file of a restored tree: a member's data in a level's stream.
+struct TarFile {
+    level: Arc<Level>,
+    offset: u64,
+    size: u64,
+    nlink: u32,
+    attr: Attr,
+}
+
+impl FileNode for TarFile {
+    fn size(&self) -> Result<u64> {
+        Ok(self.size)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if offset >= self.size {
+            return Ok(0);
+        }
+        let n = buf.len().min((self.size - offset) as usize);
+        self.level.read(self.offset + offset, &mut buf[..n])
+    }
+
+    fn nlink(&self) -> u32 {
+        self.nlink
+    }
+
+    fn attr(&self) -> Attr {
+        self.attr
+    }
+}
+
+fn attr_of(m: &tree::Meta) -> Attr {
+    Attr {
+        perm: (m.mode & 0o7777) as u16,
+        uid: m.uid,
+        gid: m.gid,
+        mtime: UNIX_EPOCH + Duration::from_secs(m.mtime.max(0) as u64),
+    }
+}
+
+/// A point's `files/`: built (all its levels decoded) when first looked into.
+struct TreeDir {
+    chain: Vec<Arc<Level>>,
+    fallback: Attr,
+    root: OnceLock<Result<Arc<dyn Directory>>>,
+}
+
+impl TreeDir {
+    fn root(&self) -> Result<Arc<dyn Directory>> {
+        self.root.get_or_init(|| self.build()).clone()
+    }
+
+    fn build(&self) -> Result<Arc<dyn Directory>> {
+        let members: Vec<Arc<Vec<Member>>> = self
+            .chain
+            .iter()
+            .map(|l| l.members())
+            .collect::<Result<_>>()?;
+        let refs: Vec<&[Member]> = members.iter().map(|m| m.as_slice()).collect();
+        let (root, notes) = tree::build(&refs);
+        for n in &notes {
+            log::warn!(
+                "{}: {n}",
+                self.chain
+                    .last()
+                    .map_or(Path::new(""), |l| l.data.as_path())
+                    .display()
+            );
+        }
+        // Hard links: one node per member, however many paths.
+        let mut links: HashMap<FileId, u32> = HashMap::new();
+        count_links(&root, &mut links);
+        let mut files: HashMap<FileId, Arc<TarFile>> = HashMap::new();
+        let node = self.to_node(&root, &members, &links, &mut files);
+        match node {
+            Node::Dir(d) => Ok(d),
+            _ => Err(Error::corrupt(
+                &self.chain[0].data,
+                0,
+                "the archive's root is not a folder",
+            )),
+        }
+    }
+
+    fn to_node(
+        &self,
+        n: &TNode,
+        members: &[Arc<Vec<Member>>],
+        links: &HashMap<FileId, u32>,
+        files: &mut HashMap<FileId, Arc<TarFile>>,
+    ) -> Node {
+        match n {
+            TNode::Dir(meta, children) => {
+                let entries = children
+                    .iter()
+                    .map(|(name, c)| (name.clone(), self.to_node(c, members, links, files)))
+                    .collect();
+                Node::Dir(StaticDir::new(attr_of(meta), entries))
+            }
+            TNode::Symlink(meta, target) => Node::Symlink(Arc::new(Symlink {
+                target: target.clone(),
+                attr: Attr {
+                    perm: 0o777,
+                    ..attr_of(meta)
+                },
+            })),
+            TNode::File(id) => {
+                let f = files.entry(*id).or_insert_with(|| {
+                    let m = &members[id.0][id.1];
+                    Arc::new(TarFile {
+                        level: Arc::clone(&self.chain[id.0]),
+                        offset: m.offset,
+                        size: m.size,
+                        nlink: links.get(id).copied().unwrap_or(1),
+                        attr: attr_of(&tree::Meta {
+                            mode: m.mode,
+                            uid: m.uid,
+                            gid: m.gid,
+                            mtime: m.mtime,
+                        }),
+                    })
+                });
+                Node::File(Arc::clone(f) as Arc<dyn FileNode>)
+            }
+        }
+    }
+}
+
+fn count_links(n: &TNode, links: &mut HashMap<FileId, u32>) {
+    match n {
+        TNode::Dir(_, c) => c.values().for_each(|c| count_links(c, links)),
+        TNode::File(id) => *links.entry(*id).or_default() += 1,
+        TNode::Symlink(..) => {}
+    }
+}
+
+impl Directory for TreeDir {
+    fn entries(&self) -> Result<Vec<(String, Node)>> {
+        self.root()?.entries()
+    }
+
+    fn names(&self) -> Result<Vec<(String, vfs::Kind)>> {
+        self.root()?.names()
+    }
+
+    fn lookup(&self, name: &str) -> Result<Option<Node>> {
+        self.root()?.lookup(name)
+    }
+
+    fn attr(&self) -> Attr {
+        self.root().map_or(self.fallback, |r| r.attr())
+    }
+}
+
+/// One `<engine>/<host>_<name>` of a container.
+struct FreezerSet {
+    points: Arc<Vec<Arc<Point>>>,
+    /// Per point: the levels it reads.
+    chains: Vec<(String, Vec<Arc<Level>>)>,
+    problem: Option<Error>,
+    size: u64,
+}
+
+impl FreezerSet {
+    fn new(
+        container: &Path,
+        engine: &str,
+        hbn: &str,
+        mut list: Vec<Backup>,
+        opts: &ScanOptions,
+    ) -> FreezerSet {
+        list.sort_by_key(|b| (b.ts, b.level, b.l0));
+        let meta_dir = container.join("metadata").join(engine).join(hbn);
+        let data_dir = container.join("data").join(engine).join(hbn);
+        let problem = (engine != "tar").then(|| {
+            Error::unsupported(
+                &meta_dir,
+                format!("engine {engine:?}: restorefs serves Freezer's tar engine only"),
+            )
+        });
+        let mut levels: Vec<std::result::Result<(Arc<Level>, Value), Error>> = Vec::new();
+        for b in &list {
+            levels.push(load_level(&meta_dir, &data_dir, b, opts));
+        }
+        let mut points = Vec::new();
+        let mut chains = Vec::new();
+        let mut taken = HashSet::new();
+        let mut size = 0;
+        for (i, b) in list.iter().enumerate() {
+            let time = timefmt::from_unix(b.ts);
+            let base = format!(
+                "{}_level{}",
+                time.as_ref()
+                    .map_or_else(|| b.ts.to_string(), timefmt::to_name),
+                b.level
+            );
+            let name = catalog::unique_name(base, &mut taken);
+            let mut ids = Map::new();
+            ids.insert("level".into(), json!(b.level));
+            ids.insert("timestamp".into(), json!(b.ts));
+            ids.insert("level0_timestamp".into(), json!(b.l0));
+            let chain = if problem.is_some() {
+                Err(problem.clone().expect("checked"))
+            } else {
+                chain_of(&list, &levels, i, &meta_dir)
+            };
+            let content = chain.map(|c| {
+                let sources: Vec<String> = c
+                    .iter()
+                    .map(|&j| format!("data/{engine}/{hbn}/{}/data", list[j].rel))
+                    .collect();
+                let chain: Vec<Arc<Level>> = c
+                    .iter()
+                    .map(|&j| Arc::clone(&levels[j].as_ref().expect("chain members load").0))
+                    .collect();
+                size += chain
+                    .iter()
+                    .map(|l| std::fs::metadata(&l.data).map_or(0, |m| m.len()))
+                    .sum::<u64>();
+                chains.push((name.clone(), chain.clone()));
+                let mtime = time
+                    .as_ref()
+                    .map_or(SystemTime::UNIX_EPOCH, timefmt::to_system_time);
+                let dir = TreeDir {
+                    chain,
+                    fallback: Attr::read_only(true, mtime),
+                    root: OnceLock::new(),
+                };
+                vec![Exposed {
+                    path: "files".into(),
+                    node: Node::Dir(Arc::new(dir)),
+                    size: None,
+                    sources,
+                    error: None,
+                }]
+            });
+            if let Ok((_, meta)) = &levels[i] {
+                for k in ["compression", "encryption", "engine_name"] {
+                    if let Some(v) = meta.get(k) {
+                        ids.insert(k.into(), v.clone());
+                    }
+                }
+            }
+            let kind = format!("level{}", b.level);
+            points.push(Arc::new(Point::new(
+                name,
+                time,
+                &kind,
+                ids,
+                content,
+                Vec::new(),
+            )));
+        }
+        FreezerSet {
+            points: Arc::new(points),
+            chains,
+            problem,
+            size,
+        }
+    }
+}
+
+/// A backup's level, from its `metadata` JSON.
+fn load_level(
+    meta_dir: &Path,
+    data_dir: &Path,
+    b: &Backup,
+    opts: &ScanOptions,
+) -> Result<(Arc<Level>, Value)> {
+    let meta_path = meta_dir.join(&b.rel).join("metadata");
+    let text = std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, &e))?;
+    let meta: Value = serde_json::from_slice(&text)
+        .map_err(|e| Error::corrupt(&meta_path, 0, format!("bad metadata JSON: {e}")))?;
+    let data = data_dir.join(&b.rel).join("data");
+    if !data.is_file() {
+        return Err(Error::not_found(format!(
+            "{}: the backup's data file is missing",
+            data.display()
+        )));
+    }
+    let compression = meta
+        .get("compression")
+        .and_then(Value::as_str)
+        .unwrap_or("gzip")
+        .to_owned();
+    let encrypted = meta
+        .get("encryption")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let password = match (encrypted, &opts.freezer_key) {
+        (false, _) => None,
+        (true, Some(k)) => Some(Arc::clone(k)),
+        (true, None) => {
+            return Err(Error::unsupported(
+                &data,
+                "encrypted backup: pass --freezer-key FILE (the file with Freezer's encryption password)",
+            ));
+        }
+    };
+    Ok((
+        Arc::new(Level {
+            data,
+            compression,
+            password,
+            cache: Arc::clone(&opts.cache),
+            work: Arc::clone(&opts.work),
+            owner: cache::new_owner_id(),
+            members: OnceLock::new(),
+        }),
+        meta,
+    ))
+}
+
+/// The chain of backup `i`: level 0, then for each level the newest backup one level down in
+/// the same level-0 chain with a smaller timestamp (never Freezer's last-listed-wins).
+fn chain_of(
+    list: &[Backup],
+    levels: &[std::result::Result<(Arc<Level>, Value), Error>],
+    i: usize,
+    meta_dir: &Path,
+) -> Result<Vec<usize>> {
+    let mut chain = vec![i];
+    let mut cur = i;
+    while list[cur].level > 0 {
+        let want = list[cur].level - 1;
+        let parent = (0..list.len())
+            .filter(|&j| {
+                list[j].l0 == list[cur].l0 && list[j].level == want && list[j].ts < list[cur].ts
+            })
+            .max_by_key(|&j| list[j].ts);
+        let Some(p) = parent else {
+            return Err(Error::not_found(format!(
+                "{}: no level-{want} backup before {} in chain {}: the chain is incomplete",
+                meta_dir.display(),
+                list[cur].rel,
+                list[cur].l0
+            )));
+        };
+        chain.push(p);
+        cur = p;
+    }
+    chain.reverse();
+    for &j in &chain {
+        if let Err(e) = &levels[j] {
+            return Err(e.clone());
+        }
+    }
+    Ok(chain)
+}
+
+impl BackupSet for FreezerSet {
+    fn format(&self) -> &'static str {
+        "freezer"
+    }
+
+    fn points(&self) -> Arc<dyn PointList> {
+        Arc::clone(&self.points) as Arc<dyn PointList>
+    }
+
+    fn problem(&self) -> Option<Error> {
+        self.problem.clone()
+    }
+
+    fn verify(&self, progress: &ProgressBar) -> Vec<Check> {
+        let mut decoded: HashMap<u64, Option<Error>> = HashMap::new();
+        self.points
+            .iter()
+            .map(|p| {
+                let mut problems: Vec<Error> =
+                    p.content.as_ref().err().cloned().into_iter().collect();
+                if let Some((_, chain)) = self.chains.iter().find(|c| c.0 == p.name) {
+                    for l in chain {
+                        let e = decoded.entry(l.owner).or_insert_with(|| {
+                            let r = l.members().err();
+                            progress.inc(std::fs::metadata(&l.data).map_or(0, |m| m.len()));
+                            r
+                        });
+                        problems.extend(e.clone());
+                    }
+                }
+                Check {
+                    point: p.name.clone(),
+                    problems,
+                }
+            })
+            .collect()
+    }
+
+    fn verify_size(&self) -> u64 {
+        self.size
+    }
+}

@@ -1,0 +1,162 @@
+//! A Freezer `data` file as a readable tar stream: OpenSSL `enc` AES-256-CFB decryption when
+//! the backup is encrypted (salted, SHA-256 key derivation, MD5 for OpenSSL 1.0 backups), then
+//! gzip, bzip2 or xz as the backup's metadata says (spec §7.1).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use aes::Aes256;
+use aes::cipher::KeyIvInit;
+use cfb_mode::BufDecryptor;
+use md5::Md5;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The first bytes each compressor writes.
+fn magic(compression: &str) -> Option<&'static [u8]> {
+    match compression {
+        "gzip" => Some(&[0x1f, 0x8b]),
+        "bzip2" => Some(b"BZh"),
+        "xz" => Some(&[0xfd, b'7', b'z', b'X', b'Z', 0]),
+        _ => None,
+    }
+}
+
+/// Opens `path` and returns the decompressed (and decrypted) tar stream.
+pub fn open(
+    path: &Path,
+    compression: &str,
+    password: Option<&[u8]>,
+) -> Result<Box<dyn Read + Send>> {
+    let Some(want) = magic(compression) else {
+        return Err(Error::unsupported(
+            path,
+            format!("compression {compression:?} (restorefs reads gzip, bzip2 and xz)"),
+        ));
+    };
+    let file = File::open(path).map_err(|e| Error::io(path, &e))?;
+    let plain: Box<dyn Read + Send> = match password {
+        None => Box::new(file),
+        Some(pass) => Box::new(decrypt(file, path, pass, want)?),
+    };
+    Ok(match compression {
+        "gzip" => Box::new(flate2::read::MultiGzDecoder::new(
+            io::BufReader::with_capacity(1 << 16, plain),
+        )),
+        "bzip2" => Box::new(bzip2::read::MultiBzDecoder::new(
+            io::BufReader::with_capacity(1 << 16, plain),
+        )),
+        _ => Box::new(lzma_rust2::XzReader::new(
+            io::BufReader::with_capacity(1 << 16, plain),
+            true,
+        )),
+    })
+}
+
+/// `EVP_BytesToKey(digest, password, salt, count = 1)`: 32 key bytes and 16 IV bytes.
+fn bytes_to_key<D: Digest>(password: &[u8], salt: &[u8]) -> ([u8; 32], [u8; 16]) {
+    let mut out = Vec::with_capacity(64);
+    let mut prev: Vec<u8> = Vec::new();
+    while out.len() < 48 {
+        let mut h = D::new();
+        h.update(&prev);
+        h.update(password);
+        h.update(salt);
+        prev = h.finalize().to_vec();
+        out.extend_from_slice(&prev);
+    }
+    let mut key = [0u8; 32];
+    let mut iv = [0u8; 16];
+    key.copy_from_slice(&out[..32]);
+    iv.copy_from_slice(&out[32..48]);
+    (key, iv)
+}
+
+/// A reader decrypting AES-256-CFB128 as it goes.
+struct CfbReader<R> {
+    inner: R,
+    dec: BufDecryptor<Aes256>,
+}
+
+impl<R: Read> Read for CfbReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.dec.decrypt(&mut buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The OpenSSL `enc` stream in `file`: `Salted__`, 8 bytes of salt, then ciphertext. The key
+/// derivation that makes the plaintext start with the compressor's magic wins.
+fn decrypt(
+    mut file: File,
+    path: &Path,
+    password: &[u8],
+    want: &[u8],
+) -> Result<CfbReader<io::Chain<io::Cursor<Vec<u8>>, File>>> {
+    let mut head = [0u8; 16];
+    file.read_exact(&mut head)
+        .map_err(|_| Error::corrupt(path, 0, "encrypted backup shorter than its OpenSSL header"))?;
+    if &head[..8] != b"Salted__" {
+        return Err(Error::corrupt(
+            path,
+            0,
+            "encrypted backup without OpenSSL's 'Salted__' header",
+        ));
+    }
+    let salt = head[8..16].to_vec();
+    let mut first = vec![0u8; 16];
+    let n = file.read(&mut first).map_err(|e| Error::io(path, &e))?;
+    first.truncate(n);
+    for derive in [bytes_to_key::<Sha256>, bytes_to_key::<Md5>] {
+        let (key, iv) = derive(password, &salt);
+        let mut dec =
+            BufDecryptor::<Aes256>::new_from_slices(&key, &iv).expect("32-byte key, 16-byte IV");
+        let mut probe = first.clone();
+        dec.decrypt(&mut probe);
+        if probe.starts_with(want) {
+            let dec = BufDecryptor::<Aes256>::new_from_slices(&key, &iv)
+                .expect("32-byte key, 16-byte IV");
+            return Ok(CfbReader {
+                inner: io::Cursor::new(first).chain(file),
+                dec,
+            });
+        }
+    }
+    Err(Error::corrupt(
+        path,
+        16,
+        "cannot decrypt: the key does not fit this backup (neither SHA-256 nor MD5 derivation gives the compressor's header)",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evp_bytes_to_key_matches_openssl() {
+        // `openssl enc -aes-256-cfb -md sha256 -S 0102030405060708 -pass pass:secret -P`
+        let (key, iv) = bytes_to_key::<Sha256>(b"secret", &[1, 2, 3, 4, 5, 6, 7, 8]);
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<String>();
+        let out = std::process::Command::new("openssl")
+            .args([
+                "enc",
+                "-aes-256-cfb",
+                "-md",
+                "sha256",
+                "-S",
+                "0102030405060708",
+                "-pass",
+                "pass:secret",
+                "-P",
+            ])
+            .output()
+            .expect("openssl is installed (CI installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("key={}", hex(&key))), "{text}");
+        assert!(text.contains(&format!("iv ={}", hex(&iv))), "{text}");
+    }
+}
