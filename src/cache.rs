@@ -104,6 +104,11 @@ impl Cache {
         value
     }
 
+    /// Marks the value under `key` as recently used.
+    pub fn touch(&self, key: Key) {
+        self.lock().lru.promote(&key);
+    }
+
     /// Changes what the value under `key` is charged, e.g. once a rebuilt file's size is known.
     pub fn set_cost(&self, key: Key, cost: u64) {
         let mut inner = self.lock();

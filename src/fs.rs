@@ -351,6 +351,11 @@ impl Filesystem for FuseFs {
             let _ = config.set_max_readahead(allowed);
         }
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        // Programs may still mmap files opened with FOPEN_DIRECT_IO (kernel >= 6.6).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        // Let the kernel keep many readahead requests in flight for the worker threads.
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
         Ok(())
     }
 
@@ -410,9 +415,13 @@ impl Filesystem for FuseFs {
             if flags.acc_mode() != OpenAccMode::O_RDONLY {
                 return reply.error(Errno::EROFS);
             }
-            match self.file(ino.0).and_then(|f| f.check()) {
-                // Content never changes under a name: keep the page cache across opens.
-                Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            match self.file(ino.0).and_then(|f| f.check().map(|()| f)) {
+                // Content never changes under a name: keep the page cache across opens, or
+                // bypass it for files whose bytes are cached already as backup-file pages.
+                Ok(f) if f.page_cache() => {
+                    reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+                }
+                Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO),
                 Err(e) => reply.error(self.fail("open", ino.0, &e)),
             }
         });
@@ -434,8 +443,15 @@ impl Filesystem for FuseFs {
                 Ok(f) => f,
                 Err(e) => return reply.error(self.fail("read", ino.0, &e)),
             };
-            if let Some(bytes) = f.borrow(offset, size as usize) {
-                return reply.data(bytes);
+            let mut pending = Some(reply);
+            let zero_copy = f.read_with(offset, size as usize, &mut |bytes| {
+                if let Some(r) = pending.take() {
+                    r.data(bytes);
+                }
+            });
+            let Some(reply) = pending else { return };
+            if let Err(e) = zero_copy {
+                return reply.error(self.fail(&format!("read at {offset} of"), ino.0, &e));
             }
             READ_BUF.with_borrow_mut(|buf| {
                 if buf.len() < size as usize {

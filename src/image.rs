@@ -1,13 +1,14 @@
 //! A disk image served through a block map: uncompressed extents straight from the mapped backup
 //! files (zero-copy when a read falls in one extent), compressed chunks through the shared cache.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use crate::blockmap::{BlockMap, Extent, NO_CHUNK};
 use crate::cache::{Cache, Key};
 use crate::error::{Error, Result};
 use crate::lz4::DecodedChunk;
-use crate::source::Source;
+use crate::source::{SMALL_READ, Source};
 use crate::vfs::{Attr, FileNode};
 
 /// One compressed chunk (an LZ4 frame) of a layer.
@@ -56,7 +57,18 @@ pub struct ImageFile {
     allocated: OnceLock<u64>,
     cache: Arc<Cache>,
     attr: Attr,
+    /// The map while the cache holds it, reached without the cache's lock on every read.
+    hot: RwLock<Weak<MapCell>>,
+    /// Reads since the cache was last told the map is in use (keeps its LRU place).
+    reads: AtomicU64,
+    /// End of the last read, to spot sequential reading.
+    last_end: AtomicU64,
+    /// How far ahead of sequential reading the backing files were asked to be read.
+    prefetched: AtomicU64,
 }
+
+/// Sequential reading is prefetched this far ahead.
+const LOOKAHEAD: u64 = 32 << 20;
 
 /// The cache's value for a block map: built once, outside the cache's lock.
 #[derive(Default)]
@@ -74,6 +86,10 @@ impl ImageFile {
             allocated: OnceLock::new(),
             cache,
             attr,
+            hot: RwLock::new(Weak::new()),
+            reads: AtomicU64::new(0),
+            last_end: AtomicU64::new(u64::MAX),
+            prefetched: AtomicU64::new(0),
         }
     }
 
@@ -83,6 +99,16 @@ impl ImageFile {
             owner: self.owner,
             index: 0,
         };
+        if let Some(cell) = self.hot.read().unwrap_or_else(|p| p.into_inner()).upgrade() {
+            if self
+                .reads
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(256)
+            {
+                self.cache.touch(key);
+            }
+            return MapRef(cell);
+        }
         let cell = self.cache.get_or_insert(key, 0, MapCell::default);
         if cell.map.get().is_none() {
             let map = cell.map.get_or_init(|| {
@@ -92,6 +118,8 @@ impl ImageFile {
             self.cache.set_cost(key, map.heap_bytes() as u64);
             let _ = self.allocated.set(map.allocated());
         }
+        // Published only once built: the fast path above never sees an empty cell.
+        *self.hot.write().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(&cell);
         MapRef(cell)
     }
 
@@ -117,7 +145,7 @@ impl ImageFile {
         }))
     }
 
-    fn read_extent(&self, e: &Extent, pos: u64, dst: &mut [u8]) -> Result<()> {
+    fn read_extent(&self, e: &Extent, pos: u64, dst: &mut [u8], prefetch: bool) -> Result<()> {
         if e.is_hole() {
             dst.fill(0);
             return Ok(());
@@ -125,11 +153,64 @@ impl ImageFile {
         let layer = &self.layers[e.src as usize];
         let at = e.off + (pos - e.start);
         if e.chunk == NO_CHUNK {
-            let bytes = layer.source().slice(at, dst.len() as u64, "data frame")?;
+            let source = layer.source();
+            if dst.len() < SMALL_READ {
+                return source.read_exact_at(at, dst);
+            }
+            let bytes = source.slice(at, dst.len() as u64, "data frame")?;
+            if prefetch {
+                source.prefetch(at, dst.len() as u64);
+            }
             dst.copy_from_slice(bytes);
+            Source::served(dst.len() as u64);
             return Ok(());
         }
         self.chunk(layer, e.chunk)?.read(at as usize, dst)
+    }
+
+    /// Notes a read of `offset..end`; when reading is sequential (it continues the last read,
+    /// or falls inside the window prefetched so far: the kernel's readahead requests arrive on
+    /// several threads, slightly out of order), asks the backing files for the image's next
+    /// `LOOKAHEAD` bytes before they are requested.
+    /// Returns whether `offset..end` itself lies in a window already prefetched.
+    fn read_ahead(&self, map: &BlockMap, offset: u64, end: u64) -> bool {
+        let front = self.prefetched.load(Ordering::Relaxed);
+        let continues = self.last_end.swap(end, Ordering::Relaxed) == offset;
+        let in_window = offset < front && offset + 2 * LOOKAHEAD >= front;
+        let covered = in_window && end <= front;
+        if !(continues || in_window) || front >= end + LOOKAHEAD / 2 {
+            return covered;
+        }
+        let from = front.max(end);
+        let to = (end + LOOKAHEAD).min(self.size);
+        if from >= to
+            || self
+                .prefetched
+                .compare_exchange(front, to, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return covered;
+        }
+        let extents = map.extents();
+        for e in &extents[map.find(from)..] {
+            if e.start >= to {
+                break;
+            }
+            if e.is_hole() {
+                continue;
+            }
+            let layer = &self.layers[e.src as usize];
+            if e.chunk != NO_CHUNK {
+                if let Some(c) = layer.chunks().get(e.chunk as usize) {
+                    layer.source().prefetch(c.file_off, c.comp_len);
+                }
+                continue;
+            }
+            let s = e.start.max(from);
+            let t = e.end().min(to);
+            layer.source().prefetch(e.off + (s - e.start), t - s);
+        }
+        covered
     }
 }
 
@@ -144,6 +225,7 @@ impl FileNode for ImageFile {
         }
         let n = buf.len().min((self.size - offset) as usize);
         let map = self.map();
+        let covered = self.read_ahead(&map, offset, offset + n as u64);
         let extents = map.extents();
         let mut i = map.find(offset);
         let mut done = 0usize;
@@ -151,34 +233,52 @@ impl FileNode for ImageFile {
             let e = &extents[i];
             let pos = offset + done as u64;
             let take = ((e.end() - pos) as usize).min(n - done);
-            self.read_extent(e, pos, &mut buf[done..done + take])?;
+            self.read_extent(e, pos, &mut buf[done..done + take], !covered)?;
             done += take;
             i += 1;
         }
         Ok(n)
     }
 
-    fn borrow(&self, offset: u64, len: usize) -> Option<&[u8]> {
+    fn read_with(&self, offset: u64, len: usize, f: &mut dyn FnMut(&[u8])) -> Result<bool> {
         if offset >= self.size {
-            return Some(&[]);
+            f(&[]);
+            return Ok(true);
         }
         let len = len.min((self.size - offset) as usize);
         let map = self.map();
         let e = map.extents()[map.find(offset)];
-        if e.end() - offset < len as u64 {
-            return None;
+        if e.end() - offset < len as u64
+            || (len < SMALL_READ && !e.is_hole() && e.chunk == NO_CHUNK)
+        {
+            return Ok(false);
         }
+        let covered = self.read_ahead(&map, offset, offset + len as u64);
         if e.is_hole() {
-            return ZEROS.get(..len);
-        }
-        if e.chunk != NO_CHUNK {
-            return None;
+            match ZEROS.get(..len) {
+                Some(z) => f(z),
+                None => return Ok(false),
+            }
+            return Ok(true);
         }
         let layer = &self.layers[e.src as usize];
-        layer
-            .source()
-            .slice(e.off + (offset - e.start), len as u64, "data frame")
-            .ok()
+        let at = e.off + (offset - e.start);
+        if e.chunk != NO_CHUNK {
+            self.chunk(layer, e.chunk)?.read_with(at as usize, len, f)?;
+            return Ok(true);
+        }
+        let source = layer.source();
+        let bytes = source.slice(at, len as u64, "data frame")?;
+        if !covered {
+            source.prefetch(at, len as u64);
+        }
+        f(bytes);
+        Source::served(len as u64);
+        Ok(true)
+    }
+
+    fn page_cache(&self) -> bool {
+        false
     }
 
     fn next_data(&self, offset: u64) -> Result<Option<u64>> {

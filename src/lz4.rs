@@ -5,14 +5,16 @@
 //! in the middle of a 32 MiB frame decodes from the start up to that read, and the decoded prefix
 //! stays in the shared cache for the next reader.
 
+use std::hash::Hasher;
 use std::io::Read;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use lz4_flex::frame::FrameDecoder;
+use twox_hash::XxHash32;
 
 use crate::error::{Error, Result};
-use crate::source::{SliceReader, Source};
+use crate::source::Source;
 
 const MAGIC: [u8; 4] = [0x04, 0x22, 0x4d, 0x18];
 
@@ -76,18 +78,62 @@ fn decode_error(path: &Path, offset: u64, e: &std::io::Error) -> Error {
     Error::corrupt(path, offset, format!("LZ4 frame fails to decode: {e}"))
 }
 
-/// One LZ4 frame being decoded into memory, shared through the cache.
+/// A buffer of `len` bytes: one left by a dropped chunk when one is big enough (no page faults,
+/// no zeroing; decoded bytes overwrite it before any reader sees them), else a new zeroed one.
+fn buffer(len: usize) -> Option<Vec<u8>> {
+    let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = pool.iter().position(|b| b.len() >= len) {
+        let mut b = pool.swap_remove(i);
+        b.truncate(len);
+        return Some(b);
+    }
+    drop(pool);
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    v.resize(len, 0);
+    Some(v)
+}
+
+/// Buffers of dropped chunks kept for reuse, at most `POOL_BUFFERS` of them.
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+const POOL_BUFFERS: usize = 4;
+
+impl Drop for DecodedChunk {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let out = std::mem::take(&mut st.out);
+        if out.len() >= 1 << 20 {
+            let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < POOL_BUFFERS {
+                pool.push(out);
+            }
+        }
+    }
+}
+
+/// One LZ4 frame being decoded into memory, shared through the cache. Blocks are decoded
+/// straight into one buffer of the frame's size (linked blocks read their history from it),
+/// with block and content checksums checked on the way; readers of the decoded prefix proceed
+/// while the rest is still undecoded.
 pub struct DecodedChunk {
     source: Arc<Source>,
     offset: u64,
     comp_len: u64,
     raw_len: usize,
-    state: Mutex<State>,
+    state: RwLock<State>,
 }
 
+#[derive(Default)]
 struct State {
     out: Vec<u8>,
-    decoder: Option<FrameDecoder<SliceReader>>,
+    decoded: usize,
+    /// Offset in the frame of the next block header; 0 before the frame header was read.
+    input: usize,
+    linked: bool,
+    block_checksums: bool,
+    content_checksum: bool,
+    max_block: usize,
+    hasher: Option<XxHash32>,
     failed: Option<Error>,
 }
 
@@ -99,91 +145,194 @@ impl DecodedChunk {
             offset,
             comp_len,
             raw_len: raw_len as usize,
-            state: Mutex::new(State {
-                out: Vec::new(),
-                decoder: None,
-                failed: None,
-            }),
+            state: RwLock::new(State::default()),
+        }
+    }
+
+    /// Hands decoded bytes `at..at+len` to `f` (no copy), decoding as far as needed.
+    pub fn read_with(&self, at: usize, len: usize, f: &mut dyn FnMut(&[u8])) -> Result<()> {
+        let need = at + len;
+        if need > self.raw_len {
+            return Err(self.corrupt(
+                0,
+                format!("read past the {} bytes this LZ4 frame holds", self.raw_len),
+            ));
+        }
+        loop {
+            {
+                let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+                if let Some(e) = &st.failed {
+                    return Err(e.clone());
+                }
+                if st.decoded >= need {
+                    f(&st.out[at..need]);
+                    return Ok(());
+                }
+            }
+            let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+            if st.decoded < need
+                && st.failed.is_none()
+                && let Err(e) = self.decode_to(&mut st, need)
+            {
+                *st = State {
+                    failed: Some(e.clone()),
+                    ..State::default()
+                };
+                return Err(e);
+            }
         }
     }
 
     /// Copies decoded bytes `at..at+dst.len()` into `dst`, decoding as far as needed.
     pub fn read(&self, at: usize, dst: &mut [u8]) -> Result<()> {
-        let need = at + dst.len();
-        if need > self.raw_len {
-            return Err(self.corrupt(format!(
-                "read past the {} bytes this LZ4 frame holds",
-                self.raw_len
-            )));
+        self.read_with(at, dst.len(), &mut |b| dst.copy_from_slice(b))
+    }
+
+    fn corrupt(&self, at: usize, msg: impl Into<String>) -> Error {
+        Error::corrupt(self.source.path(), self.offset + at as u64, msg)
+    }
+
+    fn u32_at(&self, frame: &[u8], at: usize, what: &str) -> Result<u32> {
+        frame
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .ok_or_else(|| self.corrupt(at, format!("LZ4 frame ends inside {what}")))
+    }
+
+    fn header(&self, st: &mut State, frame: &[u8]) -> Result<()> {
+        if frame.len() < 7 || frame[..4] != MAGIC {
+            return Err(self.corrupt(0, "LZ4 frame fails to decode: bad magic"));
         }
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = &st.failed {
-            return Err(e.clone());
+        let (flg, bd) = (frame[4], frame[5]);
+        if flg >> 6 != 1 || flg & 0x01 != 0 {
+            return Err(self.corrupt(
+                4,
+                format!("LZ4 frame fails to decode: unsupported FLG {flg:#04x}"),
+            ));
         }
-        if st.out.len() < need
-            && let Err(e) = self.decode_to(&mut st, need)
-        {
-            st.failed = Some(e.clone());
-            st.out = Vec::new();
-            st.decoder = None;
-            return Err(e);
+        st.linked = flg & 0x20 == 0;
+        st.block_checksums = flg & 0x10 != 0;
+        st.content_checksum = flg & 0x04 != 0;
+        st.max_block = match (bd >> 4) & 7 {
+            4 => 64 << 10,
+            5 => 256 << 10,
+            6 => 1 << 20,
+            7 => 4 << 20,
+            _ => {
+                return Err(self.corrupt(5, format!("LZ4 frame fails to decode: bad BD {bd:#04x}")));
+            }
+        };
+        let desc_end = 6 + if flg & 0x08 != 0 { 8 } else { 0 };
+        let hc = *frame
+            .get(desc_end)
+            .ok_or_else(|| self.corrupt(desc_end, "LZ4 frame header cut short"))?;
+        if (XxHash32::oneshot(0, &frame[4..desc_end]) >> 8) as u8 != hc {
+            return Err(self.corrupt(
+                desc_end,
+                "LZ4 frame fails to decode: header checksum mismatch",
+            ));
         }
-        dst.copy_from_slice(&st.out[at..need]);
+        st.input = desc_end + 1;
+        st.hasher = st.content_checksum.then(|| XxHash32::with_seed(0));
+        st.out = buffer(self.raw_len).ok_or_else(|| {
+            self.corrupt(0, format!("cannot hold {} decoded bytes", self.raw_len))
+        })?;
         Ok(())
     }
 
     fn decode_to(&self, st: &mut State, need: usize) -> Result<()> {
-        if st.decoder.is_none() {
-            st.decoder = Some(FrameDecoder::new(
-                self.source.reader(self.offset, self.comp_len)?,
-            ));
-            st.out.try_reserve_exact(self.raw_len).map_err(|e| {
-                self.corrupt(format!("cannot hold {} decoded bytes: {e}", self.raw_len))
-            })?;
+        let frame = self.source.slice(self.offset, self.comp_len, "LZ4 frame")?;
+        if st.input == 0 {
+            // One read of the whole compressed frame rather than a page fault per 4 KiB.
+            self.source.prefetch(self.offset, self.comp_len);
+            self.header(st, frame)?;
         }
         let target = need.div_ceil(STEP).saturating_mul(STEP).min(self.raw_len);
-        let mut filled = st.out.len();
-        st.out.resize(target, 0);
-        let State { out, decoder, .. } = st;
-        let dec = decoder.as_mut().expect("decoder set above");
-        while filled < target {
-            match dec.read(&mut out[filled..target]) {
-                Ok(0) => {
-                    return Err(self.corrupt(format!(
-                        "LZ4 frame decodes to {filled} bytes, expected {}",
+        let State {
+            out,
+            decoded,
+            input,
+            ..
+        } = st;
+        while *decoded < target {
+            let at = *input;
+            let word = self.u32_at(frame, at, "a block header")?;
+            if word == 0 {
+                return Err(self.corrupt(
+                    at,
+                    format!(
+                        "LZ4 frame decodes to {decoded} bytes, expected {}",
                         self.raw_len
-                    )));
-                }
-                Ok(n) => filled += n,
-                Err(e) => return Err(decode_error(self.source.path(), self.offset, &e)),
+                    ),
+                ));
             }
+            let n = (word & 0x7fff_ffff) as usize;
+            let data = frame
+                .get(at + 4..at + 4 + n)
+                .filter(|_| n <= st.max_block)
+                .ok_or_else(|| {
+                    self.corrupt(
+                        at,
+                        "LZ4 frame fails to decode: block larger than the frame allows",
+                    )
+                })?;
+            let mut next = at + 4 + n;
+            if st.block_checksums {
+                let want = self.u32_at(frame, next, "a block checksum")?;
+                if XxHash32::oneshot(0, data) != want {
+                    return Err(self.corrupt(at, "LZ4 frame fails to decode: BlockChecksumError"));
+                }
+                next += 4;
+            }
+            let room = (self.raw_len - *decoded).min(st.max_block);
+            let k = if word & 0x8000_0000 != 0 {
+                if n > room {
+                    return Err(
+                        self.corrupt(at, "LZ4 frame decodes to more than its declared size")
+                    );
+                }
+                out[*decoded..*decoded + n].copy_from_slice(data);
+                n
+            } else {
+                let (history, rest) = out.split_at_mut(*decoded);
+                let dict = if st.linked {
+                    &history[history.len().saturating_sub(64 << 10)..]
+                } else {
+                    &[]
+                };
+                lz4_flex::block::decompress_into_with_dict(data, &mut rest[..room], dict)
+                    .map_err(|e| self.corrupt(at, format!("LZ4 frame fails to decode: {e}")))?
+            };
+            if let Some(h) = st.hasher.as_mut() {
+                h.write(&out[*decoded..*decoded + k]);
+            }
+            *decoded += k;
+            *input = next;
+            Source::served((next - at) as u64);
         }
-        if filled == self.raw_len {
-            // Read the end mark too, so the content checksum and the frame length are checked.
-            let mut probe = [0u8; 1];
-            match dec.read(&mut probe) {
-                Ok(0) if dec.get_ref().remaining() == 0 => {}
-                Ok(0) => {
-                    return Err(self.corrupt(format!(
-                        "LZ4 frame ends {} bytes before the length the trailer gives it",
-                        dec.get_ref().remaining()
-                    )));
-                }
-                Ok(_) => {
-                    return Err(self.corrupt(format!(
-                        "LZ4 frame decodes to more than the {} bytes expected",
-                        self.raw_len
-                    )));
-                }
-                Err(e) => return Err(decode_error(self.source.path(), self.offset, &e)),
+        if *decoded == self.raw_len {
+            let at = *input;
+            if self.u32_at(frame, at, "the end mark")? != 0 {
+                return Err(self.corrupt(at, "LZ4 frame decodes to more than its declared size"));
             }
-            *decoder = None;
+            let mut end = at + 4;
+            if let Some(h) = st.hasher.take() {
+                if self.u32_at(frame, end, "the content checksum")? != h.finish_32() {
+                    return Err(self.corrupt(at, "LZ4 frame fails to decode: ContentChecksumError"));
+                }
+                end += 4;
+            }
+            if end != frame.len() {
+                return Err(self.corrupt(
+                    end,
+                    format!(
+                        "LZ4 frame ends {} bytes before the length the trailer gives it",
+                        frame.len() - end
+                    ),
+                ));
+            }
         }
         Ok(())
-    }
-
-    fn corrupt(&self, msg: String) -> Error {
-        Error::corrupt(self.source.path(), self.offset, msg)
     }
 }
 
@@ -225,7 +374,7 @@ mod tests {
         let mut buf = vec![0u8; 4096];
         chunk.read(3 << 20, &mut buf).unwrap();
         assert_eq!(buf, raw[3 << 20..(3 << 20) + 4096]);
-        let decoded = chunk.state.lock().unwrap().out.len();
+        let decoded = chunk.state.read().unwrap().decoded;
         assert_eq!(decoded, 4 << 20, "decoded up to the next 1 MiB step only");
         chunk.read(raw.len() - 10, &mut buf[..10]).unwrap();
         assert_eq!(buf[..10], raw[raw.len() - 10..]);
@@ -269,7 +418,7 @@ mod tests {
         let e = chunk.read(0, &mut buf).unwrap_err().to_string();
         assert!(
             e.contains(&format!(
-                "{}: at offset 0: LZ4 frame fails to decode",
+                "{}: at offset 15: LZ4 frame fails to decode",
                 f.path().display()
             )),
             "{e}"

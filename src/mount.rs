@@ -151,7 +151,7 @@ pub fn mount(cat: &Catalog, cache: Arc<Cache>, args: &MountArgs) -> Result<()> {
     Ok(())
 }
 
-/// Raises the kernel's readahead for this mount to 1 MiB (as root; best effort). The device
+/// Raises the kernel's readahead for this mount to 4 MiB (as root; best effort). The device
 /// number comes from /proc/self/mountinfo: a `stat` of the mountpoint would ask this very
 /// process, which does not serve requests yet.
 fn tune_readahead(mp: &Path) {
@@ -166,7 +166,7 @@ fn tune_readahead(mp: &Path) {
         return;
     };
     let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
-    if let Err(e) = std::fs::write(&path, "1024") {
+    if let Err(e) = std::fs::write(&path, "4096") {
         log::debug!("{path}: {e} (keeping the kernel's readahead)");
     }
 }

@@ -4,7 +4,8 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use memmap2::Mmap;
 
@@ -18,17 +19,83 @@ pub struct Source {
     map: Option<Mmap>,
 }
 
+/// Bytes served from mappings after which every mapping's resident pages are released, so that
+/// mapped backup files never hold more than this much of the process's resident set.
+const RELEASE_EVERY: u64 = 32 << 20;
+
+/// What a page fault may map beyond the faulting page (the kernel's fault-around).
+const FAULT_AROUND: u64 = 64 << 10;
+
+/// Reads shorter than this are copied with `pread` rather than through the mapping.
+pub const SMALL_READ: usize = 64 << 10;
+
+static SERVED: AtomicU64 = AtomicU64::new(0);
+static MAPPED: Mutex<Vec<Weak<Source>>> = Mutex::new(Vec::new());
+
+/// Releases the resident pages of every live mapping.
+fn release_all() {
+    let mut list = MAPPED.lock().unwrap_or_else(|p| p.into_inner());
+    list.retain(|w| match w.upgrade() {
+        Some(s) => {
+            if let Some(m) = &s.map {
+                sys::release(m);
+            }
+            true
+        }
+        None => false,
+    });
+}
+
 impl Source {
     /// Opens and maps `path`.
     pub fn open(path: &Path) -> Result<Arc<Source>> {
         let file = File::open(path).map_err(|e| Error::io(path, &e))?;
         let len = file.metadata().map_err(|e| Error::io(path, &e))?.len();
         let map = sys::map_file(&file, len).map_err(|e| Error::io(path, &e))?;
-        Ok(Arc::new(Source {
+        let source = Arc::new(Source {
             path: path.to_path_buf(),
             file,
             map,
-        }))
+        });
+        MAPPED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&source));
+        Ok(source)
+    }
+
+    /// Asks the kernel to read `len` bytes at `offset` ahead of their use.
+    pub fn prefetch(&self, offset: u64, len: u64) {
+        if let Some(m) = &self.map {
+            sys::prefetch(m, offset as usize, len as usize);
+        }
+    }
+
+    /// Releases the resident pages of this file's mapping (after indexing touched it).
+    pub fn release(&self) {
+        if let Some(m) = &self.map {
+            sys::release(m);
+        }
+    }
+
+    /// Copies `buf.len()` bytes at `offset` with `pread`, without touching the mapping (small
+    /// reads: a page fault would map 64 KiB around the page).
+    pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.slice(offset, buf.len() as u64, "data frame")?;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::io(&self.path, &e).context(format!("reading at offset {offset}")))
+    }
+
+    /// Records that `len` bytes of the mapping were handed out; releases resident pages now and
+    /// then (see `RELEASE_EVERY`). Each access may map a fault-around window (64 KiB) extra.
+    pub fn served(len: u64) {
+        let len = len + FAULT_AROUND;
+        if SERVED.fetch_add(len, Ordering::Relaxed) + len >= RELEASE_EVERY {
+            SERVED.store(0, Ordering::Relaxed);
+            release_all();
+        }
     }
 
     /// The file's path, for error messages.

@@ -118,9 +118,11 @@ pub trait FileNode: Send + Sync {
     /// Fills `buf` from `offset`; returns the bytes read (short only at end of file).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
 
-    /// The bytes at `offset..offset+len` without copying, when they lie in one mapped range.
-    fn borrow(&self, _offset: u64, _len: usize) -> Option<&[u8]> {
-        None
+    /// Hands the bytes at `offset..offset+len` (fewer at the end) to `f` without copying them,
+    /// when they lie in one mapped or decoded range; `Ok(false)` when it cannot (the caller
+    /// then reads into a buffer of its own).
+    fn read_with(&self, _offset: u64, _len: usize, _f: &mut dyn FnMut(&[u8])) -> Result<bool> {
+        Ok(false)
     }
 
     /// The first offset >= `offset` that holds data, or `None` when only holes follow.
@@ -131,6 +133,13 @@ pub trait FileNode: Send + Sync {
     /// The first offset >= `offset` in a hole; the end of the file counts as one.
     fn next_hole(&self, offset: u64) -> Result<u64> {
         Ok(offset.max(self.size()?))
+    }
+
+    /// Whether the kernel should keep the file's pages in its page cache. Files whose bytes
+    /// already live in the page cache as pages of backup files (mapped images) say no, so the
+    /// kernel keeps one copy, not two, and large reads go straight to restorefs.
+    fn page_cache(&self) -> bool {
+        true
     }
 
     /// Names this file has in its tree (hard links).
@@ -212,10 +221,11 @@ impl FileNode for BytesFile {
         Ok(n)
     }
 
-    fn borrow(&self, offset: u64, len: usize) -> Option<&[u8]> {
+    fn read_with(&self, offset: u64, len: usize, f: &mut dyn FnMut(&[u8])) -> Result<bool> {
         let start = (offset as usize).min(self.data.len());
         let end = start.saturating_add(len).min(self.data.len());
-        Some(&self.data[start..end])
+        f(&self.data[start..end]);
+        Ok(true)
     }
 
     fn attr(&self) -> Attr {

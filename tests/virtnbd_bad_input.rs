@@ -312,8 +312,10 @@ fn lz4_frame_that_fails_to_decode() {
         .collect();
     let err = export(source, &format!("v1-lz4/{}/vda.raw", pts[1])).unwrap_err();
     let where_ = format!(
-        "{}: at offset {payload}: LZ4 frame fails to decode",
-        f.display()
+        "{}: at offset {}: LZ4 frame fails to decode",
+        f.display(),
+        // The damaged block starts after the LZ4 frame's 15-byte header.
+        payload + 15
     );
     assert!(err.contains(&where_), "{err}");
     assert_eq!(

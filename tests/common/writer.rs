@@ -46,16 +46,24 @@ impl StreamSpec {
         }
     }
 
-    /// The meta JSON, as Python's `json.dumps(indent=4)` lays it out.
-    pub fn meta_json(&self) -> String {
-        let data_size: u64 = self
-            .frames
+    /// Sum of the data frames' lengths (meta `dataSize`).
+    pub fn data_size(&self) -> u64 {
+        self.frames
             .iter()
             .map(|f| match f {
                 Frame::Data(_, d) => d.len() as u64,
                 Frame::Zero(..) => 0,
             })
-            .sum();
+            .sum()
+    }
+
+    /// The meta JSON, as Python's `json.dumps(indent=4)` lays it out.
+    pub fn meta_json(&self) -> String {
+        self.meta_json_for(self.data_size())
+    }
+
+    /// The meta JSON for a stream holding `data_size` bytes of data frames.
+    pub fn meta_json_for(&self, data_size: u64) -> String {
         let mut fields = vec![
             format!("\"virtualSize\": {}", self.virtual_size),
             format!("\"dataSize\": {data_size}"),
@@ -91,53 +99,68 @@ impl StreamSpec {
     /// The whole file.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        let meta = self.meta_json();
-        header(&mut out, "meta", 0, meta.len() as u64);
-        out.extend_from_slice(meta.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        let mut trailer: Vec<serde_json::Value> = Vec::new();
-        for f in &self.frames {
-            match f {
-                Frame::Zero(off, len) => header(&mut out, "zero", *off, *len),
-                Frame::Data(off, data) => {
-                    header(&mut out, "data", *off, data.len() as u64);
-                    match self.lz4_chunk {
-                        None => out.extend_from_slice(data),
-                        Some(m) => {
-                            // L < M: one frame; L >= M: pieces of M, each its own frame (also L == M).
-                            let sizes: Vec<u64> = data
-                                .chunks(m)
-                                .map(|piece| {
-                                    let c = lz4_frame(piece);
-                                    out.extend_from_slice(&c);
-                                    c.len() as u64
-                                })
-                                .collect();
-                            if data.len() < m {
-                                trailer.push(serde_json::json!(sizes[0]));
-                            } else {
-                                let total: u64 = sizes.iter().sum();
-                                trailer.push(serde_json::json!({ total.to_string(): sizes }));
-                            }
-                        }
-                    }
-                    out.extend_from_slice(b"\r\n");
-                }
-            }
-        }
-        header(&mut out, "stop", 0, 0);
-        if self.lz4_chunk.is_some() {
-            let t = serde_json::to_string(&trailer).unwrap();
-            out.extend_from_slice(t.as_bytes());
-            out.extend_from_slice(b"\r\n");
-            header(&mut out, "comp", 0, t.len() as u64);
-        }
+        write_stream(
+            &mut out,
+            &self.meta_json(),
+            self.frames.iter().cloned(),
+            self.lz4_chunk,
+        )
+        .unwrap();
         out
     }
 }
 
-fn header(out: &mut Vec<u8>, kind: &str, start: u64, len: u64) {
-    write!(out, "{kind} {start:016x} {len:016x}\r\n").unwrap();
+/// Writes a stream with `meta` and `frames` to `out` as they come (nothing held in memory but
+/// one frame and the trailer), lz4-compressed in pieces of at most `lz4_chunk` bytes if given.
+pub fn write_stream<W: Write>(
+    out: &mut W,
+    meta: &str,
+    frames: impl Iterator<Item = Frame>,
+    lz4_chunk: Option<usize>,
+) -> std::io::Result<()> {
+    header(out, "meta", 0, meta.len() as u64)?;
+    out.write_all(meta.as_bytes())?;
+    out.write_all(b"\r\n")?;
+    let mut trailer: Vec<serde_json::Value> = Vec::new();
+    for f in frames {
+        match f {
+            Frame::Zero(off, len) => header(out, "zero", off, len)?,
+            Frame::Data(off, data) => {
+                header(out, "data", off, data.len() as u64)?;
+                match lz4_chunk {
+                    None => out.write_all(&data)?,
+                    Some(m) => {
+                        // L < M: one frame; L >= M: pieces of M, each its own frame (also L == M).
+                        let mut sizes = Vec::new();
+                        for piece in data.chunks(m) {
+                            let c = lz4_frame(piece);
+                            out.write_all(&c)?;
+                            sizes.push(c.len() as u64);
+                        }
+                        if data.len() < m {
+                            trailer.push(serde_json::json!(sizes[0]));
+                        } else {
+                            let total: u64 = sizes.iter().sum();
+                            trailer.push(serde_json::json!({ total.to_string(): sizes }));
+                        }
+                    }
+                }
+                out.write_all(b"\r\n")?;
+            }
+        }
+    }
+    header(out, "stop", 0, 0)?;
+    if lz4_chunk.is_some() {
+        let t = serde_json::to_string(&trailer).unwrap();
+        out.write_all(t.as_bytes())?;
+        out.write_all(b"\r\n")?;
+        header(out, "comp", 0, t.len() as u64)?;
+    }
+    Ok(())
+}
+
+fn header<W: Write>(out: &mut W, kind: &str, start: u64, len: u64) -> std::io::Result<()> {
+    write!(out, "{kind} {start:016x} {len:016x}\r\n")
 }
 
 /// One LZ4 frame as python-lz4 writes it: linked 64 KiB blocks, block and content checksums,
