@@ -11,7 +11,7 @@ use restorefs::blockmap::{BlockMap, Extent};
 use restorefs::cache::Cache;
 use restorefs::catalog::{Catalog, ScanOptions};
 use restorefs::format::virtnbd::Stream;
-use restorefs::image::Layer;
+use restorefs::image::{Layer, LayerIndex};
 use restorefs::vfs::{self, Node};
 
 const DISK: u64 = 64 << 30;
@@ -96,19 +96,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let streams: Vec<Stream> = files
         .iter()
-        .map(|f| Stream::open(f))
+        .map(|f| Stream::open(f, None))
         .collect::<Result<_, _>>()?;
     let index_s = t.elapsed().as_secs_f64();
-    let extents: usize = streams.iter().map(Stream::extent_count).sum();
-    let index_bytes: usize = streams
+    let indexes: Vec<&LayerIndex> = streams
         .iter()
-        .map(|s| std::mem::size_of_val(s.extents()))
+        .map(|s| s.index())
+        .collect::<Result<_, _>>()?;
+    let extents: usize = indexes.iter().map(|i| i.extents.len()).sum();
+    let index_bytes: usize = indexes
+        .iter()
+        .map(|i| std::mem::size_of_val(i.extents.as_slice()))
         .sum();
 
     let t = Instant::now();
-    let layers: Vec<&[Extent]> = streams.iter().map(|s| s.extents()).collect();
+    let layers: Vec<&[Extent]> = indexes.iter().map(|i| i.extents.as_slice()).collect();
     let map = BlockMap::build(DISK, &layers);
     let map_s = t.elapsed().as_secs_f64();
+    drop(indexes);
     drop(streams);
 
     let t = Instant::now();

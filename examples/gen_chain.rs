@@ -2,12 +2,12 @@
 //! (uncompressed and lz4) with the tests' independent writer, plus what the benchmark script
 //! needs to build the equivalent qcow2 backing chain with qemu-img and qemu-io.
 //!
-//! `gen_chain DIR SIZE_MIB INCS [QCOW=0|1] [FRACTION_PERMILLE_MIN FRACTION_PERMILLE_MAX]`
+//! `gen_chain DIR SIZE_MIB INCS [QCOW=0|1] [PERMILLE_MIN PERMILLE_MAX] [MAX_EXTENT_MIB]`
 //! writes `DIR/plain/vm/*.data`, `DIR/lz4/vm/*.data` and, with QCOW=1, `DIR/qcow-src/`:
 //! `full.raw` (sparse) and per increment `incN.cmds` (qemu-io `write -s` commands) with the
 //! pattern files they name. The full holds about 60 % data; each increment rewrites extents of
-//! 64 KiB..4 MiB scattered over FRACTION (default 5..10 %) of the disk. Block contents are
-//! unique (seeded by increment and offset) and half compressible.
+//! 64 KiB..MAX_EXTENT (default 4 MiB) scattered over PERMILLE (default 50..100) of the disk.
+//! Block contents are unique (seeded by increment and offset) and half compressible.
 
 // The tests' writer; this tool uses only its streaming part.
 #[allow(dead_code)]
@@ -61,8 +61,9 @@ fn content(generation: u64, off: u64, len: u64) -> Vec<u8> {
     out
 }
 
-/// Random extents (offset, length), sorted and disjoint, covering about `target` bytes.
-fn scatter(rng: &mut Rng, size: u64, target: u64) -> Vec<(u64, u64)> {
+/// Random extents (offset, length) of 1..`max_units` units, sorted and disjoint, covering about
+/// `target` bytes.
+fn scatter(rng: &mut Rng, size: u64, target: u64, max_units: u64) -> Vec<(u64, u64)> {
     let units = size / UNIT;
     let mut taken = vec![false; units as usize];
     let mut covered = 0;
@@ -70,7 +71,7 @@ fn scatter(rng: &mut Rng, size: u64, target: u64) -> Vec<(u64, u64)> {
     let mut tries = 0;
     while covered < target && tries < 1_000_000 {
         tries += 1;
-        let len = (1 + rng.below(64)).min(units);
+        let len = (1 + rng.below(max_units)).min(units);
         let start = rng.below(units - len + 1);
         if taken[start as usize..(start + len) as usize]
             .iter()
@@ -127,6 +128,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let qcow = args.get(4).is_some_and(|a| a == "1");
     let lo: u64 = args.get(5).map_or(Ok(50), |a| a.parse())?;
     let hi: u64 = args.get(6).map_or(Ok(100), |a| a.parse())?;
+    let max_units = args.get(7).map_or(Ok(4), |a| a.parse::<u64>())? * (1 << 20) / UNIT;
     let mut rng = Rng(0x5eed_0000_0000_0001);
 
     // One increment at a time, so that memory holds only one stream's frames.
@@ -134,7 +136,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if qcow {
         std::fs::create_dir_all(&qdir)?;
     }
-    let full_data = scatter(&mut rng, size, size * 6 / 10);
+    let full_data = scatter(&mut rng, size, size * 6 / 10, max_units);
     let mut frames = Vec::new();
     let mut pos = 0;
     for &(o, l) in &full_data {
@@ -164,7 +166,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     for k in 1..=incs {
         let permille = lo + rng.below(hi - lo + 1);
-        let extents = scatter(&mut rng, size, size * permille / 1000);
+        let extents = scatter(&mut rng, size, size * permille / 1000, max_units);
         let frames: Vec<Frame> = extents
             .iter()
             .map(|&(o, l)| Frame::Data(o, content(k, o, l)))

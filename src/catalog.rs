@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::cache::Cache;
 use crate::error::{Error, Result};
+use crate::indexcache::IndexCache;
 use crate::timefmt;
 use crate::vfs::{Attr, BytesFile, Directory, Kind, Node, StaticDir, Symlink};
 use crate::workdir::WorkDir;
@@ -28,6 +29,8 @@ pub struct ScanOptions {
     pub work: Arc<WorkDir>,
     /// Freezer's encryption password (`--freezer-key`), if given.
     pub freezer_key: Option<Arc<Vec<u8>>>,
+    /// Where indexes of backup files are kept between runs.
+    pub index: Option<Arc<IndexCache>>,
 }
 
 impl ScanOptions {
@@ -37,6 +40,7 @@ impl ScanOptions {
             cache,
             work: WorkDir::new(cache_dir, crate::workdir::CHECKPOINT_BYTES),
             freezer_key: None,
+            index: Some(Arc::new(IndexCache::new(cache_dir))),
         }
     }
 }

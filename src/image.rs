@@ -22,14 +22,21 @@ pub struct Chunk {
     pub raw_len: u64,
 }
 
+/// What one backup file holds, as indexed.
+#[derive(Debug, Default)]
+pub struct LayerIndex {
+    /// Its extents: sorted, non-overlapping; holes have `src == HOLE`.
+    pub extents: Vec<Extent>,
+    /// Its compressed chunks, indexed by `Extent::chunk`.
+    pub chunks: Vec<Chunk>,
+}
+
 /// One backup file of an image's sequence, as the block map sees it.
 pub trait Layer: Send + Sync {
     /// The mapped file.
     fn source(&self) -> &Arc<Source>;
-    /// Its extents: sorted, non-overlapping; holes have `src == HOLE`.
-    fn extents(&self) -> &[Extent];
-    /// Its compressed chunks, indexed by `Extent::chunk`.
-    fn chunks(&self) -> &[Chunk];
+    /// Its index (loaded on first use).
+    fn index(&self) -> Result<&LayerIndex>;
     /// Cache owner id for its decoded chunks.
     fn cache_owner(&self) -> u64;
 }
@@ -94,7 +101,7 @@ impl ImageFile {
     }
 
     /// The block map, from the cache or built now.
-    pub fn map(&self) -> MapRef {
+    pub fn map(&self) -> Result<MapRef> {
         let key = Key {
             owner: self.owner,
             index: 0,
@@ -107,12 +114,18 @@ impl ImageFile {
             {
                 self.cache.touch(key);
             }
-            return MapRef(cell);
+            return Ok(MapRef(cell));
         }
         let cell = self.cache.get_or_insert(key, 0, MapCell::default);
         if cell.map.get().is_none() {
+            let indexes: Vec<&LayerIndex> = self
+                .layers
+                .iter()
+                .map(|l| l.index())
+                .collect::<Result<_>>()?;
             let map = cell.map.get_or_init(|| {
-                let extents: Vec<&[Extent]> = self.layers.iter().map(|l| l.extents()).collect();
+                let extents: Vec<&[Extent]> =
+                    indexes.iter().map(|i| i.extents.as_slice()).collect();
                 BlockMap::build(self.size, &extents)
             });
             self.cache.set_cost(key, map.heap_bytes() as u64);
@@ -120,11 +133,11 @@ impl ImageFile {
         }
         // Published only once built: the fast path above never sees an empty cell.
         *self.hot.write().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(&cell);
-        MapRef(cell)
+        Ok(MapRef(cell))
     }
 
     fn chunk(&self, layer: &Arc<dyn Layer>, idx: u32) -> Result<Arc<DecodedChunk>> {
-        let c = *layer.chunks().get(idx as usize).ok_or_else(|| {
+        let c = *layer.index()?.chunks.get(idx as usize).ok_or_else(|| {
             Error::corrupt(
                 layer.source().path(),
                 0,
@@ -201,7 +214,11 @@ impl ImageFile {
             }
             let layer = &self.layers[e.src as usize];
             if e.chunk != NO_CHUNK {
-                if let Some(c) = layer.chunks().get(e.chunk as usize) {
+                if let Some(c) = layer
+                    .index()
+                    .ok()
+                    .and_then(|i| i.chunks.get(e.chunk as usize))
+                {
                     layer.source().prefetch(c.file_off, c.comp_len);
                 }
                 continue;
@@ -224,7 +241,7 @@ impl FileNode for ImageFile {
             return Ok(0);
         }
         let n = buf.len().min((self.size - offset) as usize);
-        let map = self.map();
+        let map = self.map()?;
         let covered = self.read_ahead(&map, offset, offset + n as u64);
         let extents = map.extents();
         let mut i = map.find(offset);
@@ -246,7 +263,7 @@ impl FileNode for ImageFile {
             return Ok(true);
         }
         let len = len.min((self.size - offset) as usize);
-        let map = self.map();
+        let map = self.map()?;
         let e = map.extents()[map.find(offset)];
         if e.end() - offset < len as u64
             || (len < SMALL_READ && !e.is_hole() && e.chunk == NO_CHUNK)
@@ -282,18 +299,18 @@ impl FileNode for ImageFile {
     }
 
     fn next_data(&self, offset: u64) -> Result<Option<u64>> {
-        Ok(self.map().next_data(offset))
+        Ok(self.map()?.next_data(offset))
     }
 
     fn next_hole(&self, offset: u64) -> Result<u64> {
-        Ok(self.map().next_hole(offset))
+        Ok(self.map()?.next_hole(offset))
     }
 
     fn allocated(&self) -> Result<u64> {
         if let Some(&a) = self.allocated.get() {
             return Ok(a);
         }
-        Ok(self.map().allocated())
+        Ok(self.map()?.allocated())
     }
 
     fn attr(&self) -> Attr {

@@ -15,6 +15,7 @@ pub mod export;
 pub mod format;
 pub mod fs;
 pub mod image;
+pub mod indexcache;
 pub mod lz4;
 pub mod mount;
 pub mod source;

@@ -200,3 +200,75 @@ fn export_refuses_to_write_into_the_backup_folder() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn kept_indexes_are_used_and_never_stale() {
+    let tmp = scratch();
+    let dir = tmp.path().join("vm");
+    copy_dir(&data_dir().join("virtnbd/v1-plain"), &dir);
+    let cache = scratch();
+    let cache_dir = cache.path().to_str().unwrap();
+    let ls = || -> serde_json::Value {
+        serde_json::from_str(&run_ok(&[
+            "ls",
+            "--json",
+            tmp.path().to_str().unwrap(),
+            "--cache-dir",
+            cache_dir,
+        ]))
+        .unwrap()
+    };
+    let first = ls();
+    let kept = std::fs::read_dir(cache.path().join("index"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 13, "one index per stream file");
+    assert_eq!(ls()["sets"], first["sets"], "a remount lists the same");
+    // A kept index that was tampered with is ignored, not trusted.
+    for e in std::fs::read_dir(cache.path().join("index")).unwrap() {
+        std::fs::write(e.unwrap().path(), b"garbage").unwrap();
+    }
+    let outs = scratch();
+    let out = outs.path().join("p.raw");
+    run_ok(&[
+        "export",
+        tmp.path().to_str().unwrap(),
+        "vm/latest/vda.raw",
+        "-o",
+        out.to_str().unwrap(),
+        "--cache-dir",
+        cache_dir,
+    ]);
+    assert_eq!(
+        sha256_file(&out),
+        "d51098e7d205b53fb99154711de7cf5a88318cb500c807ae77f43ff530539761"
+    );
+    std::fs::remove_file(&out).unwrap();
+    // A file changed in place after it was indexed is read anew: here it is damaged.
+    let f = dir.join("vda.inc.virtnbdbackup.2.data");
+    let data = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &data[..1000]).unwrap();
+    let doc = ls();
+    let points = doc["sets"][0]["points"].as_array().unwrap();
+    let vda = |p: &serde_json::Value| {
+        p["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == "vda.raw")
+            .unwrap()
+            .clone()
+    };
+    assert!(
+        vda(&points[5])["error"]
+            .as_str()
+            .unwrap()
+            .contains("vda.inc.virtnbdbackup.2.data")
+    );
+    // Replaced by another file (rename over it): the new file's content is what is served.
+    std::fs::write(dir.join("new.tmp"), &data).unwrap();
+    std::fs::rename(dir.join("new.tmp"), &f).unwrap();
+    let doc = ls();
+    let points = doc["sets"][0]["points"].as_array().unwrap();
+    assert!(vda(&points[5]).get("error").is_none());
+}

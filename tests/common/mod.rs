@@ -20,12 +20,28 @@ pub fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
+/// The cache folder the restorefs processes of this test binary use (not the user's).
+pub fn cache_home() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("restorefs-test-cache")
+            .tempdir()
+            .unwrap()
+    })
+    .path()
+}
+
+/// `restorefs` with the test's cache folder.
+pub fn command() -> Command {
+    let mut c = Command::new(bin());
+    c.env("XDG_CACHE_HOME", cache_home());
+    c
+}
+
 /// Runs restorefs with `args`; never panics on failure (tests inspect the output).
 pub fn run(args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .output()
-        .expect("run restorefs")
+    command().args(args).output().expect("run restorefs")
 }
 
 /// Runs restorefs and asserts success; returns stdout.
@@ -175,7 +191,7 @@ impl Mounted {
         let dir = scratch();
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).unwrap();
-        let child = Command::new(bin())
+        let child = command()
             .arg("mount")
             .arg(source)
             .arg(&path)
@@ -241,7 +257,7 @@ impl Drop for Mounted {
             self.stop();
         }
         if is_mounted(&self.path) {
-            let _ = Command::new(bin()).arg("umount").arg(&self.path).status();
+            let _ = command().arg("umount").arg(&self.path).status();
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -3,7 +3,7 @@
 //! `dataSize`, the trailer, every LZ4 frame's header. `verify` decodes the rest.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use indicatif::ProgressBar;
 use serde_json::Value;
@@ -13,18 +13,20 @@ use super::meta::{self, Meta};
 use crate::blockmap::{Extent, HOLE, NO_CHUNK};
 use crate::cache;
 use crate::error::{Error, Result};
-use crate::image::{Chunk, Layer};
+use crate::image::{Chunk, Layer, LayerIndex};
+use crate::indexcache::{IndexCache, Reader, Writer};
 use crate::lz4;
 use crate::source::Source;
 use crate::sys;
 use crate::vfs;
 
-/// One indexed `.data` file.
+/// One `.data` file: its meta header (read when opened) and its index of extents and chunks
+/// (parsed when opened, or, when the index cache holds it, loaded on first use).
 pub struct Stream {
     source: Arc<Source>,
     meta: Option<Meta>,
-    extents: Vec<Extent>,
-    chunks: Vec<Chunk>,
+    index: OnceLock<Result<LayerIndex>>,
+    cached: Option<(Arc<IndexCache>, String)>,
     owner: u64,
 }
 
@@ -32,34 +34,80 @@ impl Layer for Stream {
     fn source(&self) -> &Arc<Source> {
         &self.source
     }
-    fn extents(&self) -> &[Extent] {
-        &self.extents
-    }
-    fn chunks(&self) -> &[Chunk] {
-        &self.chunks
+    fn index(&self) -> Result<&LayerIndex> {
+        self.index
+            .get_or_init(|| {
+                let kept = self.cached.as_ref().and_then(|(ix, key)| {
+                    ix.load(key)
+                        .and_then(|b| decode(&b, &self.source, self.virtual_size()))
+                });
+                match kept {
+                    Some(index) => Ok(index),
+                    None => parse(&self.source).map(|(_, index)| index),
+                }
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
     fn cache_owner(&self) -> u64 {
         self.owner
     }
 }
 
+/// Parses the whole file: a stream's frames, or a raw image's data runs.
+fn parse(source: &Arc<Source>) -> Result<(Option<Meta>, LayerIndex)> {
+    let r = if source.bytes().starts_with(b"meta") {
+        let (meta, index) = Parser::new(source).parse()?;
+        (Some(meta), index)
+    } else {
+        let extents = raw_extents(source)?;
+        (
+            None,
+            LayerIndex {
+                extents,
+                chunks: Vec::new(),
+            },
+        )
+    };
+    source.release();
+    Ok(r)
+}
+
 impl Stream {
-    /// Maps and indexes the file at `path`.
-    pub fn open(path: &Path) -> Result<Stream> {
+    /// Maps the file at `path` and reads its meta header. Its index comes from `cache` when
+    /// the cache holds one for the file as it is now; else the file is parsed (and checked)
+    /// whole, and the index is kept in `cache` for next time.
+    pub fn open(path: &Path, cache: Option<&Arc<IndexCache>>) -> Result<Stream> {
         let source = Source::open(path)?;
-        let (meta, extents, chunks) = if source.bytes().starts_with(b"meta") {
-            let p = Parser::new(&source);
-            let (meta, extents, chunks) = p.parse()?;
-            (Some(meta), extents, chunks)
-        } else {
-            (None, raw_extents(&source)?, Vec::new())
-        };
-        source.release();
+        let key = cache.and_then(|_| IndexCache::key(path));
+        if let (Some(ix), Some(k)) = (cache, &key)
+            && ix.has(k)
+        {
+            let meta = if source.bytes().starts_with(b"meta") {
+                Some(Parser::new(&source).meta()?.0)
+            } else {
+                None
+            };
+            return Ok(Stream {
+                source,
+                meta,
+                index: OnceLock::new(),
+                cached: Some((Arc::clone(ix), k.clone())),
+                owner: cache::new_owner_id(),
+            });
+        }
+        let (meta, index) = parse(&source)?;
+        // Kept only if the file did not change while it was read.
+        if let (Some(ix), Some(k)) = (cache, key)
+            && IndexCache::key(path).as_ref() == Some(&k)
+        {
+            ix.store(&k, &encode(&index));
+        }
         Ok(Stream {
             source,
             meta,
-            extents,
-            chunks,
+            index: OnceLock::from(Ok(index)),
+            cached: None,
             owner: cache::new_owner_id(),
         })
     }
@@ -82,13 +130,15 @@ impl Stream {
     }
 
     /// Number of extents (frames, chunks, raw data runs) indexed.
-    pub fn extent_count(&self) -> usize {
-        self.extents.len()
+    pub fn extent_count(&self) -> Result<usize> {
+        Ok(self.index()?.extents.len())
     }
 
     /// Bytes `verify` reads: the compressed frames, and the whole file when it has a checksum.
     pub fn verify_cost(&self) -> u64 {
-        let frames: u64 = self.chunks.iter().map(|c| c.comp_len).sum();
+        let frames: u64 = self
+            .index()
+            .map_or(0, |i| i.chunks.iter().map(|c| c.comp_len).sum());
         let sum = if checksum_path(self.path()).exists() {
             self.source.len()
         } else {
@@ -100,7 +150,7 @@ impl Stream {
     /// Decodes every LZ4 frame (block and content checksums, sizes) and checks the
     /// `<file>.chksum` Adler-32 when there is one. `progress` advances by file bytes.
     pub fn verify(&self, progress: &ProgressBar) -> Result<()> {
-        for c in &self.chunks {
+        for c in &self.index()?.chunks {
             // Decoding the last byte decodes the whole frame and checks every checksum.
             let chunk =
                 lz4::DecodedChunk::new(Arc::clone(&self.source), c.file_off, c.comp_len, c.raw_len);
@@ -138,6 +188,75 @@ impl Stream {
         }
         Ok(())
     }
+}
+
+/// The index as the index cache keeps it: extents, then chunks.
+fn encode(index: &LayerIndex) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(
+        16 + index.extents.len() * 32 + index.chunks.len() * 24,
+    ));
+    w.u64(index.extents.len() as u64);
+    for e in &index.extents {
+        w.u64(e.start);
+        w.u64(e.len);
+        w.u64(e.off);
+        w.u32(e.src);
+        w.u32(e.chunk);
+    }
+    w.u64(index.chunks.len() as u64);
+    for c in &index.chunks {
+        w.u64(c.file_off);
+        w.u64(c.comp_len);
+        w.u64(c.raw_len);
+    }
+    w.0
+}
+
+/// An index the cache kept, checked against the file it describes (a disk of `size` bytes);
+/// `None` if it does not fit (the file is then parsed again).
+fn decode(bytes: &[u8], source: &Source, size: u64) -> Option<LayerIndex> {
+    let mut r = Reader(bytes);
+    let n = usize::try_from(r.u64()?).ok()?;
+    let mut extents = Vec::with_capacity(n.min(bytes.len() / 32));
+    let mut prev_end = 0;
+    for _ in 0..n {
+        let e = Extent {
+            start: r.u64()?,
+            len: r.u64()?,
+            off: r.u64()?,
+            src: r.u32()?,
+            chunk: r.u32()?,
+        };
+        if e.start < prev_end || e.start.checked_add(e.len)? > size {
+            return None;
+        }
+        prev_end = e.end();
+        extents.push(e);
+    }
+    let n = usize::try_from(r.u64()?).ok()?;
+    let mut chunks = Vec::with_capacity(n.min(bytes.len() / 24));
+    for _ in 0..n {
+        let c = Chunk {
+            file_off: r.u64()?,
+            comp_len: r.u64()?,
+            raw_len: r.u64()?,
+        };
+        if c.file_off.checked_add(c.comp_len)? > source.len() || c.raw_len > lz4::MAX_FRAME {
+            return None;
+        }
+        chunks.push(c);
+    }
+    let fits = extents.iter().all(|e| {
+        e.is_hole()
+            || match e.chunk {
+                NO_CHUNK => e
+                    .off
+                    .checked_add(e.len)
+                    .is_some_and(|end| end <= source.len()),
+                c => chunks.get(c as usize).is_some_and(|c| e.len <= c.raw_len),
+            }
+    });
+    (fits && r.is_empty()).then_some(LayerIndex { extents, chunks })
 }
 
 /// `<file>.chksum`, where virtnbdbackup ≥ 1.9.40 stores the file's Adler-32.
@@ -216,7 +335,8 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn parse(&self) -> Result<(Meta, Vec<Extent>, Vec<Chunk>)> {
+    /// The meta frame, and the offset of the first frame after it.
+    fn meta(&self) -> Result<(Meta, u64)> {
         let h = self.header(0)?;
         if h.kind != Kind::Meta {
             return Err(self.err(0, "first frame is not meta"));
@@ -231,9 +351,13 @@ impl<'a> Parser<'a> {
                 format!("unsafe disk name {name:?} in meta: refusing to expose it"),
             ));
         }
-        let mut pos = FRAME_LEN as u64 + h.length;
+        let pos = FRAME_LEN as u64 + h.length;
         self.expect_crlf(pos, "meta JSON")?;
-        pos += 2;
+        Ok((meta, pos + 2))
+    }
+
+    fn parse(&self) -> Result<(Meta, LayerIndex)> {
+        let (meta, mut pos) = self.meta()?;
         let trailer = if meta.compressed {
             Some(self.trailer()?)
         } else {
@@ -360,7 +484,7 @@ impl<'a> Parser<'a> {
                 ));
             }
         }
-        Ok((meta, extents, chunks))
+        Ok((meta, LayerIndex { extents, chunks }))
     }
 
     /// Indexes the LZ4 frames of one data payload; returns their total compressed size.
