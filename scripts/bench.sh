@@ -53,6 +53,9 @@ echo "newest point sha256 $c (streams, lz4 streams and qcow2 agree)"
 
 now() { date +%s%N; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# Sequential runs read the backup files from the page cache: they measure the servers, not
+# this machine's (shared, noisy) disk.
+warm() { cat "$dir"/plain/vm/*.data "$dir"/lz4/vm/*.data "$dir"/qcow/*.qcow2 > /dev/null; }
 
 # Starts a server; sets $pid and $file, and $first_ms: process start to the first 4 KiB read.
 start_rfs() { # source
@@ -91,25 +94,25 @@ fio_run() { # file rw bs direct jobs
 }
 
 declare -A res
-measure() { # name start-function [source]
-    local name=$1 start=$2 src=${3:-}
-    for run in $(seq "$runs"); do
-        drop; $start "$src"; res[$name,first,$run]=$first_ms
-        drop; read -r bw _ < <(fio_run "$file" read 1M 0 1); res[$name,seq,$run]=$bw
-        drop; read -r bw _ < <(fio_run "$file" read 1M 1 1); res[$name,seqd,$run]=$bw
-        read -r _ io < <(fio_run "$file" randread 4k 1 1); res[$name,rand1,$run]=$io
-        read -r _ io < <(fio_run "$file" randread 4k 1 4); res[$name,rand4,$run]=$io
-        stop; res[$name,rss,$run]=$hwm
-    done
+measure() { # name run start-function [source]
+    local name=$1 run=$2 start=$3 src=${4:-}
+    drop; $start "$src"; res[$name,first,$run]=$first_ms
+    warm; read -r bw _ < <(fio_run "$file" read 1M 0 1); res[$name,seq,$run]=$bw
+    warm; read -r bw _ < <(fio_run "$file" read 1M 1 1); res[$name,seqd,$run]=$bw
+    read -r _ io < <(fio_run "$file" randread 4k 1 1); res[$name,rand1,$run]=$io
+    read -r _ io < <(fio_run "$file" randread 4k 1 4); res[$name,rand4,$run]=$io
+    stop; res[$name,rss,$run]=$hwm
 }
 median() { # name metric
     for run in $(seq "$runs"); do echo "${res[$1,$2,$run]}"; done | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
 }
 
 echo "measuring ($runs runs each, alternating)..."
-measure restorefs start_rfs "$dir/plain"
-measure qsd start_qsd
-measure lz4 start_rfs "$dir/lz4"
+for run in $(seq "$runs"); do
+    measure restorefs "$run" start_rfs "$dir/plain"
+    measure qsd "$run" start_qsd
+    measure lz4 "$run" start_rfs "$dir/lz4"
+done
 
 row() { # label metric unit
     local r q l

@@ -19,7 +19,7 @@ pub mod indexcache;
 pub mod lz4;
 pub mod mount;
 pub mod source;
-mod sys;
+pub mod sys;
 pub mod timefmt;
 pub mod vfs;
 pub mod workdir;

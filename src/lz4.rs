@@ -78,33 +78,35 @@ fn decode_error(path: &Path, offset: u64, e: &std::io::Error) -> Error {
     Error::corrupt(path, offset, format!("LZ4 frame fails to decode: {e}"))
 }
 
-/// A buffer of `len` bytes: one left by a dropped chunk when one is big enough (no page faults,
-/// no zeroing; decoded bytes overwrite it before any reader sees them), else a new zeroed one.
-fn buffer(len: usize) -> Option<Vec<u8>> {
+/// A buffer of `len` bytes: one left by a dropped chunk when one fits closely (no page faults,
+/// no zeroing; decoded bytes overwrite it before any reader sees them), else a new one whose
+/// zeroed pages the kernel provides only when touched.
+fn buffer(len: usize) -> Vec<u8> {
     let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(i) = pool.iter().position(|b| b.len() >= len) {
+    // Only a close fit: the cache charges `len`, so a much larger buffer would hide memory.
+    if let Some(i) = pool
+        .iter()
+        .position(|b| b.len() >= len && b.len() <= len + len / 4)
+    {
         let mut b = pool.swap_remove(i);
         b.truncate(len);
-        return Some(b);
+        return b;
     }
     drop(pool);
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).ok()?;
-    v.resize(len, 0);
-    Some(v)
+    vec![0u8; len]
 }
 
-/// Buffers of dropped chunks kept for reuse, at most `POOL_BUFFERS` of them.
+/// Buffers of dropped chunks kept for reuse, `POOL_BYTES` in all at most.
 static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-const POOL_BUFFERS: usize = 4;
+const POOL_BYTES: usize = 32 << 20;
 
 impl Drop for DecodedChunk {
     fn drop(&mut self) {
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         let out = std::mem::take(&mut st.out);
-        if out.len() >= 1 << 20 {
+        if out.len() >= 1 << 20 && out.len() == out.capacity() {
             let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() < POOL_BUFFERS {
+            if pool.iter().map(Vec::len).sum::<usize>() + out.len() <= POOL_BYTES {
                 pool.push(out);
             }
         }
@@ -234,9 +236,7 @@ impl DecodedChunk {
         }
         st.input = desc_end + 1;
         st.hasher = st.content_checksum.then(|| XxHash32::with_seed(0));
-        st.out = buffer(self.raw_len).ok_or_else(|| {
-            self.corrupt(0, format!("cannot hold {} decoded bytes", self.raw_len))
-        })?;
+        st.out = buffer(self.raw_len);
         Ok(())
     }
 

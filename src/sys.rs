@@ -70,6 +70,17 @@ fn seek(file: &File, offset: u64, whence: i32) -> io::Result<Option<u64>> {
     Ok(Some(r as u64))
 }
 
+/// Makes the allocator give large blocks (decoded chunks, rebuilt files) their own mappings,
+/// returned to the kernel when freed. glibc otherwise raises its threshold after the first
+/// large free and keeps later ones in its heap, where freed chunks stay resident: the
+/// process would grow well past the cache's bound.
+pub fn return_large_frees() {
+    // SAFETY: mallopt only sets allocator tunables; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+    }
+}
+
 /// Detaches a mount (also one whose FUSE daemon died), like `umount -l`.
 pub fn lazy_unmount(path: &Path) -> io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes())
