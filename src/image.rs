@@ -76,6 +76,8 @@ pub struct ImageFile {
 
 /// Sequential reading is prefetched this far ahead.
 const LOOKAHEAD: u64 = 32 << 20;
+/// Compressed frames starting this close ahead of sequential reading are decoded ahead.
+const DECODE_AHEAD: u64 = 8 << 20;
 
 /// The cache's value for a block map: built once, outside the cache's lock.
 #[derive(Default)]
@@ -220,6 +222,12 @@ impl ImageFile {
                     .and_then(|i| i.chunks.get(e.chunk as usize))
                 {
                     layer.source().prefetch(c.file_off, c.comp_len);
+                }
+                // The next frame or two are decoded while this one is being read.
+                if e.start < end + DECODE_AHEAD
+                    && let Ok(chunk) = self.chunk(layer, e.chunk)
+                {
+                    chunk.decode_ahead();
                 }
                 continue;
             }

@@ -152,8 +152,12 @@ impl Stream {
     pub fn verify(&self, progress: &ProgressBar) -> Result<()> {
         for c in &self.index()?.chunks {
             // Decoding the last byte decodes the whole frame and checks every checksum.
-            let chunk =
-                lz4::DecodedChunk::new(Arc::clone(&self.source), c.file_off, c.comp_len, c.raw_len);
+            let chunk = lz4::DecodedChunk::checked(
+                Arc::clone(&self.source),
+                c.file_off,
+                c.comp_len,
+                c.raw_len,
+            );
             if c.raw_len > 0 {
                 chunk.read(c.raw_len as usize - 1, &mut [0u8])?;
             }
