@@ -4,7 +4,8 @@
 #
 #   scripts/bench.sh            # BENCH_DIR (default /var/tmp/restorefs-bench), RUNS (default 3)
 #
-# Needs root (FUSE, drop_caches), qemu-utils, fio (installed if missing).
+# Needs root (FUSE, drop_caches); installs fio, qemu-img/qemu-io and qemu-storage-daemon if
+# missing. Ends with scripts/bench-virtnbdmap.sh on the same chain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${BENCH_DIR:-/var/tmp/restorefs-bench}
@@ -12,7 +13,9 @@ runs=${RUNS:-3}
 cargo build --release -q
 cargo build --release -q --example gen_chain
 bin=$PWD/target/release/restorefs
-command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
+need=()
+for p in fio qemu-utils qemu-system-common; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+[ ${#need[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
 
 # --- the chain: 4 GiB, full + 3 incrementals, as streams (plain, lz4) and as qcow2 ---
 if [ ! -f "$dir/plain/vm/vda.inc.virtnbdbackup.3.data" ]; then
@@ -128,3 +131,6 @@ row "random 4 KiB, direct, 1 job" rand1 "IOPS"
 row "random 4 KiB, direct, 4 jobs" rand4 "IOPS"
 row "start to first 4 KiB read" first "ms"
 row "peak RSS" rss "KiB"
+
+echo
+BENCH_DIR="$dir" scripts/bench-virtnbdmap.sh
