@@ -4,17 +4,15 @@
 #   scripts/bench-scaling.sh     # BENCH_DIR (default /var/tmp/restorefs-bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 dir=${BENCH_DIR:-/var/tmp/restorefs-bench}/scaling
 cargo build --release -q
 cargo build --release -q --example gen_chain --example bench_index
 bin=$PWD/target/release/restorefs
-command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
+install_missing fio
 mkdir -p "$dir"
 tmp=$(mktemp -d /var/tmp/restorefs-scaling.XXXXXX)
 trap 'for m in "$tmp"/mnt*; do "$bin" umount "$m" 2>/dev/null || true; done; jobs -p | xargs -r kill 2>/dev/null || true; rm -rf "$tmp"' EXIT
-
-now() { date +%s%N; }
-ms() { echo $(( ($(now) - $1) / 1000000 )); }
 
 # Index time: `ls` with an empty cache folder (every stream parsed); the backup files are in
 # the page cache (a first run warms it). Remount: mount with the kept index, until the folder
@@ -22,15 +20,15 @@ ms() { echo $(( ($(now) - $1) / 1000000 )); }
 measure() { # label source
     "$bin" ls "$2" --cache-dir "$tmp/warm" >/dev/null
     rm -rf "$tmp/cache"
-    local t; t=$(now); "$bin" ls "$2" --cache-dir "$tmp/cache" >/dev/null; local index; index=$(ms "$t")
+    local t; t=$(now); "$bin" ls "$2" --cache-dir "$tmp/cache" >/dev/null; local index; index=$(ms_since "$t")
     local m="$tmp/mnt$RANDOM"; mkdir -p "$m"
     t=$(now)
     "$bin" mount "$2" "$m" --cache-dir "$tmp/cache" 2>/dev/null &
     local pid=$!
     until ls "$m/vm" >/dev/null 2>&1 && [ -n "$(ls "$m/vm")" ]; do :; done
-    local ready; ready=$(ms "$t")
-    until [ "$(head -c 4096 "$m/vm/latest/vda.raw" 2>/dev/null | wc -c)" = 4096 ]; do :; done
-    local first; first=$(ms "$t")
+    local ready; ready=$(ms_since "$t")
+    wait_first_read "$m/vm/latest/vda.raw"
+    local first; first=$(ms_since "$t")
     kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
     printf "| %-30s | %8s | %8s | %12s |\n" "$1" "$index" "$ready" "$first"
 }
@@ -57,7 +55,7 @@ done
 m="$tmp/mntlz4"; mkdir -p "$m"
 "$bin" mount "$dir/big/lz4" "$m" --cache-dir "$tmp/cache" 2>/dev/null &
 until [ -e "$m/vm/latest/vda.raw" ]; do :; done
-sync; echo 3 > /proc/sys/vm/drop_caches
+drop_caches
 fio --name=b --filename="$m/vm/latest/vda.raw" --rw=randread --bs=4k --direct=1 --numjobs=1 \
     --ioengine=psync --readonly --runtime=10 --output-format=json 2>/dev/null |
     python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; print("\ncold random 4 KiB reads in 32 MiB LZ4 frames: %d IOPS, mean latency %.1f ms" % (r["iops"], r["clat_ns"]["mean"]/1e6))'

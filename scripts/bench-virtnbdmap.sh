@@ -11,13 +11,10 @@
 # its python plugin, nbdfuse, python3-libnbd and fio if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 dir=${BENCH_DIR:-/var/tmp/restorefs-bench}
 [ -f "$dir/plain/vm/vda.inc.virtnbdbackup.3.data" ] || { echo "run scripts/bench.sh first"; exit 1; }
-need=()
-for p in virtnbdbackup nbdkit nbdkit-plugin-python nbdfuse python3-libnbd fio; do
-    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-done
-[ ${#need[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
+install_missing virtnbdbackup nbdkit nbdkit-plugin-python nbdfuse python3-libnbd fio
 cargo build --release -q
 bin=$PWD/target/release/restorefs
 py=/usr/bin/python3 # Debian's, which has virtnbdbackup's and libnbd's modules
@@ -34,10 +31,9 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-mkdir -p "$tmp/nbd" "$tmp/rfs"
-now() { date +%s%N; }
-ms_since() { echo $(( ($(now) - $1) / 1000000 )); }
-hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+mkdir -p "$tmp/nbd" "$tmp/rfs" "$tmp/t"
+# virtnbdmap's block map, nbdkit's log and pid file, and the cow overlay go to TMPDIR.
+export TMPDIR=$tmp/t
 fio_rand() { # file -> "IOPS errors"
     fio --name=b --filename="${1//:/\\:}" --rw=randread --bs=4k --direct=1 --numjobs=1 --ioengine=psync \
         --readonly --runtime=10 --time_based --continue_on_error=read --output-format=json \
@@ -84,30 +80,30 @@ pkill -f "nbdkit.*-p $port" 2>/dev/null || true
 sleep 1
 
 echo "2. the full backup alone (a point virtnbdmap can map without replaying)"
-sync; echo 3 > /proc/sys/vm/drop_caches
+drop_caches
 t0=$(now)
 vpid=$($py scripts/virtnbdmap-serve.py "$port" "$s/vda.full.data" 2>"$tmp/serve.log")
 nbdfuse -r "$tmp/nbd/img" "nbd://127.0.0.1:$port/sda" 2>>"$tmp/nbdfuse.log" &
 fpid=$!
-until [ "$(head -c 4096 "$tmp/nbd/img" 2>/dev/null | wc -c)" = 4096 ]; do :; done
+wait_first_read "$tmp/nbd/img"
 v_first=$(ms_since "$t0")
 read -r v_bytes v_same < <(readable "$tmp/nbd/img" "$tmp/full.raw")
 read -r v_iops v_err < <(fio_rand "$tmp/nbd/img")
 read -r v_right v_wrong v_eio < <(sample "$tmp/nbd/img" "$tmp/full.raw")
-v_rss=$(( $(hwm "$vpid") + $(hwm "$fpid") ))
+v_rss=$(( $(peak_rss "$vpid") + $(peak_rss "$fpid") ))
 umount "$tmp/nbd"; kill "$vpid"; wait "$fpid" 2>/dev/null || true
 
-sync; echo 3 > /proc/sys/vm/drop_caches
+drop_caches
 t0=$(now)
 "$bin" mount "$dir/plain" "$tmp/rfs" 2>>"$tmp/rfs.log" &
 rpid=$!
 img=$tmp/rfs/vm/$full/vda.raw
-until [ "$(head -c 4096 "$img" 2>/dev/null | wc -c)" = 4096 ]; do :; done
+wait_first_read "$img"
 r_first=$(ms_since "$t0")
 read -r r_bytes r_same < <(readable "$img" "$tmp/full.raw")
 read -r r_iops r_err < <(fio_rand "$img")
 read -r r_right r_wrong r_eio < <(sample "$img" "$tmp/full.raw")
-r_rss=$(hwm "$rpid")
+r_rss=$(peak_rss "$rpid")
 "$bin" umount "$tmp/rfs"; wait "$rpid" 2>/dev/null || true
 
 echo

@@ -8,14 +8,13 @@
 # missing. Ends with scripts/bench-virtnbdmap.sh on the same chain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 dir=${BENCH_DIR:-/var/tmp/restorefs-bench}
 runs=${RUNS:-3}
 cargo build --release -q
 cargo build --release -q --example gen_chain
 bin=$PWD/target/release/restorefs
-need=()
-for p in fio qemu-utils qemu-system-common; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
-[ ${#need[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
+install_missing fio qemu-utils qemu-system-common
 
 # --- the chain: 4 GiB, full + 3 incrementals, as streams (plain, lz4) and as qcow2 ---
 if [ ! -f "$dir/plain/vm/vda.inc.virtnbdbackup.3.data" ]; then
@@ -51,11 +50,12 @@ a=$(sha256sum < "$tmp/rfs.raw" | cut -c1-64)
 b=$(sha256sum < "$tmp/lz4.raw" | cut -c1-64)
 c=$(sha256sum < "$tmp/qcow.raw" | cut -c1-64)
 rm -f "$tmp"/*.raw
-[ "$a" = "$c" ] && [ "$b" = "$c" ] || { echo "MISMATCH: streams $a, lz4 $b, qcow2 $c"; exit 1; }
+if [ "$a" != "$c" ] || [ "$b" != "$c" ]; then
+    echo "MISMATCH: streams $a, lz4 $b, qcow2 $c"
+    exit 1
+fi
 echo "newest point sha256 $c (streams, lz4 streams and qcow2 agree)"
 
-now() { date +%s%N; }
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 # Sequential runs read the backup files from the page cache: they measure the servers, not
 # this machine's (shared, noisy) disk.
 warm() { cat "$dir"/plain/vm/*.data "$dir"/lz4/vm/*.data "$dir"/qcow/*.qcow2 > /dev/null; }
@@ -68,8 +68,8 @@ start_rfs() { # source
     "$bin" mount "$1" "$m" --cache-size 256M 2>>"$tmp/rfs.log" &
     pid=$!
     file="$m/vm/latest/vda.raw"
-    until [ "$(head -c 4096 "$file" 2>/dev/null | wc -c)" = 4096 ]; do :; done
-    first_ms=$(( ($(now) - t0) / 1000000 ))
+    wait_first_read "$file"
+    first_ms=$(ms_since "$t0")
 }
 start_qsd() {
     file="$tmp/qsd.img"
@@ -80,11 +80,11 @@ start_qsd() {
         --blockdev driver=qcow2,node-name=d0,file=f0,read-only=on \
         --export type=fuse,id=e0,node-name=d0,mountpoint="$file",writable=off 2>>"$tmp/qsd.log" &
     pid=$!
-    until [ "$(head -c 4096 "$file" 2>/dev/null | wc -c)" = 4096 ]; do :; done
-    first_ms=$(( ($(now) - t0) / 1000000 ))
+    wait_first_read "$file"
+    first_ms=$(ms_since "$t0")
 }
 stop() { # peak RSS (KiB) of $pid, then stop it
-    hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+    hwm=$(peak_rss "$pid")
     if [ "$file" = "$tmp/qsd.img" ]; then kill "$pid"; else kill -TERM "$pid"; fi
     wait "$pid" 2>/dev/null || true
 }
@@ -99,7 +99,7 @@ fio_run() { # file rw bs direct jobs
 declare -A res
 measure() { # name run start-function [source]
     local name=$1 run=$2 start=$3 src=${4:-}
-    drop; $start "$src"; res[$name,first,$run]=$first_ms
+    drop_caches; $start "$src"; res[$name,first,$run]=$first_ms
     warm; read -r bw _ < <(fio_run "$file" read 1M 0 1); res[$name,seq,$run]=$bw
     warm; read -r bw _ < <(fio_run "$file" read 1M 1 1); res[$name,seqd,$run]=$bw
     read -r _ io < <(fio_run "$file" randread 4k 1 1); res[$name,rand1,$run]=$io

@@ -1,0 +1,16 @@
+# shellcheck shell=bash
+# Helpers shared by the benchmark scripts; sourced, not run.
+
+now() { date +%s%N; }
+ms_since() { echo $(( ($(now) - $1) / 1000000 )); }
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# Peak RSS (KiB) of a running process.
+peak_rss() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+# Returns once the first 4 KiB of a served file can be read.
+wait_first_read() { until [ "$(head -c 4096 "$1" 2>/dev/null | wc -c)" = 4096 ]; do :; done; }
+# Installs the Debian packages among the arguments that are missing.
+install_missing() {
+    local need=() p
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+    [ ${#need[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
+}
