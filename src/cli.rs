@@ -220,7 +220,7 @@ fn mount_cmd(
     mount::preflight(&args)?;
     let opts = cache.options()?;
     let cat = scan(&args.source, &opts)?;
-    mount::mount(&cat, Arc::clone(&opts.cache), &args)?;
+    mount::mount(&cat, Arc::clone(&opts.cache), &args, Box::new(|| {}))?;
     Ok(ExitCode::SUCCESS)
 }
 

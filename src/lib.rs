@@ -18,6 +18,7 @@ pub mod image;
 pub mod indexcache;
 pub mod lz4;
 pub mod mount;
+pub mod mountinfo;
 pub mod source;
 pub mod sys;
 pub mod timefmt;

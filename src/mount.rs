@@ -2,7 +2,8 @@
 //! Ctrl-C or SIGTERM, and cleaning up a mount whose daemon died.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::NaiveDateTime;
 use fuser::{Config, MountOption, Session, SessionACL};
@@ -11,6 +12,7 @@ use crate::cache::Cache;
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::fs::FuseFs;
+use crate::mountinfo;
 use crate::sys;
 
 /// How to mount.
@@ -89,8 +91,14 @@ pub fn check_allow_other(conf: &Path) -> Result<()> {
     )))
 }
 
-/// Mounts the catalog's tree and serves it until unmounted, Ctrl-C or SIGTERM.
-pub fn mount(cat: &Catalog, cache: Arc<Cache>, args: &MountArgs) -> Result<()> {
+/// Mounts the catalog's tree and serves it until unmounted, Ctrl-C or SIGTERM;
+/// `on_signal` runs first at each Ctrl-C or SIGTERM (to interrupt long work).
+pub fn mount(
+    cat: &Catalog,
+    cache: Arc<Cache>,
+    args: &MountArgs,
+    on_signal: Box<dyn Fn() + Send + Sync>,
+) -> Result<()> {
     let root = cat.tree(args.as_of);
     let fs = FuseFs::new(root, Arc::clone(&cache));
     let name = format!("restorefs:{}", args.source.display()).replace([',', ' '], "_");
@@ -98,7 +106,13 @@ pub fn mount(cat: &Catalog, cache: Arc<Cache>, args: &MountArgs) -> Result<()> {
     config.mount_options = vec![
         MountOption::RO,
         MountOption::FSName(name),
-        MountOption::Subtype("restorefs".into()),
+        // The kernel names the type `fuse.restorefs` only when told directly (as root);
+        // fusermount does it for users.
+        if sys::euid() == 0 {
+            MountOption::CUSTOM("subtype=restorefs".into())
+        } else {
+            MountOption::Subtype("restorefs".into())
+        },
         MountOption::NoSuid,
         MountOption::NoDev,
         MountOption::NoAtime,
@@ -112,23 +126,13 @@ pub fn mount(cat: &Catalog, cache: Arc<Cache>, args: &MountArgs) -> Result<()> {
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
     let mp = &args.mountpoint;
-    let mut session =
+    let session =
         Session::new(fs, mp, &config).map_err(|e| Error::io(mp, &e).context("mounting"))?;
     tune_readahead(mp);
 
-    let unmounter = Mutex::new(session.unmount_callable());
-    let shown = mp.display().to_string();
-    ctrlc::set_handler(move || {
-        log::info!("signal received: unmounting {shown}");
-        if let Err(e) = unmounter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .unmount()
-        {
-            log::warn!("unmount failed: {e}");
-        }
-    })
-    .map_err(|e| Error::usage(format!("cannot handle signals: {e}")))?;
+    let shutdown = Shutdown::new(mp, on_signal);
+    ctrlc::set_handler(move || shutdown.signal())
+        .map_err(|e| Error::usage(format!("cannot handle signals: {e}")))?;
 
     let points: usize = cat.sets().iter().map(|s| s.set.points().len()).sum();
     eprintln!(
@@ -155,47 +159,181 @@ pub fn mount(cat: &Catalog, cache: Arc<Cache>, args: &MountArgs) -> Result<()> {
 /// number comes from /proc/self/mountinfo: a `stat` of the mountpoint would ask this very
 /// process, which does not serve requests yet.
 fn tune_readahead(mp: &Path) {
-    let Ok(mp) = mp.canonicalize() else { return };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Some(m) = mountinfo::at(&mountinfo::current(), &mountinfo::absolute(mp)) else {
         return;
     };
-    let Some(dev) = info.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.len() > 4 && Path::new(f[4]) == mp).then(|| f[2].to_owned())
-    }) else {
-        return;
-    };
-    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    let path = format!("/sys/class/bdi/{}/read_ahead_kb", m.dev);
     if let Err(e) = std::fs::write(&path, "4096") {
         log::debug!("{path}: {e} (keeping the kernel's readahead)");
     }
 }
 
-/// Unmounts `mp`, also when its daemon died (a lazy detach).
-pub fn umount(mp: &Path) -> Result<()> {
-    if sys::euid() == 0 {
-        return sys::lazy_unmount(mp).map_err(|e| match e.raw_os_error() {
-            Some(libc::EINVAL) => Error::usage(format!("{}: not mounted", mp.display())),
-            _ => Error::io(mp, &e),
-        });
-    }
-    for tool in ["fusermount3", "fusermount"] {
-        match std::process::Command::new(tool)
-            .args(["-u", "-z"])
-            .arg(mp)
-            .status()
-        {
-            Ok(s) if s.success() => return Ok(()),
-            Ok(_) => {
-                return Err(Error::usage(format!(
-                    "{tool} could not unmount {}",
-                    mp.display()
-                )));
-            }
-            Err(_) => continue,
+/// What Ctrl-C and SIGTERM do: the first tries a clean unmount and, if the mount is busy, says
+/// what holds it; the next ones detach lazily (the daemon exits once the kernel lets go).
+struct Shutdown {
+    mp: PathBuf,
+    signals: AtomicUsize,
+    on_signal: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Shutdown {
+    fn new(mp: &Path, on_signal: Box<dyn Fn() + Send + Sync>) -> Shutdown {
+        Shutdown {
+            mp: mountinfo::absolute(mp),
+            signals: AtomicUsize::new(0),
+            on_signal,
         }
     }
-    Err(Error::usage(
-        "unmounting as a user needs fusermount3 (package fuse3)",
-    ))
+
+    fn signal(&self) {
+        // Running work (a rebuild) is interrupted first, so that its reader lets go.
+        (self.on_signal)();
+        let shown = self.mp.display();
+        if self.signals.fetch_add(1, Ordering::SeqCst) > 0 {
+            log::warn!("signal received again: detaching {shown} lazily");
+            if let Err(e) = detach(&self.mp) {
+                log::error!("cannot detach {shown}: {e}");
+            }
+            return;
+        }
+        log::info!("signal received: unmounting {shown}");
+        // A reader interrupted just now may take a moment to close its file.
+        let mut last = None;
+        for _ in 0..10 {
+            match unmount_now(&self.mp) {
+                Ok(()) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => last = Some(e),
+                Err(e) => {
+                    log::error!("cannot unmount {shown}: {e}");
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let holders = holders(&self.mp);
+        log::warn!(
+            "{shown} is busy ({}): {}. Close those (for a loop device: `umount` what is \
+             mounted from it, then `losetup -d`), then press Ctrl-C again or run \
+             `restorefs umount {shown}`; a second Ctrl-C now detaches lazily and restorefs \
+             exits once they are closed",
+            last.map_or_else(String::new, |e| e.to_string()),
+            if holders.is_empty() {
+                "something still uses it (see `fuser -vm` or `lsof`)".to_owned()
+            } else {
+                holders.join("; ")
+            }
+        );
+        self.signals.store(1, Ordering::SeqCst);
+    }
+}
+
+/// Unmounts now: fails with EBUSY while files of the mount are in use.
+fn unmount_now(mp: &Path) -> std::io::Result<()> {
+    if sys::euid() == 0 {
+        return sys::unmount(mp, false);
+    }
+    fusermount(mp, false)
+}
+
+/// Detaches the mount from the tree; the kernel ends it when its last user lets go.
+fn detach(mp: &Path) -> std::io::Result<()> {
+    if sys::euid() == 0 {
+        return sys::unmount(mp, true);
+    }
+    fusermount(mp, true)
+}
+
+fn fusermount(mp: &Path, lazy: bool) -> std::io::Result<()> {
+    let mut last = std::io::Error::other("unmounting as a user needs fusermount3 (package fuse3)");
+    for tool in ["fusermount3", "fusermount"] {
+        let mut cmd = std::process::Command::new(tool);
+        cmd.arg("-u");
+        if lazy {
+            cmd.arg("-z");
+        }
+        match cmd.arg("--").arg(mp).output() {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let busy = err.contains("busy");
+                return Err(if busy {
+                    std::io::Error::from_raw_os_error(libc::EBUSY)
+                } else {
+                    std::io::Error::other(format!("{tool}: {}", err.trim()))
+                });
+            }
+            Err(e) => last = std::io::Error::other(format!("{tool}: {e}")),
+        }
+    }
+    Err(last)
+}
+
+/// What keeps `mp` busy: loop devices backed by its files, and processes using it.
+fn holders(mp: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mounts = mountinfo::current();
+    for dev in std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = dev.file_name().to_string_lossy().into_owned();
+        let Ok(back) = std::fs::read_to_string(dev.path().join("loop/backing_file")) else {
+            continue;
+        };
+        if Path::new(back.trim_end()).starts_with(mp) {
+            let used: Vec<String> = mounts
+                .iter()
+                .filter(|m| m.source == format!("/dev/{name}"))
+                .map(|m| m.mountpoint.display().to_string())
+                .collect();
+            let at = if used.is_empty() {
+                String::new()
+            } else {
+                format!(", mounted at {}", used.join(", "))
+            };
+            out.push(format!("/dev/{name} is backed by {}{at}", back.trim_end()));
+        }
+    }
+    for pid in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = pid.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == std::process::id().to_string() {
+            continue;
+        }
+        let base = Path::new("/proc").join(&pid);
+        let uses = |p: PathBuf| std::fs::read_link(p).is_ok_and(|t| t.starts_with(mp));
+        let fds = std::fs::read_dir(base.join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        if uses(base.join("cwd")) || fds.into_iter().any(|fd| uses(fd.path())) {
+            let comm = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
+            out.push(format!(
+                "process {pid} ({}) has files open there",
+                comm.trim()
+            ));
+        }
+    }
+    out
+}
+
+/// Unmounts the restorefs mount at `mp`, also when its daemon died (a lazy detach). Anything
+/// else mounted there is left alone.
+pub fn umount(mp: &Path) -> Result<()> {
+    let abs = mountinfo::absolute(mp);
+    let Some(m) = mountinfo::at(&mountinfo::current(), &abs) else {
+        return Err(Error::usage(format!("{}: not mounted", mp.display())));
+    };
+    if !m.is_restorefs() {
+        return Err(Error::usage(format!(
+            "{}: not a restorefs mount ({} from {}); left alone (use umount(8))",
+            mp.display(),
+            m.fstype,
+            m.source
+        )));
+    }
+    detach(&abs).map_err(|e| match e.raw_os_error() {
+        Some(libc::EINVAL) => Error::usage(format!("{}: not mounted", mp.display())),
+        _ => Error::io(mp, &e).context("unmounting"),
+    })
 }

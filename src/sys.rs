@@ -81,12 +81,14 @@ pub fn return_large_frees() {
     }
 }
 
-/// Detaches a mount (also one whose FUSE daemon died), like `umount -l`.
-pub fn lazy_unmount(path: &Path) -> io::Result<()> {
+/// Unmounts `path`: at once (EBUSY while in use), or `lazy` like `umount -l` (also a mount
+/// whose FUSE daemon died).
+pub fn unmount(path: &Path, lazy: bool) -> io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    let r = unsafe { libc::umount2(c.as_ptr(), flags) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
