@@ -4,6 +4,10 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use lru::LruCache;
 use std::ffi::OsStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -57,8 +61,26 @@ struct Entry {
 struct Table {
     entries: HashMap<u64, Entry>,
     keys: HashMap<Key, u64>,
+    /// Entries that readdir numbered but the kernel holds no reference to, least recently
+    /// listed first: bounded, so that listing millions of names does not grow the table.
+    listed: LruCache<u64, ()>,
     next: u64,
 }
+
+impl Table {
+    /// Drops `ino` if the kernel holds no reference to it.
+    fn drop_unreferenced(&mut self, ino: u64) {
+        if self.entries.get(&ino).is_some_and(|e| e.lookups == 0)
+            && let Some(e) = self.entries.remove(&ino)
+        {
+            self.keys.remove(&e.key);
+        }
+    }
+}
+
+/// How many listed but not looked-up names keep their inode numbers (a name dropped from here
+/// gets a new number when it is next listed or looked up; the kernel holds no reference to it).
+const LISTED_MAX: usize = 16 * 1024;
 
 /// Inode numbers for the nodes of the tree, counted like the kernel counts lookups.
 pub struct Inodes {
@@ -87,6 +109,7 @@ impl Inodes {
             table: RwLock::new(Table {
                 entries,
                 keys,
+                listed: LruCache::unbounded(),
                 next: ROOT + 1,
             }),
         }
@@ -164,13 +187,20 @@ impl Inodes {
     }
 
     fn assign_key(&self, key: Key, name: &str, node: Option<Node>, count: u64) -> u64 {
-        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(&ino) = t.keys.get(&key) {
-            let e = t.entries.get_mut(&ino).expect("keys and entries agree");
+        let mut guard = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let t = &mut *guard;
+        if let Some(&ino) = t.keys.get(&key)
+            && let Some(e) = t.entries.get_mut(&ino)
+        {
             e.lookups += count;
             // A folder may make a new node for the same name (a live set's `latest`): serve the newest.
             if node.is_some() {
                 e.node = node;
+            }
+            if count > 0 {
+                t.listed.pop(&ino);
+            } else if e.lookups == 0 {
+                t.listed.promote(&ino);
             }
             return ino;
         }
@@ -186,6 +216,15 @@ impl Inodes {
                 lookups: count,
             },
         );
+        if count == 0 {
+            t.listed.push(ino, ());
+            while t.listed.len() > LISTED_MAX {
+                match t.listed.pop_lru() {
+                    Some((old, ())) => t.drop_unreferenced(old),
+                    None => break,
+                }
+            }
+        }
         ino
     }
 
@@ -200,9 +239,8 @@ impl Inodes {
         };
         e.lookups = e.lookups.saturating_sub(n);
         if e.lookups == 0 {
-            let key = e.key.clone();
-            t.entries.remove(&ino);
-            t.keys.remove(&key);
+            t.listed.pop(&ino);
+            t.drop_unreferenced(ino);
         }
     }
 
@@ -220,35 +258,82 @@ impl Inodes {
         self.len() <= 1
     }
 
-    /// Up to `READDIR_BATCH` entries of folder `ino` from position `offset`: (inode, next
-    /// offset, type, name). Listed entries are not looked up: they get inode numbers without
-    /// references.
-    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<(u64, u64, FileType, String)>> {
+    /// The names folder `ino` lists now: one open of it reads them in batches.
+    pub fn list(&self, ino: u64) -> Result<Listing> {
+        Ok(Arc::new(self.dir(ino)?.names()?))
+    }
+
+    /// Up to `READDIR_BATCH` entries of folder `ino`, whose names are `names`, from position
+    /// `offset`: (inode, next offset, type, name). Listed entries are not looked up: they get
+    /// inode numbers without references.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        names: &[(String, Kind)],
+        offset: u64,
+    ) -> Result<Vec<(u64, u64, FileType, String)>> {
         let dir = self.dir(ino)?;
-        let names = dir.names()?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
         let mut out = Vec::new();
-        let start = offset as usize;
-        for i in start..(names.len() + 2).min(start + READDIR_BATCH) {
+        for i in start..(names.len() + 2).min(start.saturating_add(READDIR_BATCH)) {
             let next = i as u64 + 1;
-            match i {
-                0 => out.push((ino, next, FileType::Directory, ".".to_owned())),
-                1 => out.push((ino, next, FileType::Directory, "..".to_owned())),
-                _ => {
-                    let (name, k) = &names[i - 2];
-                    // Files are keyed by their node (hardlinks); folders and links by name, so
-                    // a large listing makes no nodes.
-                    let child = match k {
-                        Kind::File => match dir.lookup(name)? {
-                            Some(node) => self.assign(ino, name, node, 0),
-                            None => continue,
-                        },
-                        _ => self.assign_key(Key::Child(ino, name.clone()), name, None, 0),
-                    };
-                    out.push((child, next, file_type(*k), name.clone()));
+            let (name, k) = match i {
+                0 | 1 => {
+                    let dots = if i == 0 { "." } else { ".." };
+                    out.push((ino, next, FileType::Directory, dots.to_owned()));
+                    continue;
                 }
-            }
+                _ => match names.get(i - 2) {
+                    Some(entry) => entry,
+                    None => break,
+                },
+            };
+            // Files are keyed by their node (hardlinks); folders and links by name, so a large
+            // listing makes no nodes.
+            let child = match k {
+                Kind::File => match dir.lookup(name)? {
+                    Some(node) => self.assign(ino, name, node, 0),
+                    None => continue,
+                },
+                _ => self.assign_key(Key::Child(ino, name.clone()), name, None, 0),
+            };
+            out.push((child, next, file_type(*k), name.clone()));
         }
         Ok(out)
+    }
+}
+
+/// The names of a folder as one open of it lists them.
+pub type Listing = Arc<Vec<(String, Kind)>>;
+
+/// What each open folder lists, by handle: the kernel reads a listing in batches, and a folder
+/// of a million names must not be listed anew for each.
+#[derive(Default)]
+struct DirHandles {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Listing>>,
+}
+
+impl DirHandles {
+    fn open(&self, names: Listing) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, names);
+        fh
+    }
+
+    fn get(&self, fh: u64) -> Option<Listing> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(&fh).cloned()
+    }
+
+    fn release(&self, fh: u64) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
     }
 }
 
@@ -313,6 +398,7 @@ thread_local! {
 /// The `fuser` filesystem: translation only.
 pub struct FuseFs {
     inodes: Inodes,
+    dirs: DirHandles,
     cache: Arc<Cache>,
 }
 
@@ -321,6 +407,7 @@ impl FuseFs {
     pub fn new(root: Node, cache: Arc<Cache>) -> FuseFs {
         FuseFs {
             inodes: Inodes::new(root),
+            dirs: DirHandles::default(),
             cache,
         }
     }
@@ -476,40 +563,75 @@ impl Filesystem for FuseFs {
         reply.ok();
     }
 
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever written: there is nothing to sync (loop devices ask on release).
+        reply.ok();
+    }
+
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        guard("readdir", || match self.inodes.readdir(ino.0, offset) {
-            Ok(list) => {
-                for (child, next, k, name) in list {
-                    if reply.add(INodeNo(child), next, k, &name) {
-                        break;
+        guard("readdir", || {
+            let names = match self.dirs.get(fh.0) {
+                Some(n) => Ok(n),
+                None => self.inodes.list(ino.0),
+            };
+            match names.and_then(|n| self.inodes.readdir(ino.0, &n, offset)) {
+                Ok(list) => {
+                    for (child, next, k, name) in list {
+                        if reply.add(INodeNo(child), next, k, &name) {
+                            break;
+                        }
                     }
+                    reply.ok();
                 }
-                reply.ok();
+                Err(e) => reply.error(self.fail("readdir", ino.0, &e)),
             }
-            Err(e) => reply.error(self.fail("readdir", ino.0, &e)),
         });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         guard("opendir", || {
-            match self.inodes.node(ino.0) {
+            let opened = self.inodes.node(ino.0).and_then(|n| match n {
+                Node::Dir(d) => Ok((d.live(), self.inodes.list(ino.0)?)),
+                _ => Err(Error::from_errno(libc::ENOTDIR, "not a folder")),
+            });
+            match opened {
                 // A folder that cannot change may be listed from the kernel's cache.
-                Ok(Node::Dir(d)) if !d.live() => reply.opened(
-                    FileHandle(0),
+                Ok((false, names)) => reply.opened(
+                    FileHandle(self.dirs.open(names)),
                     FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
                 ),
-                Ok(Node::Dir(_)) => reply.opened(FileHandle(0), FopenFlags::empty()),
-                Ok(_) => reply.error(Errno::ENOTDIR),
+                Ok((true, names)) => {
+                    reply.opened(FileHandle(self.dirs.open(names)), FopenFlags::empty())
+                }
                 Err(e) => reply.error(self.fail("opendir", ino.0, &e)),
             }
         });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.release(fh.0);
+        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -641,14 +763,16 @@ mod tests {
     fn readdir_lists_dot_entries_then_children_resuming_at_offsets() {
         let (root, _) = tree();
         let t = Inodes::new(root);
-        let all = t.readdir(ROOT, 0).unwrap();
+        let list = t.list(ROOT).unwrap();
+        let all = t.readdir(ROOT, &list, 0).unwrap();
         let names: Vec<&str> = all.iter().map(|e| e.3.as_str()).collect();
         assert_eq!(names, [".", "..", "a", "hard", "l", "sub"]);
         assert_eq!(
             all[2].0, all[3].0,
             "hardlinks share the inode in listings too"
         );
-        let rest = t.readdir(ROOT, all[3].1).unwrap();
+        let rest = t.readdir(ROOT, &list, all[3].1).unwrap();
+        assert!(t.readdir(ROOT, &list, u64::MAX).unwrap().is_empty());
         assert_eq!(
             rest.iter().map(|e| e.3.as_str()).collect::<Vec<_>>(),
             ["l", "sub"]
@@ -668,6 +792,44 @@ mod tests {
             seek(f.as_ref(), 4, libc::SEEK_DATA).unwrap_err().errno(),
             libc::ENXIO
         );
+    }
+
+    #[test]
+    fn listing_many_names_keeps_the_table_bounded() {
+        let names = 5 * LISTED_MAX;
+        let children: Vec<(String, Node)> = (0..names)
+            .map(|i| {
+                let sub = Node::Dir(StaticDir::new(attr(), Vec::new()));
+                (format!("d{i:07}"), sub)
+            })
+            .collect();
+        let t = Inodes::new(Node::Dir(StaticDir::new(attr(), children)));
+        let (held, _) = t.lookup(ROOT, "d0000001").unwrap();
+        let list = t.list(ROOT).unwrap();
+        let mut offset = 0;
+        let mut seen = 0;
+        loop {
+            let batch = t.readdir(ROOT, &list, offset).unwrap();
+            let Some(last) = batch.last() else { break };
+            offset = last.1;
+            seen += batch.len();
+            assert!(t.len() <= LISTED_MAX + 2, "table grew to {}", t.len());
+            if batch.iter().any(|e| e.3 == "d0000001") {
+                assert!(
+                    batch.iter().any(|e| e.0 == held),
+                    "a held name keeps its inode"
+                );
+            }
+        }
+        assert_eq!(seen, names + 2);
+        // The looked-up name is still served; a dropped one is found again by name.
+        assert!(matches!(t.node(held).unwrap(), Node::Dir(_)));
+        let (again, _) = t.lookup(ROOT, "d0000002").unwrap();
+        assert!(matches!(t.node(again).unwrap(), Node::Dir(_)));
+        // Forgetting the held names leaves only what listing keeps.
+        t.forget(held, 1);
+        t.forget(again, 1);
+        assert!(t.len() <= LISTED_MAX + 1);
     }
 
     fn attr_of(n: &Node) -> FileAttr {
