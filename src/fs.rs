@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use lru::LruCache;
 use std::ffi::OsStr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    INodeNo, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
 };
 
 use crate::cache::Cache;
@@ -54,6 +55,8 @@ struct Entry {
     /// `None` for a name listed but not looked up yet: found through its parent when needed.
     node: Option<Node>,
     key: Key,
+    /// The folder it was last found in, and its name there.
+    parent: u64,
     name: String,
     lookups: u64,
 }
@@ -64,6 +67,8 @@ struct Table {
     /// Entries that readdir numbered but the kernel holds no reference to, least recently
     /// listed first: bounded, so that listing millions of names does not grow the table.
     listed: LruCache<u64, ()>,
+    /// Entries the kernel holds references to, least recently looked up first.
+    held: LruCache<u64, ()>,
     next: u64,
 }
 
@@ -99,6 +104,7 @@ impl Inodes {
             Entry {
                 node: Some(root),
                 key: Key::Root,
+                parent: ROOT,
                 name: String::new(),
                 lookups: 1,
             },
@@ -110,6 +116,7 @@ impl Inodes {
                 entries,
                 keys,
                 listed: LruCache::unbounded(),
+                held: LruCache::unbounded(),
                 next: ROOT + 1,
             }),
         }
@@ -183,10 +190,10 @@ impl Inodes {
             Node::File(f) => Key::File(Arc::as_ptr(f) as *const () as usize),
             _ => Key::Child(parent, name.to_owned()),
         };
-        self.assign_key(key, name, Some(node), count)
+        self.assign_key(key, parent, name, Some(node), count)
     }
 
-    fn assign_key(&self, key: Key, name: &str, node: Option<Node>, count: u64) -> u64 {
+    fn assign_key(&self, key: Key, parent: u64, name: &str, node: Option<Node>, count: u64) -> u64 {
         let mut guard = self.table.write().unwrap_or_else(|p| p.into_inner());
         let t = &mut *guard;
         if let Some(&ino) = t.keys.get(&key)
@@ -198,7 +205,10 @@ impl Inodes {
                 e.node = node;
             }
             if count > 0 {
+                e.parent = parent;
+                name.clone_into(&mut e.name);
                 t.listed.pop(&ino);
+                t.held.push(ino, ());
             } else if e.lookups == 0 {
                 t.listed.promote(&ino);
             }
@@ -212,11 +222,14 @@ impl Inodes {
             Entry {
                 node,
                 key,
+                parent,
                 name: name.to_owned(),
                 lookups: count,
             },
         );
-        if count == 0 {
+        if count > 0 {
+            t.held.push(ino, ());
+        } else {
             t.listed.push(ino, ());
             while t.listed.len() > LISTED_MAX {
                 match t.listed.pop_lru() {
@@ -240,8 +253,29 @@ impl Inodes {
         e.lookups = e.lookups.saturating_sub(n);
         if e.lookups == 0 {
             t.listed.pop(&ino);
+            t.held.pop(&ino);
             t.drop_unreferenced(ino);
         }
+    }
+
+    /// The (folder, name) of the least recently looked-up entries the kernel holds beyond
+    /// `keep`; they move to the back, so that ones the kernel cannot drop (open files) are not
+    /// asked for again at once.
+    pub fn excess_held(&self, keep: usize) -> Vec<(u64, String)> {
+        let mut guard = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let t = &mut *guard;
+        let excess = t.held.len().saturating_sub(keep);
+        let mut out = Vec::with_capacity(excess);
+        for _ in 0..excess {
+            let Some((ino, ())) = t.held.pop_lru() else {
+                break;
+            };
+            t.held.push(ino, ());
+            if let Some(e) = t.entries.get(&ino) {
+                out.push((e.parent, e.name.clone()));
+            }
+        }
+        out
     }
 
     /// Number of inodes currently known.
@@ -295,7 +329,7 @@ impl Inodes {
                     Some(node) => self.assign(ino, name, node, 0),
                     None => continue,
                 },
-                _ => self.assign_key(Key::Child(ino, name.clone()), name, None, 0),
+                _ => self.assign_key(Key::Child(ino, name.clone()), ino, name, None, 0),
             };
             out.push((child, next, file_type(*k), name.clone()));
         }
@@ -395,9 +429,40 @@ thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// How many looked-up names the kernel may hold before the least recently used are asked
+/// back: each keeps its node (a point, a file) in memory, and `find` over a large tree would
+/// otherwise hold them all for as long as the kernel's dentry cache does.
+const HELD_MAX: usize = 16 * 1024;
+
+/// Asks the kernel to drop the least recently used names beyond [`HELD_MAX`]; it then forgets
+/// their inodes (those still in use stay).
+pub struct Pruner(Weak<Inodes>);
+
+impl Pruner {
+    /// Runs on its own thread (a notification may wait for a folder lock that a request being
+    /// served holds) until the file system is dropped.
+    pub fn start(self, notifier: Notifier) {
+        let spawned = std::thread::Builder::new()
+            .name("inode-pruner".into())
+            .spawn(move || {
+                while let Some(inodes) = self.0.upgrade() {
+                    for (parent, name) in inodes.excess_held(HELD_MAX) {
+                        // ENOENT when the kernel dropped it already: nothing to do.
+                        let _ = notifier.inval_entry(INodeNo(parent), OsStr::new(&name));
+                    }
+                    drop(inodes);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the inode pruner: {e}");
+        }
+    }
+}
+
 /// The `fuser` filesystem: translation only.
 pub struct FuseFs {
-    inodes: Inodes,
+    inodes: Arc<Inodes>,
     dirs: DirHandles,
     cache: Arc<Cache>,
 }
@@ -406,10 +471,15 @@ impl FuseFs {
     /// Serves `root`; `cache` is only reported (its owners use it).
     pub fn new(root: Node, cache: Arc<Cache>) -> FuseFs {
         FuseFs {
-            inodes: Inodes::new(root),
+            inodes: Arc::new(Inodes::new(root)),
             dirs: DirHandles::default(),
             cache,
         }
+    }
+
+    /// What keeps the kernel's references to this file system's inodes bounded.
+    pub fn pruner(&self) -> Pruner {
+        Pruner(Arc::downgrade(&self.inodes))
     }
 
     fn fail(&self, op: &str, ino: u64, e: &Error) -> Errno {
@@ -830,6 +900,39 @@ mod tests {
         t.forget(held, 1);
         t.forget(again, 1);
         assert!(t.len() <= LISTED_MAX + 1);
+    }
+
+    #[test]
+    fn the_least_recently_looked_up_names_are_asked_back_first() {
+        let children: Vec<(String, Node)> = (0..10)
+            .map(|i| {
+                (
+                    format!("d{i}"),
+                    Node::Dir(StaticDir::new(attr(), Vec::new())),
+                )
+            })
+            .collect();
+        let t = Inodes::new(Node::Dir(StaticDir::new(attr(), children)));
+        let inos: Vec<u64> = (0..10)
+            .map(|i| t.lookup(ROOT, &format!("d{i}")).unwrap().0)
+            .collect();
+        t.lookup(ROOT, "d0").unwrap();
+        let names = |v: Vec<(u64, String)>| {
+            v.into_iter()
+                .map(|(p, n)| {
+                    assert_eq!(p, ROOT);
+                    n
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(t.excess_held(8)), ["d1", "d2"]);
+        // Asked once, they wait behind the others before being asked again.
+        assert_eq!(names(t.excess_held(8)), ["d3", "d4"]);
+        assert!(t.excess_held(10).is_empty());
+        t.forget(inos[0], 2);
+        t.forget(inos[1], 1);
+        assert_eq!(t.len(), 9);
+        assert_eq!(names(t.excess_held(7)), ["d5"]);
     }
 
     fn attr_of(n: &Node) -> FileAttr {

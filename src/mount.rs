@@ -101,6 +101,7 @@ pub fn mount(
 ) -> Result<()> {
     let root = cat.tree(args.as_of);
     let fs = FuseFs::new(root, Arc::clone(&cache));
+    let pruner = fs.pruner();
     let name = format!("restorefs:{}", args.source.display()).replace([',', ' '], "_");
     let mut config = Config::default();
     config.mount_options = vec![
@@ -129,6 +130,7 @@ pub fn mount(
     let session =
         Session::new(fs, mp, &config).map_err(|e| Error::io(mp, &e).context("mounting"))?;
     tune_readahead(mp);
+    pruner.start(session.notifier());
 
     let shutdown = Shutdown::new(mp, on_signal);
     ctrlc::set_handler(move || shutdown.signal())
