@@ -566,6 +566,171 @@ mod tests {
         assert_eq!(number(b"   1750 "), Ok(0o1750));
         assert_eq!(number(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]), Ok(256));
         assert!(number(b"12x4").is_err());
+        assert!(number(b"-0000001").is_err());
+        assert!(number(b"+0000001").is_err());
+        let max = [
+            0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ];
+        assert_eq!(number(&max), Ok(u64::MAX));
+        assert!(number(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(number(&[0xff; 12]).is_err(), "-1 is no size");
+        assert_eq!(signed(&[0xff; 12]), Ok(-1));
+        assert_eq!(
+            signed(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe]),
+            Ok(-2)
+        );
+        assert!(signed(&[0xbf; 12]).is_err());
+    }
+
+    /// An old-GNU header with a correct checksum; `size` is the raw 12-byte field.
+    fn header(name: &str, flag: u8, size: [u8; 12]) -> [u8; BLOCK] {
+        let mut h = [0u8; BLOCK];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..108].copy_from_slice(b"0000644\0");
+        h[108..116].copy_from_slice(b"0000000\0");
+        h[116..124].copy_from_slice(b"0000000\0");
+        h[124..136].copy_from_slice(&size);
+        h[136..148].copy_from_slice(b"14000000000\0");
+        h[156] = flag;
+        h[257..265].copy_from_slice(b"ustar  \0");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+
+    fn octal(n: u64) -> [u8; 12] {
+        let mut f = [0u8; 12];
+        f[..11].copy_from_slice(format!("{n:011o}").as_bytes());
+        f
+    }
+
+    const WIDE: Limits = Limits {
+        stream: 1 << 30,
+        memory: 1 << 30,
+    };
+
+    fn run(bytes: &[u8], limits: Limits) -> Result<Vec<Member>, TarError> {
+        let mut sink = Vec::new();
+        let r = index(&mut &bytes[..], &mut sink, limits);
+        if r.is_ok() {
+            assert_eq!(sink, bytes, "the kept stream is the whole stream");
+        }
+        r
+    }
+
+    /// `./`, then a 5-byte file `./a`, then the member under test at offset 2048.
+    fn archive_with(last: [u8; BLOCK], tail: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend(header("./", b'D', octal(4)));
+        v.extend(b"Ya\0\0".iter().chain(&[0u8; 508]));
+        v.extend(header("./a", b'0', octal(5)));
+        v.extend(b"hello".iter().chain(&[0u8; 507]));
+        v.extend(last);
+        v.extend(tail);
+        v
+    }
+
+    #[test]
+    fn a_good_archive_is_indexed() {
+        let mut bytes = archive_with(header("./b", b'2', octal(0)), &[]);
+        bytes.extend([0u8; 1024]);
+        let m = run(&bytes, WIDE).unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!((m[1].path.as_str(), m[1].offset, m[1].size), ("a", 1536, 5));
+        assert_eq!(
+            (m[2].header, &m[2].kind),
+            (2048, &Kind::Symlink(String::new()))
+        );
+        assert_eq!(m[1].mtime, 0o14000000000);
+    }
+
+    #[test]
+    fn bogus_sizes_are_errors_at_their_header() {
+        let mut max = [0xffu8; 12];
+        max[..4].copy_from_slice(&[0x80, 0, 0, 0]);
+        let mut big = [0u8; 12];
+        big[0] = 0x80;
+        big[4] = 0x80;
+        let cases: [(&str, [u8; 12]); 5] = [
+            ("2^64-1", max),
+            ("2^63", big),
+            ("-1", [0xff; 12]),
+            ("8 GiB", octal((8 << 30) - 1)),
+            ("not octal", *b"12x4\0\0\0\0\0\0\0\0"),
+        ];
+        for (what, size) in cases {
+            for flag in [b'0', b'L', b'D', b'x', b'V'] {
+                let bytes = archive_with(header("./big", flag, size), &[0u8; 4096]);
+                let e = run(&bytes, WIDE).unwrap_err();
+                assert_eq!(e.offset, 2048, "{what} {}: {}", flag as char, e.msg);
+                assert!(!e.over_bound, "{what}: {}", e.msg);
+            }
+        }
+        // A size that fits the bound but not the stream.
+        let bytes = archive_with(header("./big", b'0', octal(100_000)), &[7u8; 4096]);
+        let e = run(&bytes, WIDE).unwrap_err();
+        assert_eq!(e.offset, 2048);
+        assert!(e.msg.contains("100000 bytes"), "{}", e.msg);
+        // Links, folders, devices carry no data whatever their size field says.
+        let mut bytes = archive_with(header("./l", b'1', max), &[]);
+        bytes.extend([0u8; 1024]);
+        assert_eq!(run(&bytes, WIDE).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn damaged_headers_are_errors_at_their_offset() {
+        let mut h = header("./c", b'0', octal(0));
+        h[10] ^= 1;
+        let e = run(&archive_with(h, &[]), WIDE).unwrap_err();
+        assert_eq!(e.offset, 2048);
+        assert!(e.msg.contains("checksum"), "{}", e.msg);
+        let bytes = archive_with(header("./c", b'0', octal(0)), &[]);
+        let e = run(&bytes[..2300], WIDE).unwrap_err();
+        assert_eq!(e.offset, 2048);
+        assert!(e.msg.contains("truncated"), "{}", e.msg);
+        // Cut inside `./a`'s data: the error points at `./a`'s header.
+        let e = run(&bytes[..1800], WIDE).unwrap_err();
+        assert_eq!(e.offset, 1024);
+        assert!(e.msg.contains("truncated"), "{}", e.msg);
+    }
+
+    #[test]
+    fn streams_and_indexes_are_bounded() {
+        let bytes = archive_with(header("./c", b'0', octal(0)), &[0u8; 1 << 16]);
+        let e = run(
+            &bytes,
+            Limits {
+                stream: 4096,
+                memory: 1 << 30,
+            },
+        )
+        .unwrap_err();
+        assert!(e.over_bound && e.offset == 4096, "{e:?}");
+        // A member whose data alone passes the bound fails at its header.
+        let bytes = archive_with(header("./c", b'0', octal(8192)), &[0u8; 8192]);
+        let e = run(
+            &bytes,
+            Limits {
+                stream: 4096,
+                memory: 1 << 30,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.offset, 2048);
+        let mut many = Vec::new();
+        for i in 0..100 {
+            many.extend(header(&format!("./f{i}"), b'0', octal(0)));
+        }
+        let e = run(
+            &many,
+            Limits {
+                stream: 1 << 30,
+                memory: 4096,
+            },
+        )
+        .unwrap_err();
+        assert!(e.over_bound && e.msg.contains("memory"), "{e:?}");
     }
 
     #[test]
