@@ -133,20 +133,23 @@ pub fn index(
         // unknown types carry data; links, folders, devices and fifos do not.
         let stored = if matches!(flag, b'1'..=b'6') { 0 } else { size };
         let data_at = r.pos;
-        let fits = stored
+        let end = stored
             .checked_next_multiple_of(BLOCK as u64)
-            .and_then(|p| data_at.checked_add(p))
-            .is_some_and(|end| end <= limits.stream);
-        if !fits {
-            return Err(TarError::at(
-                at,
-                format!(
-                    "member {:?} declares {size} bytes of data, more than a level's stream may \
-                     hold ({} bytes): damaged header (or raise --cache-size)",
-                    header_name(&h),
-                    limits.stream
-                ),
-            ));
+            .and_then(|p| data_at.checked_add(p));
+        match end {
+            Some(end) if end <= limits.stream => {}
+            Some(_) if stored <= limits.stream => return Err(over_stream(at, limits.stream)),
+            _ => {
+                return Err(TarError::at(
+                    at,
+                    format!(
+                        "member {:?} declares {size} bytes of data, more than a level's stream \
+                         may hold ({} bytes): damaged header (or raise --cache-size)",
+                        header_name(&h),
+                        limits.stream
+                    ),
+                ));
+            }
         }
         let attrs = |m: &mut Member| {
             m.mode = field(&h[100..108]) & 0o7777;
@@ -291,6 +294,18 @@ fn field(f: &[u8]) -> u32 {
         .unwrap_or(0)
 }
 
+/// The stream passes `bound` at `offset`.
+fn over_stream(offset: u64, bound: u64) -> TarError {
+    TarError {
+        offset,
+        msg: format!(
+            "the level decompresses to more than {bound} bytes, the bound of one level \
+             (8 × --cache-size): a decompression bomb, or raise --cache-size"
+        ),
+        over_bound: true,
+    }
+}
+
 struct Reader<'a> {
     input: &'a mut dyn Read,
     sink: &'a mut dyn Write,
@@ -317,15 +332,7 @@ impl Reader<'_> {
             }
         }
         if self.pos.saturating_add(n as u64) > self.bound {
-            return Err(TarError {
-                offset: self.bound,
-                msg: format!(
-                    "the level decompresses to more than {} bytes, the bound of one level \
-                     (8 × --cache-size): a decompression bomb, or raise --cache-size",
-                    self.bound
-                ),
-                over_bound: true,
-            });
+            return Err(over_stream(self.bound, self.bound));
         }
         let got = buf.get(..n).unwrap_or_default();
         self.sink
@@ -707,17 +714,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.over_bound && e.offset == 4096, "{e:?}");
-        // A member whose data alone passes the bound fails at its header.
-        let bytes = archive_with(header("./c", b'0', octal(8192)), &[0u8; 8192]);
-        let e = run(
-            &bytes,
-            Limits {
-                stream: 4096,
-                memory: 1 << 30,
-            },
-        )
-        .unwrap_err();
-        assert_eq!(e.offset, 2048);
+        // A member whose data would pass the bound fails at its header: over the bound when
+        // its size could fit, damaged when it never could.
+        let small = Limits {
+            stream: 4096,
+            memory: 1 << 30,
+        };
+        for (size, over) in [(2048, true), (8192, false)] {
+            let bytes = archive_with(header("./c", b'0', octal(size)), &[0u8; 8192]);
+            let e = run(&bytes, small).unwrap_err();
+            assert!(e.over_bound == over && e.offset == 2048, "{e:?}");
+        }
         let mut many = Vec::new();
         for i in 0..100 {
             many.extend(header(&format!("./f{i}"), b'0', octal(0)));
