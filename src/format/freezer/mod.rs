@@ -487,8 +487,8 @@ impl Directory for TreeDir {
 /// One `<engine>/<host>_<name>` of a container.
 struct FreezerSet {
     points: Arc<Vec<Arc<Point>>>,
-    /// Per point: the levels it reads.
-    chains: Vec<(String, Vec<Arc<Level>>)>,
+    /// Per point: its tree (and through it the levels it reads).
+    chains: Vec<(String, Arc<TreeDir>)>,
     problem: Option<Error>,
     size: u64,
 }
@@ -549,18 +549,18 @@ impl FreezerSet {
                     .iter()
                     .map(|l| std::fs::metadata(&l.data).map_or(0, |m| m.len()))
                     .sum::<u64>();
-                chains.push((name.clone(), chain.clone()));
                 let mtime = time
                     .as_ref()
                     .map_or(SystemTime::UNIX_EPOCH, timefmt::to_system_time);
-                let dir = TreeDir {
+                let dir = Arc::new(TreeDir {
                     chain,
                     fallback: Attr::read_only(true, mtime),
                     root: OnceLock::new(),
-                };
+                });
+                chains.push((name.clone(), Arc::clone(&dir)));
                 vec![Exposed {
                     path: "files".into(),
-                    node: Node::Dir(Arc::new(dir)),
+                    node: Node::Dir(dir),
                     size: None,
                     sources,
                     error: None,
@@ -700,14 +700,23 @@ impl BackupSet for FreezerSet {
             .map(|p| {
                 let mut problems: Vec<Error> =
                     p.content.as_ref().err().cloned().into_iter().collect();
-                if let Some((_, chain)) = self.chains.iter().find(|c| c.0 == p.name) {
-                    for l in chain {
+                if let Some((_, tree)) = self.chains.iter().find(|c| c.0 == p.name) {
+                    for l in &tree.chain {
                         let e = decoded.entry(l.owner).or_insert_with(|| {
                             let r = l.members().err();
                             progress.inc(std::fs::metadata(&l.data).map_or(0, |m| m.len()));
                             r
                         });
                         problems.extend(e.clone());
+                    }
+                    // The tree too (its warnings are logged), built and dropped: kept for every
+                    // point at once it could take far more memory than a mount ever holds.
+                    if problems.is_empty() {
+                        let top = tree
+                            .chain
+                            .last()
+                            .map_or(Path::new(""), |l| l.data.as_path());
+                        problems.extend(no_panic(top, "building the tree", || tree.build()).err());
                     }
                 }
                 Check {
