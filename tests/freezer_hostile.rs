@@ -690,3 +690,51 @@ fn eight_threads_read_a_level_never_built() {
     assert_eq!(decodes(&log, &d0), 1, "{log}");
     assert_eq!(decodes(&log, &d1), 1, "{log}");
 }
+
+/// Skips an xz variable-length integer at `i`.
+fn skip_varint(b: &[u8], i: &mut usize) {
+    while b[*i] & 0x80 != 0 {
+        *i += 1;
+    }
+    *i += 1;
+}
+
+#[test]
+fn an_xz_header_asking_for_gigabytes_is_refused() {
+    let tmp = scratch();
+    let store = Store::new(tmp.path(), "xz");
+    let mut t = Tar::default();
+    t.dir("./", &["Ya"]);
+    t.file("./a", b"alpha\n");
+    let mut xz = compress("xz", &t.finish());
+    // The first block header follows the 12-byte stream header: raise its LZMA2 dictionary
+    // to 4 GiB (property 40) and fix the header's CRC32.
+    let start = 12;
+    let size = (usize::from(xz[start]) + 1) * 4;
+    let flags = xz[start + 1];
+    let mut i = start + 2;
+    if flags & 0x40 != 0 {
+        skip_varint(&xz, &mut i);
+    }
+    if flags & 0x80 != 0 {
+        skip_varint(&xz, &mut i);
+    }
+    assert_eq!((xz[i], xz[i + 1]), (0x21, 1), "an LZMA2 filter");
+    xz[i + 2] = 40;
+    let mut crc = flate2::Crc::new();
+    crc.update(&xz[start..start + size - 4]);
+    xz[start + size - 4..start + size].copy_from_slice(&crc.sum().to_le_bytes());
+    let data = store.put_raw(0, MTIME, &xz, false);
+    let o = export(
+        &store,
+        &format!("{SET}/latest/files"),
+        &tmp.path().join("out"),
+        &[],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(data.to_str().unwrap()) && err.contains("memory"),
+        "{err}"
+    );
+}
