@@ -7,6 +7,11 @@
 //! decompressed once, front to back, when a point that needs it is first opened; its tar index is
 //! kept, and the decompressed stream goes to the shared cache (or the scratch folder when large)
 //! so that file reads are plain reads from then on.
+//!
+//! Backups are untrusted: a level may decompress to at most 8 × `--cache-size` (the scratch
+//! folder's share), its index and a point's tree take at most `--cache-size` of memory (128 MiB
+//! at least), and members tar would refuse (`..`, over-long names, the root as a file) are left
+//! out with a warning naming the level's data file and the member's offset.
 
 mod stream;
 mod tar;
@@ -140,6 +145,9 @@ fn find_backups(dir: &Path, hbn: &str, depth: usize, out: &mut Vec<(String, Back
         find_backups(&sub, &deeper, depth + 1, out);
     }
 }
+
+/// Most warnings logged about one point's members (a hostile level can hold millions).
+const MAX_WARNINGS: usize = 100;
 
 /// Least memory a level's index, a point's tree and the xz decoder may take, whatever the cache
 /// size: xz's largest preset dictionary (64 MiB) must fit.
@@ -379,12 +387,19 @@ impl TreeDir {
                 ),
             )
         })?;
-        for n in &notes {
+        for n in notes.iter().take(MAX_WARNINGS) {
             log::warn!(
                 "{}: at offset {} of the decompressed tar stream: {}",
                 level_file(n.level).display(),
                 n.header,
                 n.msg
+            );
+        }
+        if notes.len() > MAX_WARNINGS {
+            log::warn!(
+                "{}: {} more warnings about this point's members not shown",
+                level_file(self.chain.len().saturating_sub(1)).display(),
+                notes.len() - MAX_WARNINGS
             );
         }
         // Hard links: one node per member, however many paths.

@@ -144,6 +144,18 @@ fn charge(used: &mut u64, max: u64, bytes: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// A name as notes show it: at most 200 bytes (a hostile one can be megabytes).
+fn shown(name: &str) -> String {
+    if name.len() <= 200 {
+        return name.to_owned();
+    }
+    let mut end = 200;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", name.get(..end).unwrap_or_default())
+}
+
 /// How many levels of folders are below `n` (0 for a file).
 fn height(n: &TNode) -> usize {
     match n {
@@ -229,7 +241,7 @@ impl Tree {
     }
 
     fn apply(&mut self, level: usize, index: usize, m: &Member) -> Result<(), String> {
-        let left_out = |why: String| format!("left out {:?}: {why}", m.path);
+        let left_out = |why: String| format!("left out {:?}: {why}", shown(&m.path));
         let p = parts(&m.path).map_err(left_out)?;
         match &m.kind {
             Kind::Dumpdir(records) => {
@@ -272,7 +284,8 @@ impl Tree {
                     }
                     _ => {
                         return Err(left_out(format!(
-                            "hard link to {target:?}, which is not an earlier file"
+                            "hard link to {:?}, which is not an earlier file",
+                            shown(target)
                         )));
                     }
                 }
@@ -287,7 +300,7 @@ impl Tree {
         if m.path.starts_with('/') {
             return Err(format!(
                 "{:?}: leading '/' removed from the member name, as tar does",
-                m.path
+                shown(&m.path)
             ));
         }
         Ok(())
@@ -320,7 +333,11 @@ impl Tree {
                         self.notes.push(Note {
                             level,
                             header,
-                            msg: format!("rename {old:?} to {new:?} left out: {msg}"),
+                            msg: format!(
+                                "rename {:?} to {:?} left out: {msg}",
+                                shown(&old),
+                                shown(new)
+                            ),
                         });
                     }
                 }
@@ -569,6 +586,8 @@ mod tests {
         let (t, notes) = build(&[&l0], u64::MAX).unwrap();
         assert_eq!(list(&t), ["ok/", "ok/abs=0.13", "ok/fine=0.12"]);
         assert_eq!(notes.len(), 13, "{notes:#?}");
+        // Hostile names are cut short in notes.
+        assert!(notes.iter().all(|n| n.msg.len() < 600), "{notes:#?}");
     }
 
     #[test]
