@@ -7,6 +7,11 @@
 //! decompressed once, front to back, when a point that needs it is first opened; its tar index is
 //! kept, and the decompressed stream goes to the shared cache (or the scratch folder when large)
 //! so that file reads are plain reads from then on.
+//!
+//! Backups are untrusted: a level may decompress to at most 8 × `--cache-size` (the scratch
+//! folder's share), its index and a point's tree take at most `--cache-size` of memory (128 MiB
+//! at least), and members tar would refuse (`..`, over-long names, the root as a file) are left
+//! out with a warning naming the level's data file and the member's offset.
 
 mod stream;
 mod tar;
@@ -109,7 +114,8 @@ fn find_backups(dir: &Path, hbn: &str, depth: usize, out: &mut Vec<(String, Back
                 let Some((level, ts)) = lv.split_once('_') else {
                     continue;
                 };
-                let (Some(level), Some(ts)) = (digits(level), digits(ts)) else {
+                let level = digits(level).and_then(|l| u32::try_from(l).ok());
+                let (Some(level), Some(ts)) = (level, digits(ts)) else {
                     continue;
                 };
                 any = true;
@@ -120,7 +126,7 @@ fn find_backups(dir: &Path, hbn: &str, depth: usize, out: &mut Vec<(String, Back
                         hbn.to_owned(),
                         Backup {
                             l0,
-                            level: level as u32,
+                            level,
                             ts,
                             rel: format!("{name}/{lv}"),
                         },
@@ -140,6 +146,36 @@ fn find_backups(dir: &Path, hbn: &str, depth: usize, out: &mut Vec<(String, Back
     }
 }
 
+/// Most warnings logged about one point's members (a hostile level can hold millions).
+const MAX_WARNINGS: usize = 100;
+
+/// Least memory a level's index, a point's tree and the xz decoder may take, whatever the cache
+/// size: xz's largest preset dictionary (64 MiB) must fit.
+const MIN_MEMORY: u64 = 128 << 20;
+
+/// What one level may take. Its decompressed stream at most 8 × the cache's capacity: a stream
+/// kept in the scratch folder is charged an eighth of its size (`Rebuilt::cost`), so one larger
+/// would push the cache past its bound alone. Its index, a tree and the xz decoder at most the
+/// capacity in memory.
+fn limits(cache: &Cache) -> tar::Limits {
+    tar::Limits {
+        stream: cache.capacity().saturating_mul(8),
+        memory: cache.capacity().max(MIN_MEMORY),
+    }
+}
+
+/// Runs `f`, turning a panic (a bug, never expected) into an error about `file`, so that the
+/// failure is remembered like any other and never repeated.
+fn no_panic<T>(file: &Path, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(Error::corrupt(
+            file,
+            0,
+            format!("internal error (a bug) while {what}"),
+        ))
+    })
+}
+
 /// One level's stream, decoded on first use and shared by every point that needs it.
 struct Level {
     data: PathBuf,
@@ -148,6 +184,8 @@ struct Level {
     cache: Arc<Cache>,
     work: Arc<WorkDir>,
     owner: u64,
+    /// The tar index, or why the level cannot be read: decided by the first decode and served
+    /// from then on (a failure is never recomputed).
     members: OnceLock<std::result::Result<Arc<Vec<Member>>, Error>>,
 }
 
@@ -157,7 +195,10 @@ impl Level {
         if let Some(m) = self.members.get() {
             return m.clone();
         }
-        self.data()?;
+        if let Err(e) = self.data() {
+            // Decoding sets the index; this covers a failure before it could.
+            let _ = self.members.set(Err(e));
+        }
         self.members
             .get()
             .cloned()
@@ -171,7 +212,13 @@ impl Level {
             index: 0,
         };
         let cell = self.cache.get_or_insert(key, 0, RebuiltCell::default);
-        let built = cell.once.get_or_init(|| self.decode());
+        let built = cell.once.get_or_init(|| {
+            let r = no_panic(&self.data, "decoding the level", || self.decode());
+            if let Err(e) = &r {
+                let _ = self.members.set(Err(e.clone()));
+            }
+            r
+        });
         match built {
             Ok(r) => {
                 self.cache.set_cost(key, r.cost());
@@ -182,30 +229,45 @@ impl Level {
     }
 
     fn decode(&self) -> Result<Rebuilt> {
+        log::info!("{}: decoding the level", self.data.display());
+        let limits = limits(&self.cache);
         let path = self.work.file("tar")?;
         let mut input = stream::open(
             &self.data,
             &self.compression,
             self.password.as_deref().map(Vec::as_slice),
+            limits.memory,
         )?;
         let out = std::fs::File::create(&path).map_err(|e| Error::io(&path, &e))?;
         let mut sink = std::io::BufWriter::with_capacity(1 << 20, out);
-        let indexed = tar::index(&mut input, &mut sink);
+        let indexed = tar::index(&mut input, &mut sink, limits);
         let flushed = std::io::Write::flush(&mut sink);
+        drop(sink);
         let members = match indexed {
             Ok(m) => m,
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
-                let err = Error::corrupt(
-                    &self.data,
-                    e.offset,
-                    format!("in the decompressed tar stream: {}", e.msg),
-                );
-                let _ = self.members.set(Err(err.clone()));
-                return Err(err);
+                return Err(if e.over_bound {
+                    Error::unsupported(
+                        &self.data,
+                        format!(
+                            "at offset {} of the decompressed tar stream: {}",
+                            e.offset, e.msg
+                        ),
+                    )
+                } else {
+                    Error::corrupt(
+                        &self.data,
+                        e.offset,
+                        format!("in the decompressed tar stream: {}", e.msg),
+                    )
+                });
             }
         };
-        flushed.map_err(|e| Error::io(&path, &e))?;
+        if let Err(e) = flushed {
+            let _ = std::fs::remove_file(&path);
+            return Err(Error::io(&path, &e));
+        }
         let _ = self.members.set(Ok(Arc::new(members)));
         Rebuilt::take(path, self.cache.capacity() / 4)
     }
@@ -238,8 +300,21 @@ impl FileNode for TarFile {
         if offset >= self.size {
             return Ok(0);
         }
-        let n = buf.len().min((self.size - offset) as usize);
-        self.level.read(self.offset + offset, &mut buf[..n])
+        let n = buf
+            .len()
+            .min(usize::try_from(self.size - offset).unwrap_or(usize::MAX));
+        let at = self.offset.saturating_add(offset);
+        let want = buf.get_mut(..n).unwrap_or_default();
+        let got = self.level.read(at, want)?;
+        if got < n {
+            // The index was made from this very stream: only a changed backup file gets here.
+            return Err(Error::corrupt(
+                &self.level.data,
+                at.saturating_add(got as u64),
+                "the decompressed tar stream ends inside a member's data",
+            ));
+        }
+        Ok(got)
     }
 
     fn nlink(&self) -> u32 {
@@ -252,11 +327,17 @@ impl FileNode for TarFile {
 }
 
 fn attr_of(m: &tree::Meta) -> Attr {
+    let secs = Duration::from_secs(m.mtime.unsigned_abs());
+    let mtime = if m.mtime >= 0 {
+        UNIX_EPOCH.checked_add(secs)
+    } else {
+        UNIX_EPOCH.checked_sub(secs)
+    };
     Attr {
         perm: (m.mode & 0o7777) as u16,
         uid: m.uid,
         gid: m.gid,
-        mtime: UNIX_EPOCH + Duration::from_secs(m.mtime.max(0) as u64),
+        mtime: mtime.unwrap_or(UNIX_EPOCH),
     }
 }
 
@@ -264,12 +345,21 @@ fn attr_of(m: &tree::Meta) -> Attr {
 struct TreeDir {
     chain: Vec<Arc<Level>>,
     fallback: Attr,
+    /// The tree, or why it cannot be built: decided once.
     root: OnceLock<Result<Arc<dyn Directory>>>,
 }
 
 impl TreeDir {
     fn root(&self) -> Result<Arc<dyn Directory>> {
-        self.root.get_or_init(|| self.build()).clone()
+        self.root
+            .get_or_init(|| {
+                let top = self
+                    .chain
+                    .last()
+                    .map_or(Path::new(""), |l| l.data.as_path());
+                no_panic(top, "building the tree", || self.build())
+            })
+            .clone()
     }
 
     fn build(&self) -> Result<Arc<dyn Directory>> {
@@ -279,25 +369,47 @@ impl TreeDir {
             .map(|l| l.members())
             .collect::<Result<_>>()?;
         let refs: Vec<&[Member]> = members.iter().map(|m| m.as_slice()).collect();
-        let (root, notes) = tree::build(&refs);
-        for n in &notes {
+        let level_file = |i: usize| {
+            self.chain
+                .get(i)
+                .map_or(Path::new(""), |l| l.data.as_path())
+        };
+        let max = self
+            .chain
+            .first()
+            .map_or(MIN_MEMORY, |l| limits(&l.cache).memory);
+        let (root, notes) = tree::build(&refs, max).map_err(|n| {
+            Error::unsupported(
+                level_file(n.level),
+                format!(
+                    "at offset {} of the decompressed tar stream: {}",
+                    n.header, n.msg
+                ),
+            )
+        })?;
+        for n in notes.iter().take(MAX_WARNINGS) {
             log::warn!(
-                "{}: {n}",
-                self.chain
-                    .last()
-                    .map_or(Path::new(""), |l| l.data.as_path())
-                    .display()
+                "{}: at offset {} of the decompressed tar stream: {}",
+                level_file(n.level).display(),
+                n.header,
+                n.msg
+            );
+        }
+        if notes.len() > MAX_WARNINGS {
+            log::warn!(
+                "{}: {} more warnings about this point's members not shown",
+                level_file(self.chain.len().saturating_sub(1)).display(),
+                notes.len() - MAX_WARNINGS
             );
         }
         // Hard links: one node per member, however many paths.
         let mut links: HashMap<FileId, u32> = HashMap::new();
         count_links(&root, &mut links);
         let mut files: HashMap<FileId, Arc<TarFile>> = HashMap::new();
-        let node = self.to_node(&root, &members, &links, &mut files);
-        match node {
+        match self.to_node(&root, &members, &links, &mut files)? {
             Node::Dir(d) => Ok(d),
             _ => Err(Error::corrupt(
-                &self.chain[0].data,
+                level_file(0),
                 0,
                 "the archive's root is not a folder",
             )),
@@ -310,13 +422,13 @@ impl TreeDir {
         members: &[Arc<Vec<Member>>],
         links: &HashMap<FileId, u32>,
         files: &mut HashMap<FileId, Arc<TarFile>>,
-    ) -> Node {
-        match n {
+    ) -> Result<Node> {
+        Ok(match n {
             TNode::Dir(meta, children) => {
                 let entries = children
                     .iter()
-                    .map(|(name, c)| (name.clone(), self.to_node(c, members, links, files)))
-                    .collect();
+                    .map(|(name, c)| Ok((name.clone(), self.to_node(c, members, links, files)?)))
+                    .collect::<Result<_>>()?;
                 Node::Dir(StaticDir::new(attr_of(meta), entries))
             }
             TNode::Symlink(meta, target) => Node::Symlink(Arc::new(Symlink {
@@ -327,31 +439,44 @@ impl TreeDir {
                 },
             })),
             TNode::File(id) => {
-                let f = files.entry(*id).or_insert_with(|| {
-                    let m = &members[id.0][id.1];
-                    Arc::new(TarFile {
-                        level: Arc::clone(&self.chain[id.0]),
-                        offset: m.offset,
-                        size: m.size,
-                        nlink: links.get(id).copied().unwrap_or(1),
-                        attr: attr_of(&tree::Meta {
-                            mode: m.mode,
-                            uid: m.uid,
-                            gid: m.gid,
-                            mtime: m.mtime,
-                        }),
-                    })
+                if let Some(f) = files.get(id) {
+                    return Ok(Node::File(Arc::clone(f) as Arc<dyn FileNode>));
+                }
+                let (Some(m), Some(level)) = (
+                    members.get(id.0).and_then(|l| l.get(id.1)),
+                    self.chain.get(id.0),
+                ) else {
+                    return Err(Error::not_found(format!(
+                        "internal: member {} of level {} is missing",
+                        id.1, id.0
+                    )));
+                };
+                let f = Arc::new(TarFile {
+                    level: Arc::clone(level),
+                    offset: m.offset,
+                    size: m.size,
+                    nlink: links.get(id).copied().unwrap_or(1),
+                    attr: attr_of(&tree::Meta {
+                        mode: m.mode,
+                        uid: m.uid,
+                        gid: m.gid,
+                        mtime: m.mtime,
+                    }),
                 });
-                Node::File(Arc::clone(f) as Arc<dyn FileNode>)
+                files.insert(*id, Arc::clone(&f));
+                Node::File(f as Arc<dyn FileNode>)
             }
-        }
+        })
     }
 }
 
 fn count_links(n: &TNode, links: &mut HashMap<FileId, u32>) {
     match n {
         TNode::Dir(_, c) => c.values().for_each(|c| count_links(c, links)),
-        TNode::File(id) => *links.entry(*id).or_default() += 1,
+        TNode::File(id) => {
+            let n = links.entry(*id).or_default();
+            *n = n.saturating_add(1);
+        }
         TNode::Symlink(..) => {}
     }
 }
@@ -377,8 +502,8 @@ impl Directory for TreeDir {
 /// One `<engine>/<host>_<name>` of a container.
 struct FreezerSet {
     points: Arc<Vec<Arc<Point>>>,
-    /// Per point: the levels it reads.
-    chains: Vec<(String, Vec<Arc<Level>>)>,
+    /// Per point: its tree (and through it the levels it reads).
+    chains: Vec<(String, Arc<TreeDir>)>,
     problem: Option<Error>,
     size: u64,
 }
@@ -421,10 +546,9 @@ impl FreezerSet {
             ids.insert("level".into(), json!(b.level));
             ids.insert("timestamp".into(), json!(b.ts));
             ids.insert("level0_timestamp".into(), json!(b.l0));
-            let chain = if problem.is_some() {
-                Err(problem.clone().expect("checked"))
-            } else {
-                chain_of(&list, &levels, i, &meta_dir)
+            let chain = match &problem {
+                Some(p) => Err(p.clone()),
+                None => chain_of(&list, &levels, i, &meta_dir),
             };
             let content = chain.map(|c| {
                 let sources: Vec<String> = c
@@ -433,24 +557,25 @@ impl FreezerSet {
                     .collect();
                 let chain: Vec<Arc<Level>> = c
                     .iter()
-                    .map(|&j| Arc::clone(&levels[j].as_ref().expect("chain members load").0))
+                    // `chain_of` checked that every level of the chain loaded.
+                    .filter_map(|&j| levels.get(j)?.as_ref().ok().map(|l| Arc::clone(&l.0)))
                     .collect();
                 size += chain
                     .iter()
                     .map(|l| std::fs::metadata(&l.data).map_or(0, |m| m.len()))
                     .sum::<u64>();
-                chains.push((name.clone(), chain.clone()));
                 let mtime = time
                     .as_ref()
                     .map_or(SystemTime::UNIX_EPOCH, timefmt::to_system_time);
-                let dir = TreeDir {
+                let dir = Arc::new(TreeDir {
                     chain,
                     fallback: Attr::read_only(true, mtime),
                     root: OnceLock::new(),
-                };
+                });
+                chains.push((name.clone(), Arc::clone(&dir)));
                 vec![Exposed {
                     path: "files".into(),
-                    node: Node::Dir(Arc::new(dir)),
+                    node: Node::Dir(dir),
                     size: None,
                     sources,
                     error: None,
@@ -590,14 +715,23 @@ impl BackupSet for FreezerSet {
             .map(|p| {
                 let mut problems: Vec<Error> =
                     p.content.as_ref().err().cloned().into_iter().collect();
-                if let Some((_, chain)) = self.chains.iter().find(|c| c.0 == p.name) {
-                    for l in chain {
+                if let Some((_, tree)) = self.chains.iter().find(|c| c.0 == p.name) {
+                    for l in &tree.chain {
                         let e = decoded.entry(l.owner).or_insert_with(|| {
                             let r = l.members().err();
                             progress.inc(std::fs::metadata(&l.data).map_or(0, |m| m.len()));
                             r
                         });
                         problems.extend(e.clone());
+                    }
+                    // The tree too (its warnings are logged), built and dropped: kept for every
+                    // point at once it could take far more memory than a mount ever holds.
+                    if problems.is_empty() {
+                        let top = tree
+                            .chain
+                            .last()
+                            .map_or(Path::new(""), |l| l.data.as_path());
+                        problems.extend(no_panic(top, "building the tree", || tree.build()).err());
                     }
                 }
                 Check {

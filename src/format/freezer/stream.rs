@@ -17,18 +17,21 @@ use crate::error::{Error, Result};
 /// The first bytes each compressor writes.
 fn magic(compression: &str) -> Option<&'static [u8]> {
     match compression {
-        "gzip" => Some(&[0x1f, 0x8b]),
+        // gzip's magic and its only method (deflate); bzip2's with its Huffman-coded version.
+        "gzip" => Some(&[0x1f, 0x8b, 0x08]),
         "bzip2" => Some(b"BZh"),
         "xz" => Some(&[0xfd, b'7', b'z', b'X', b'Z', 0]),
         _ => None,
     }
 }
 
-/// Opens `path` and returns the decompressed (and decrypted) tar stream.
+/// Opens `path` and returns the decompressed (and decrypted) tar stream; the xz decoder may
+/// take at most `memory` bytes (an xz header can ask for a dictionary of gigabytes).
 pub fn open(
     path: &Path,
     compression: &str,
     password: Option<&[u8]>,
+    memory: u64,
 ) -> Result<Box<dyn Read + Send>> {
     let Some(want) = magic(compression) else {
         return Err(Error::unsupported(
@@ -48,9 +51,10 @@ pub fn open(
         "bzip2" => Box::new(bzip2::read::MultiBzDecoder::new(
             io::BufReader::with_capacity(1 << 16, plain),
         )),
-        _ => Box::new(lzma_rust2::XzReader::new(
+        _ => Box::new(lzma_rust2::XzReader::new_mem_limit(
             io::BufReader::with_capacity(1 << 16, plain),
             true,
+            u32::try_from(memory / 1024).unwrap_or(u32::MAX - 1),
         )),
     })
 }
@@ -83,7 +87,10 @@ struct CfbReader<R> {
 impl<R: Read> Read for CfbReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.dec.decrypt(&mut buf[..n]);
+        let Some(got) = buf.get_mut(..n) else {
+            return Err(io::Error::other("a reader returned more bytes than asked"));
+        };
+        self.dec.decrypt(got);
         Ok(n)
     }
 }
@@ -112,13 +119,14 @@ fn decrypt(
     first.truncate(n);
     for derive in [bytes_to_key::<Sha256>, bytes_to_key::<Md5>] {
         let (key, iv) = derive(password, &salt);
-        let mut dec =
-            BufDecryptor::<Aes256>::new_from_slices(&key, &iv).expect("32-byte key, 16-byte IV");
+        let cipher = || {
+            BufDecryptor::<Aes256>::new_from_slices(&key, &iv)
+                .map_err(|e| Error::corrupt(path, 8, format!("cannot set up AES: {e}")))
+        };
         let mut probe = first.clone();
-        dec.decrypt(&mut probe);
+        cipher()?.decrypt(&mut probe);
         if probe.starts_with(want) {
-            let dec = BufDecryptor::<Aes256>::new_from_slices(&key, &iv)
-                .expect("32-byte key, 16-byte IV");
+            let dec = cipher()?;
             return Ok(CfbReader {
                 inner: io::Cursor::new(first).chain(file),
                 dec,

@@ -61,25 +61,57 @@ pub struct Member {
     pub size: u64,
     /// Offset of a regular file's data in the (decompressed) tar stream.
     pub offset: u64,
+    /// Offset of the member's header in that stream (where warnings about it point).
+    pub header: u64,
 }
 
 /// A tar stream that could not be read: where, and why.
 #[derive(Debug)]
 pub struct TarError {
-    /// Offset in the tar stream.
+    /// Offset in the tar stream (of the header, when a member is at fault).
     pub offset: u64,
     /// What is wrong.
     pub msg: String,
+    /// Whether a resource bound was hit (the stream may be fine, just too large).
+    pub over_bound: bool,
 }
 
+impl TarError {
+    fn at(offset: u64, msg: impl Into<String>) -> TarError {
+        TarError {
+            offset,
+            msg: msg.into(),
+            over_bound: false,
+        }
+    }
+}
+
+/// What one level may take, so that a hostile stream cannot fill the disk or memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most bytes of decompressed stream (kept in the scratch folder).
+    pub stream: u64,
+    /// Most bytes the member index may take in memory (estimated).
+    pub memory: u64,
+}
+
+/// Largest name, link or pax member read into memory.
+const MAX_META: u64 = 64 << 20;
+
 /// Reads the whole archive from `input`, copying every byte read into `sink`.
-pub fn index(input: &mut dyn Read, sink: &mut dyn Write) -> Result<Vec<Member>, TarError> {
+pub fn index(
+    input: &mut dyn Read,
+    sink: &mut dyn Write,
+    limits: Limits,
+) -> Result<Vec<Member>, TarError> {
     let mut r = Reader {
         input,
         sink,
         pos: 0,
+        bound: limits.stream,
     };
     let mut members = Vec::new();
+    let mut memory = 0u64;
     let mut long_name: Option<String> = None;
     let mut long_link: Option<String> = None;
     let mut pax_path: Option<String> = None;
@@ -93,15 +125,39 @@ pub fn index(input: &mut dyn Read, sink: &mut dyn Write) -> Result<Vec<Member>, 
         if h.iter().all(|&b| b == 0) {
             break;
         }
-        check_sum(&h).map_err(|msg| TarError { offset: at, msg })?;
+        check_sum(&h).map_err(|msg| TarError::at(at, msg))?;
         let flag = h[156];
-        let size = number(&h[124..136]).map_err(|m| TarError {
-            offset: at,
-            msg: format!("size field: {m}"),
-        })?;
-        let field = |range: std::ops::Range<usize>| number(&h[range]).unwrap_or(0);
+        let size = number(&h[124..136])
+            .map_err(|m| TarError::at(at, format!("size field: {m}: damaged header")))?;
+        // Regular files, GNU's name/dumpdir members, pax headers and (as tar extracts them)
+        // unknown types carry data; links, folders, devices and fifos do not.
+        let stored = if matches!(flag, b'1'..=b'6') { 0 } else { size };
         let data_at = r.pos;
-        match flag {
+        let end = stored
+            .checked_next_multiple_of(BLOCK as u64)
+            .and_then(|p| data_at.checked_add(p));
+        match end {
+            Some(end) if end <= limits.stream => {}
+            Some(_) if stored <= limits.stream => return Err(over_stream(at, limits.stream)),
+            _ => {
+                return Err(TarError::at(
+                    at,
+                    format!(
+                        "member {:?} declares {size} bytes of data, more than a level's stream \
+                         may hold ({} bytes): damaged header (or raise --cache-size)",
+                        header_name(&h),
+                        limits.stream
+                    ),
+                ));
+            }
+        }
+        let attrs = |m: &mut Member| {
+            m.mode = field(&h[100..108]) & 0o7777;
+            m.uid = field(&h[108..116]);
+            m.gid = field(&h[116..124]);
+            m.mtime = signed(&h[136..148]).unwrap_or(0);
+        };
+        let member = match flag {
             b'L' | b'K' | b'x' | b'g' | b'D' => {
                 let data = r.data(size, at)?;
                 match flag {
@@ -124,88 +180,164 @@ pub fn index(input: &mut dyn Read, sink: &mut dyn Write) -> Result<Vec<Member>, 
                             .unwrap_or_else(|| header_name(&h));
                         long_link = None;
                         pax_link = None;
-                        members.push(Member {
-                            path: clean(&name),
-                            kind: Kind::Dumpdir(dumpdir(&data)),
-                            mode: field(100..108) as u32 & 0o7777,
-                            uid: field(108..116) as u32,
-                            gid: field(116..124) as u32,
-                            mtime: field(136..148) as i64,
-                            size: 0,
-                            offset: data_at,
-                        });
+                        let mut m = Member::new(clean(&name), Kind::Dumpdir(dumpdir(&data)), at);
+                        attrs(&mut m);
+                        m.offset = data_at;
+                        members.push(m);
                     }
                 }
-                continue;
+                None
             }
-            _ => {}
+            _ => {
+                let name = pax_path
+                    .take()
+                    .or(long_name.take())
+                    .unwrap_or_else(|| header_name(&h));
+                let link = pax_link
+                    .take()
+                    .or(long_link.take())
+                    .unwrap_or_else(|| c_string(&h[157..257]));
+                let kind = match flag {
+                    b'0' | 0 | b'7' => Kind::File,
+                    b'1' => Kind::Hardlink(clean(&link)),
+                    b'2' => Kind::Symlink(link),
+                    b'5' => Kind::Dir,
+                    b'S' => {
+                        return Err(TarError::at(
+                            at,
+                            "sparse members (type S) are not supported",
+                        ));
+                    }
+                    other => Kind::Other(other),
+                };
+                let mut m = Member::new(clean(&name), kind, at);
+                attrs(&mut m);
+                m.offset = data_at;
+                if m.kind == Kind::File {
+                    m.size = stored;
+                }
+                r.skip(stored, at)?;
+                Some(m)
+            }
+        };
+        if let Some(m) = member {
+            members.push(m);
         }
-        let name = pax_path
-            .take()
-            .or(long_name.take())
-            .unwrap_or_else(|| header_name(&h));
-        let link = pax_link
-            .take()
-            .or(long_link.take())
-            .unwrap_or_else(|| c_string(&h[157..257]));
-        let kind = match flag {
-            b'0' | 0 | b'7' => Kind::File,
-            b'1' => Kind::Hardlink(clean(&link)),
-            b'2' => Kind::Symlink(link),
-            b'5' => Kind::Dir,
-            b'S' => {
+        if let Some(m) = members.last().filter(|m| m.header == at) {
+            memory = memory.saturating_add(m.memory());
+            if memory > limits.memory {
                 return Err(TarError {
                     offset: at,
-                    msg: "sparse members (type S) are not supported".into(),
+                    msg: format!(
+                        "the level's member index needs more than {} bytes of memory: too many \
+                         or too long names (raise --cache-size if the backup is genuine)",
+                        limits.memory
+                    ),
+                    over_bound: true,
                 });
             }
-            other => Kind::Other(other),
-        };
-        // Only regular files (and old-style dirs with no data) carry data after the header.
-        let stored = if kind == Kind::File { size } else { 0 };
-        members.push(Member {
-            path: clean(&name),
-            kind,
-            mode: field(100..108) as u32 & 0o7777,
-            uid: field(108..116) as u32,
-            gid: field(116..124) as u32,
-            mtime: field(136..148) as i64,
-            size: stored,
-            offset: data_at,
-        });
-        r.skip(stored, at)?;
+        }
     }
     // Copy the rest (end blocks, padding) so the kept stream is whole.
     r.drain()?;
     Ok(members)
 }
 
+impl Member {
+    fn new(path: String, kind: Kind, header: u64) -> Member {
+        Member {
+            path,
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            size: 0,
+            offset: 0,
+            header,
+        }
+    }
+
+    /// Estimated bytes this member takes in memory.
+    fn memory(&self) -> u64 {
+        let strings = match &self.kind {
+            Kind::Hardlink(s) | Kind::Symlink(s) => s.len(),
+            Kind::Dumpdir(records) => records
+                .iter()
+                .map(|r| std::mem::size_of::<Record>() + r.name().len())
+                .sum(),
+            _ => 0,
+        };
+        (std::mem::size_of::<Member>() + self.path.len() + strings) as u64
+    }
+}
+
+impl Record {
+    /// The name or path the record carries.
+    pub fn name(&self) -> &str {
+        match self {
+            Record::Stored(n)
+            | Record::Unchanged(n)
+            | Record::Dir(n)
+            | Record::RenameFrom(n)
+            | Record::RenameTo(n)
+            | Record::Temp(n) => n,
+        }
+    }
+}
+
+/// A numeric attribute field as `u32`; unreadable or out-of-range values read as 0.
+fn field(f: &[u8]) -> u32 {
+    number(f)
+        .ok()
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(0)
+}
+
+/// The stream passes `bound` at `offset`.
+fn over_stream(offset: u64, bound: u64) -> TarError {
+    TarError {
+        offset,
+        msg: format!(
+            "the level decompresses to more than {bound} bytes, the bound of one level \
+             (8 × --cache-size): a decompression bomb, or raise --cache-size"
+        ),
+        over_bound: true,
+    }
+}
+
 struct Reader<'a> {
     input: &'a mut dyn Read,
     sink: &'a mut dyn Write,
     pos: u64,
+    /// Most bytes the stream may have.
+    bound: u64,
 }
 
 impl Reader<'_> {
     fn fill(&mut self, buf: &mut [u8]) -> Result<usize, TarError> {
         let mut n = 0;
         while n < buf.len() {
-            match self.input.read(&mut buf[n..]) {
+            let Some(rest) = buf.get_mut(n..) else { break };
+            match self.input.read(rest) {
                 Ok(0) => break,
-                Ok(k) => n += k,
+                Ok(k) => n = n.saturating_add(k).min(buf.len()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    return Err(TarError {
-                        offset: self.pos + n as u64,
-                        msg: format!("cannot decode the stream: {e}"),
-                    });
+                    return Err(TarError::at(
+                        self.pos.saturating_add(n as u64),
+                        format!("cannot decode the stream: {e}"),
+                    ));
                 }
             }
         }
-        self.sink.write_all(&buf[..n]).map_err(|e| TarError {
-            offset: self.pos,
-            msg: format!("cannot keep the decoded stream: {e}"),
-        })?;
+        if self.pos.saturating_add(n as u64) > self.bound {
+            return Err(over_stream(self.bound, self.bound));
+        }
+        let got = buf.get(..n).unwrap_or_default();
+        self.sink
+            .write_all(got)
+            .map_err(|e| TarError::at(self.pos, format!("cannot keep the decoded stream: {e}")))?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -216,41 +348,45 @@ impl Reader<'_> {
         match self.fill(&mut b)? {
             0 => Ok(None),
             BLOCK => Ok(Some(b)),
-            n => Err(TarError {
-                offset: self.pos - n as u64,
-                msg: format!("the stream ends inside a header ({n} of {BLOCK} bytes): truncated"),
-            }),
+            n => Err(TarError::at(
+                self.pos - n as u64,
+                format!("the stream ends inside a header ({n} of {BLOCK} bytes): truncated"),
+            )),
         }
-    }
-
-    fn padded(size: u64) -> u64 {
-        size.div_ceil(BLOCK as u64) * BLOCK as u64
     }
 
     /// A member's data, read into memory (names, dumpdirs: small).
     fn data(&mut self, size: u64, at: u64) -> Result<Vec<u8>, TarError> {
-        if size > 64 << 20 {
-            return Err(TarError {
-                offset: at,
-                msg: format!("a {size}-byte name or dumpdir member is not credible"),
-            });
+        if size > MAX_META {
+            return Err(TarError::at(
+                at,
+                format!("a {size}-byte name, pax or dumpdir member is not credible"),
+            ));
         }
-        let mut buf = vec![0u8; Self::padded(size) as usize];
-        if self.fill(&mut buf)? != buf.len() {
-            return Err(self.truncated());
+        // At most MAX_META rounded up to a block: fits usize.
+        let padded = size.next_multiple_of(BLOCK as u64) as usize;
+        let mut buf = vec![0u8; padded];
+        let got = self.fill(&mut buf)?;
+        if got != padded {
+            return Err(Self::truncated(at, size, got as u64));
         }
         buf.truncate(size as usize);
         Ok(buf)
     }
 
-    /// Passes over a member's data.
-    fn skip(&mut self, size: u64, _at: u64) -> Result<(), TarError> {
-        let mut left = Self::padded(size);
+    /// Passes over a member's data (`size` was checked to fit the stream's bound).
+    fn skip(&mut self, size: u64, at: u64) -> Result<(), TarError> {
+        let Some(total) = size.checked_next_multiple_of(BLOCK as u64) else {
+            return Err(Self::truncated(at, size, 0));
+        };
+        let mut left = total;
         let mut buf = vec![0u8; 1 << 16];
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;
-            if self.fill(&mut buf[..n])? != n {
-                return Err(self.truncated());
+            let piece = buf.get_mut(..n).unwrap_or_default();
+            let got = self.fill(piece)?;
+            if got != n {
+                return Err(Self::truncated(at, size, total - left + got as u64));
             }
             left -= n as u64;
         }
@@ -263,11 +399,14 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn truncated(&self) -> TarError {
-        TarError {
-            offset: self.pos,
-            msg: "the stream ends inside a member's data: truncated".into(),
-        }
+    fn truncated(at: u64, size: u64, got: u64) -> TarError {
+        TarError::at(
+            at,
+            format!(
+                "the member declares {size} bytes of data but the stream ends {got} bytes into \
+                 it: truncated, or a damaged size field"
+            ),
+        )
     }
 }
 
@@ -307,12 +446,34 @@ fn check_sum(h: &[u8; BLOCK]) -> Result<(), String> {
     }
 }
 
-/// A numeric field: octal ASCII (space/NUL padded) or GNU base-256 (high bit set).
+/// A numeric field that must not be negative: octal ASCII (space/NUL padded) or GNU base-256.
 fn number(f: &[u8]) -> Result<u64, String> {
-    if f.first().is_some_and(|&b| b & 0x80 != 0) {
-        let mut v: u64 = u64::from(f[0] & 0x7f);
-        for &b in &f[1..] {
-            v = v.checked_mul(256).ok_or("base-256 number too large")? + u64::from(b);
+    let v = signed_wide(f)?;
+    u64::try_from(v).map_err(|_| format!("{v} is out of range"))
+}
+
+/// A numeric field that may be negative (times before 1970).
+fn signed(f: &[u8]) -> Result<i64, String> {
+    let v = signed_wide(f)?;
+    i64::try_from(v).map_err(|_| format!("{v} is out of range"))
+}
+
+/// Octal ASCII, or GNU base-256: leading byte 0x80 for a positive number, 0xff for a negative
+/// one in two's complement. A 12-byte field holds at most 96 bits: `i128` never overflows.
+fn signed_wide(f: &[u8]) -> Result<i128, String> {
+    if let Some((&first, rest)) = f.split_first()
+        && first & 0x80 != 0
+    {
+        let mut v: i128 = if first == 0xff {
+            -1
+        } else {
+            i128::from(first & 0x7f)
+        };
+        for &b in rest {
+            v = v
+                .checked_mul(256)
+                .and_then(|v| v.checked_add(i128::from(b)))
+                .ok_or("base-256 number too large")?;
         }
         return Ok(v);
     }
@@ -321,7 +482,10 @@ fn number(f: &[u8]) -> Result<u64, String> {
         return Ok(0);
     }
     let text = std::str::from_utf8(&s).map_err(|_| "not octal")?;
-    u64::from_str_radix(text, 8).map_err(|_| format!("{text:?} is not octal"))
+    i128::from_str_radix(text, 8)
+        .ok()
+        .filter(|_| text.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+        .ok_or_else(|| format!("{text:?} is not octal"))
 }
 
 /// The NUL-terminated string at the start of `b`.
@@ -356,10 +520,10 @@ pub fn clean(name: &str) -> String {
 /// Parses dumpdir data: NUL-terminated records, ending with an empty one.
 fn dumpdir(data: &[u8]) -> Vec<Record> {
     data.split(|&b| b == 0)
-        .take_while(|r| !r.is_empty())
-        .filter_map(|r| {
-            let name = String::from_utf8_lossy(&r[1..]).into_owned();
-            Some(match r[0] {
+        .map_while(<[u8]>::split_first)
+        .filter_map(|(&code, name)| {
+            let name = String::from_utf8_lossy(name).into_owned();
+            Some(match code {
                 b'Y' => Record::Stored(name),
                 b'N' => Record::Unchanged(name),
                 b'D' => Record::Dir(name),
@@ -377,16 +541,16 @@ fn pax_records(data: &[u8]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = data;
     while let Some(sp) = rest.iter().position(|&b| b == b' ') {
-        let Some(len) = std::str::from_utf8(&rest[..sp])
-            .ok()
+        let Some(len) = rest
+            .get(..sp)
+            .and_then(|d| std::str::from_utf8(d).ok())
             .and_then(|s| s.parse::<usize>().ok())
         else {
             break;
         };
-        if len <= sp || len > rest.len() {
+        let Some(rec) = rest.get(sp + 1..len) else {
             break;
-        }
-        let rec = &rest[sp + 1..len];
+        };
         let rec = rec.strip_suffix(b"\n").unwrap_or(rec);
         if let Some(eq) = rec.iter().position(|&b| b == b'=') {
             out.push((
@@ -394,7 +558,7 @@ fn pax_records(data: &[u8]) -> Vec<(String, String)> {
                 String::from_utf8_lossy(&rec[eq + 1..]).into_owned(),
             ));
         }
-        rest = &rest[len..];
+        rest = rest.get(len..).unwrap_or_default();
     }
     out
 }
@@ -409,6 +573,171 @@ mod tests {
         assert_eq!(number(b"   1750 "), Ok(0o1750));
         assert_eq!(number(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]), Ok(256));
         assert!(number(b"12x4").is_err());
+        assert!(number(b"-0000001").is_err());
+        assert!(number(b"+0000001").is_err());
+        let max = [
+            0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ];
+        assert_eq!(number(&max), Ok(u64::MAX));
+        assert!(number(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(number(&[0xff; 12]).is_err(), "-1 is no size");
+        assert_eq!(signed(&[0xff; 12]), Ok(-1));
+        assert_eq!(
+            signed(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe]),
+            Ok(-2)
+        );
+        assert!(signed(&[0xbf; 12]).is_err());
+    }
+
+    /// An old-GNU header with a correct checksum; `size` is the raw 12-byte field.
+    fn header(name: &str, flag: u8, size: [u8; 12]) -> [u8; BLOCK] {
+        let mut h = [0u8; BLOCK];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..108].copy_from_slice(b"0000644\0");
+        h[108..116].copy_from_slice(b"0000000\0");
+        h[116..124].copy_from_slice(b"0000000\0");
+        h[124..136].copy_from_slice(&size);
+        h[136..148].copy_from_slice(b"14000000000\0");
+        h[156] = flag;
+        h[257..265].copy_from_slice(b"ustar  \0");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+
+    fn octal(n: u64) -> [u8; 12] {
+        let mut f = [0u8; 12];
+        f[..11].copy_from_slice(format!("{n:011o}").as_bytes());
+        f
+    }
+
+    const WIDE: Limits = Limits {
+        stream: 1 << 30,
+        memory: 1 << 30,
+    };
+
+    fn run(bytes: &[u8], limits: Limits) -> Result<Vec<Member>, TarError> {
+        let mut sink = Vec::new();
+        let r = index(&mut &bytes[..], &mut sink, limits);
+        if r.is_ok() {
+            assert_eq!(sink, bytes, "the kept stream is the whole stream");
+        }
+        r
+    }
+
+    /// `./`, then a 5-byte file `./a`, then the member under test at offset 2048.
+    fn archive_with(last: [u8; BLOCK], tail: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend(header("./", b'D', octal(4)));
+        v.extend(b"Ya\0\0".iter().chain(&[0u8; 508]));
+        v.extend(header("./a", b'0', octal(5)));
+        v.extend(b"hello".iter().chain(&[0u8; 507]));
+        v.extend(last);
+        v.extend(tail);
+        v
+    }
+
+    #[test]
+    fn a_good_archive_is_indexed() {
+        let mut bytes = archive_with(header("./b", b'2', octal(0)), &[]);
+        bytes.extend([0u8; 1024]);
+        let m = run(&bytes, WIDE).unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!((m[1].path.as_str(), m[1].offset, m[1].size), ("a", 1536, 5));
+        assert_eq!(
+            (m[2].header, &m[2].kind),
+            (2048, &Kind::Symlink(String::new()))
+        );
+        assert_eq!(m[1].mtime, 0o14000000000);
+    }
+
+    #[test]
+    fn bogus_sizes_are_errors_at_their_header() {
+        let mut max = [0xffu8; 12];
+        max[..4].copy_from_slice(&[0x80, 0, 0, 0]);
+        let mut big = [0u8; 12];
+        big[0] = 0x80;
+        big[4] = 0x80;
+        let cases: [(&str, [u8; 12]); 5] = [
+            ("2^64-1", max),
+            ("2^63", big),
+            ("-1", [0xff; 12]),
+            ("8 GiB", octal((8 << 30) - 1)),
+            ("not octal", *b"12x4\0\0\0\0\0\0\0\0"),
+        ];
+        for (what, size) in cases {
+            for flag in [b'0', b'L', b'D', b'x', b'V'] {
+                let bytes = archive_with(header("./big", flag, size), &[0u8; 4096]);
+                let e = run(&bytes, WIDE).unwrap_err();
+                assert_eq!(e.offset, 2048, "{what} {}: {}", flag as char, e.msg);
+                assert!(!e.over_bound, "{what}: {}", e.msg);
+            }
+        }
+        // A size that fits the bound but not the stream.
+        let bytes = archive_with(header("./big", b'0', octal(100_000)), &[7u8; 4096]);
+        let e = run(&bytes, WIDE).unwrap_err();
+        assert_eq!(e.offset, 2048);
+        assert!(e.msg.contains("100000 bytes"), "{}", e.msg);
+        // Links, folders, devices carry no data whatever their size field says.
+        let mut bytes = archive_with(header("./l", b'1', max), &[]);
+        bytes.extend([0u8; 1024]);
+        assert_eq!(run(&bytes, WIDE).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn damaged_headers_are_errors_at_their_offset() {
+        let mut h = header("./c", b'0', octal(0));
+        h[10] ^= 1;
+        let e = run(&archive_with(h, &[]), WIDE).unwrap_err();
+        assert_eq!(e.offset, 2048);
+        assert!(e.msg.contains("checksum"), "{}", e.msg);
+        let bytes = archive_with(header("./c", b'0', octal(0)), &[]);
+        let e = run(&bytes[..2300], WIDE).unwrap_err();
+        assert_eq!(e.offset, 2048);
+        assert!(e.msg.contains("truncated"), "{}", e.msg);
+        // Cut inside `./a`'s data: the error points at `./a`'s header.
+        let e = run(&bytes[..1800], WIDE).unwrap_err();
+        assert_eq!(e.offset, 1024);
+        assert!(e.msg.contains("truncated"), "{}", e.msg);
+    }
+
+    #[test]
+    fn streams_and_indexes_are_bounded() {
+        let bytes = archive_with(header("./c", b'0', octal(0)), &[0u8; 1 << 16]);
+        let e = run(
+            &bytes,
+            Limits {
+                stream: 4096,
+                memory: 1 << 30,
+            },
+        )
+        .unwrap_err();
+        assert!(e.over_bound && e.offset == 4096, "{e:?}");
+        // A member whose data would pass the bound fails at its header: over the bound when
+        // its size could fit, damaged when it never could.
+        let small = Limits {
+            stream: 4096,
+            memory: 1 << 30,
+        };
+        for (size, over) in [(2048, true), (8192, false)] {
+            let bytes = archive_with(header("./c", b'0', octal(size)), &[0u8; 8192]);
+            let e = run(&bytes, small).unwrap_err();
+            assert!(e.over_bound == over && e.offset == 2048, "{e:?}");
+        }
+        let mut many = Vec::new();
+        for i in 0..100 {
+            many.extend(header(&format!("./f{i}"), b'0', octal(0)));
+        }
+        let e = run(
+            &many,
+            Limits {
+                stream: 1 << 30,
+                memory: 4096,
+            },
+        )
+        .unwrap_err();
+        assert!(e.over_bound && e.msg.contains("memory"), "{e:?}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! as `tar --incremental --extract` does (spec §7.1): dumpdirs rename and purge, files, links
 //! and symlinks replace whatever was at their path. Plain data; no I/O.
 
-use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashSet};
 
 use super::tar::{Kind, Member, Record, clean};
 
@@ -45,59 +46,152 @@ pub enum TNode {
     Symlink(Meta, String),
 }
 
-/// Builds a tree from the chain's levels (oldest first). Members with unusable paths (`..`,
-/// NUL) and types that are not served (devices, fifos) are left out and reported.
-pub fn build(levels: &[&[Member]]) -> (TNode, Vec<String>) {
+/// Something said about one member: the level it is in, its header's offset, what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// Index of the level in the chain.
+    pub level: usize,
+    /// Offset of the member's header in that level's decompressed stream.
+    pub header: u64,
+    /// What happened.
+    pub msg: String,
+}
+
+/// Most components of a path in a tree: deeper paths cannot be made by `tar` within Linux's
+/// `PATH_MAX`, and the tree's users recurse per component.
+pub const MAX_DEPTH: usize = 1024;
+/// Longest name of one folder entry (Linux `NAME_MAX`).
+const NAME_MAX: usize = 255;
+/// Longest path or symlink target (Linux `PATH_MAX` without its NUL).
+const PATH_MAX: usize = 4095;
+/// Estimated bytes of one node besides its name and target.
+const NODE_BYTES: u64 = 128;
+
+/// Builds a tree from the chain's levels (oldest first), as `tar --incremental --extract` of
+/// each level in turn would leave it, taking at most `max_bytes` of memory (estimated). Members
+/// with unusable paths (`..`, NUL, over-long names, the archive root as a file) and types that are
+/// not served (devices, fifos) are left out and reported.
+pub fn build(levels: &[&[Member]], max_bytes: u64) -> Result<(TNode, Vec<Note>), Note> {
     let mut t = Tree {
         root: TNode::Dir(Meta::default(), BTreeMap::new()),
         temp: None,
         notes: Vec::new(),
+        bytes: 0,
+        max_bytes,
     };
     for (li, members) in levels.iter().enumerate() {
         for (mi, m) in members.iter().enumerate() {
-            t.apply(li, mi, m);
+            if let Err(msg) = t.apply(li, mi, m) {
+                let note = Note {
+                    level: li,
+                    header: m.header,
+                    msg,
+                };
+                if t.bytes > t.max_bytes {
+                    return Err(note);
+                }
+                t.notes.push(note);
+            }
         }
     }
-    (t.root, t.notes)
+    Ok((t.root, t.notes))
 }
 
 struct Tree {
     root: TNode,
     /// Where a cyclic rename parks a directory (`X` record).
     temp: Option<TNode>,
-    notes: Vec<String>,
+    notes: Vec<Note>,
+    /// Memory charged so far (never refunded: the count bounds the work too).
+    bytes: u64,
+    max_bytes: u64,
 }
 
-/// Path components, or `None` for a path that must not be used.
-fn parts(path: &str) -> Option<Vec<&str>> {
+/// Path components (`.` and empty ones dropped, as tar drops a leading `/`), or why the path
+/// must not be used.
+fn parts(path: &str) -> Result<Vec<&str>, String> {
+    if path.len() > PATH_MAX {
+        return Err(format!("a {}-byte path (longer than PATH_MAX)", path.len()));
+    }
     let v: Vec<&str> = path
         .split('/')
         .filter(|c| !c.is_empty() && *c != ".")
         .collect();
-    v.iter()
-        .all(|c| *c != ".." && !c.contains('\0'))
-        .then_some(v)
+    if v.contains(&"..") {
+        return Err("a path with '..'".into());
+    }
+    if path.contains('\0') {
+        return Err("a path with a NUL byte".into());
+    }
+    if let Some(c) = v.iter().find(|c| c.len() > NAME_MAX) {
+        return Err(format!("a {}-byte name (longer than NAME_MAX)", c.len()));
+    }
+    if v.len() > MAX_DEPTH {
+        return Err(format!("a path {} folders deep", v.len()));
+    }
+    Ok(v)
+}
+
+/// Adds a node with `bytes` of names to `used`; fails once `max` is passed.
+fn charge(used: &mut u64, max: u64, bytes: u64) -> Result<(), String> {
+    *used = used.saturating_add(NODE_BYTES.saturating_add(bytes));
+    if *used > max {
+        return Err(format!(
+            "the tree needs more than {max} bytes of memory: too many entries (raise \
+             --cache-size if the backup is genuine)"
+        ));
+    }
+    Ok(())
+}
+
+/// A name as notes show it: at most 200 bytes (a hostile one can be megabytes).
+fn shown(name: &str) -> String {
+    if name.len() <= 200 {
+        return name.to_owned();
+    }
+    let mut end = 200;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", name.get(..end).unwrap_or_default())
+}
+
+/// How many levels of folders are below `n` (0 for a file).
+fn height(n: &TNode) -> usize {
+    match n {
+        TNode::Dir(_, c) => c.values().map(|c| 1 + height(c)).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 impl Tree {
+    /// Charges a node with `bytes` of names; fails once the bound is passed.
+    fn charge(&mut self, bytes: u64) -> Result<(), String> {
+        charge(&mut self.bytes, self.max_bytes, bytes)
+    }
+
     /// The folder at `parts`, created (and replacing non-folders) on the way.
-    fn dir_mut(&mut self, parts: &[&str]) -> &mut BTreeMap<String, TNode> {
+    fn dir_mut(&mut self, parts: &[&str]) -> Result<&mut BTreeMap<String, TNode>, String> {
         let mut cur = &mut self.root;
         for p in parts {
             let TNode::Dir(_, children) = cur else {
-                unreachable!("every step below is made a folder")
+                return Err("internal: a folder on the way is not a folder".into());
             };
-            let child = children
-                .entry((*p).to_owned())
-                .or_insert_with(|| TNode::Dir(Meta::default(), BTreeMap::new()));
+            let child = match children.entry((*p).to_owned()) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => {
+                    charge(&mut self.bytes, self.max_bytes, p.len() as u64)?;
+                    v.insert(TNode::Dir(Meta::default(), BTreeMap::new()))
+                }
+            };
             if !matches!(child, TNode::Dir(..)) {
                 *child = TNode::Dir(Meta::default(), BTreeMap::new());
             }
             cur = child;
         }
         match cur {
-            TNode::Dir(_, children) => children,
-            _ => unreachable!("made a folder above"),
+            TNode::Dir(_, children) => Ok(children),
+            _ => Err("internal: a folder made is not a folder".into()),
         }
     }
 
@@ -127,26 +221,32 @@ impl Tree {
         children.remove(*last)
     }
 
-    fn put(&mut self, parts: &[&str], node: TNode) {
-        match parts.split_last() {
-            None => self.root = node,
-            Some((last, parent)) => {
-                self.dir_mut(parent).insert((*last).to_owned(), node);
-            }
+    /// Puts `node` at `parts` (never the root), replacing whatever was there.
+    fn put(&mut self, parts: &[&str], node: TNode) -> Result<(), String> {
+        let Some((last, parent)) = parts.split_last() else {
+            return Err("it names the archive's root folder".into());
+        };
+        if parts.len() + height(&node) > MAX_DEPTH {
+            return Err(format!(
+                "it would make a path deeper than {MAX_DEPTH} folders"
+            ));
         }
+        let extra = match &node {
+            TNode::Symlink(_, t) => t.len() as u64,
+            _ => 0,
+        };
+        self.charge(extra.saturating_add(last.len() as u64))?;
+        self.dir_mut(parent)?.insert((*last).to_owned(), node);
+        Ok(())
     }
 
-    fn apply(&mut self, level: usize, index: usize, m: &Member) {
-        let Some(p) = parts(&m.path) else {
-            self.notes
-                .push(format!("left out {:?}: unsafe path", m.path));
-            return;
-        };
+    fn apply(&mut self, level: usize, index: usize, m: &Member) -> Result<(), String> {
+        let left_out = |why: String| format!("left out {:?}: {why}", shown(&m.path));
+        let p = parts(&m.path).map_err(left_out)?;
         match &m.kind {
             Kind::Dumpdir(records) => {
-                self.renames(records);
-                let meta = Meta::of(m);
-                let keep: Vec<&str> = records
+                self.renames(level, m.header, records);
+                let keep: HashSet<&str> = records
                     .iter()
                     .filter_map(|r| match r {
                         Record::Stored(n) | Record::Unchanged(n) | Record::Dir(n) => {
@@ -155,31 +255,55 @@ impl Tree {
                         _ => None,
                     })
                     .collect();
-                let children = self.dir_mut(&p);
-                children.retain(|name, _| keep.contains(&name.as_str()));
-                self.set_meta(&p, meta);
-            }
-            Kind::Dir => {
-                self.dir_mut(&p);
+                let children = self.dir_mut(&p).map_err(left_out)?;
+                children.retain(|name, _| keep.contains(name.as_str()));
                 self.set_meta(&p, Meta::of(m));
             }
-            Kind::File => self.put(&p, TNode::File((level, index))),
-            Kind::Symlink(target) => self.put(&p, TNode::Symlink(Meta::of(m), target.clone())),
+            Kind::Dir => {
+                self.dir_mut(&p).map_err(left_out)?;
+                self.set_meta(&p, Meta::of(m));
+            }
+            Kind::File => self
+                .put(&p, TNode::File((level, index)))
+                .map_err(left_out)?,
+            Kind::Symlink(target) => {
+                if target.len() > PATH_MAX || target.contains('\0') || target.is_empty() {
+                    return Err(left_out(format!(
+                        "a symlink to a {}-byte target (empty, with NUL, or longer than PATH_MAX)",
+                        target.len()
+                    )));
+                }
+                self.put(&p, TNode::Symlink(Meta::of(m), target.clone()))
+                    .map_err(left_out)?;
+            }
             Kind::Hardlink(target) => {
-                let found = parts(target).and_then(|t| self.get(&t).cloned());
+                let found = parts(target).ok().and_then(|t| self.get(&t).cloned());
                 match found {
-                    Some(node @ (TNode::File(_) | TNode::Symlink(..))) => self.put(&p, node),
-                    _ => self.notes.push(format!(
-                        "left out {:?}: hard link to {target:?}, which is not a file",
-                        m.path
-                    )),
+                    Some(node @ (TNode::File(_) | TNode::Symlink(..))) => {
+                        self.put(&p, node).map_err(left_out)?;
+                    }
+                    _ => {
+                        return Err(left_out(format!(
+                            "hard link to {:?}, which is not an earlier file",
+                            shown(target)
+                        )));
+                    }
                 }
             }
-            Kind::Other(flag) => self.notes.push(format!(
-                "left out {:?}: member type {:?} (devices and fifos are not served)",
-                m.path, *flag as char
-            )),
+            Kind::Other(flag) => {
+                return Err(left_out(format!(
+                    "member type {:?} (devices and fifos are not served)",
+                    *flag as char
+                )));
+            }
         }
+        if m.path.starts_with('/') {
+            return Err(format!(
+                "{:?}: leading '/' removed from the member name, as tar does",
+                shown(&m.path)
+            ));
+        }
+        Ok(())
     }
 
     fn set_meta(&mut self, p: &[&str], meta: Meta) {
@@ -197,7 +321,7 @@ impl Tree {
     }
 
     /// `R old`/`T new` pairs move subtrees; an empty name stands for the `X` temporary.
-    fn renames(&mut self, records: &[Record]) {
+    fn renames(&mut self, level: usize, header: u64, records: &[Record]) {
         let mut from: Option<String> = None;
         for r in records {
             match r {
@@ -205,22 +329,74 @@ impl Tree {
                 Record::RenameFrom(old) => from = Some(clean(old)),
                 Record::RenameTo(new) => {
                     let Some(old) = from.take() else { continue };
-                    let new = clean(new);
-                    let node = if old.is_empty() {
-                        self.temp.take()
-                    } else {
-                        parts(&old).and_then(|o| self.take(&o))
-                    };
-                    let Some(node) = node else { continue };
-                    if new.is_empty() {
-                        self.temp = Some(node);
-                    } else if let Some(n) = parts(&new) {
-                        self.put(&n, node);
+                    if let Err(msg) = self.rename(&old, &clean(new)) {
+                        self.notes.push(Note {
+                            level,
+                            header,
+                            msg: format!(
+                                "rename {:?} to {:?} left out: {msg}",
+                                shown(&old),
+                                shown(new)
+                            ),
+                        });
                     }
                 }
                 _ => {}
             }
         }
+    }
+
+    fn rename(&mut self, old: &str, new: &str) -> Result<(), String> {
+        let to = if new.is_empty() {
+            None
+        } else {
+            let n = parts(new)?;
+            if n.is_empty() {
+                return Err("the new name is the archive's root folder".into());
+            }
+            Some(n)
+        };
+        let from = if old.is_empty() {
+            None
+        } else {
+            let o = parts(old)?;
+            if o.is_empty() {
+                return Err("the old name is the archive's root folder".into());
+            }
+            if to.as_ref() == Some(&o) {
+                return Ok(());
+            }
+            if to.as_ref().is_some_and(|n| n.starts_with(&o)) {
+                return Err("a folder cannot move into itself".into());
+            }
+            Some(o)
+        };
+        let node = match &from {
+            None => self.temp.as_ref(),
+            Some(o) => self.get(o),
+        };
+        let Some(node) = node else {
+            return Err("nothing is there to move".into());
+        };
+        if let Some(n) = &to
+            && n.len() + height(node) > MAX_DEPTH
+        {
+            return Err(format!(
+                "it would make a path deeper than {MAX_DEPTH} folders"
+            ));
+        }
+        let node = match &from {
+            None => self.temp.take(),
+            Some(o) => self.take(o),
+        };
+        let Some(node) = node else {
+            return Err("nothing is there to move".into());
+        };
+        match to {
+            None => self.temp = Some(node),
+            Some(n) => self.put(&n, node)?,
+        }
+        Ok(())
     }
 }
 
@@ -238,6 +414,7 @@ mod tests {
             mtime: 0,
             size: 0,
             offset: 0,
+            header: 0,
         }
     }
 
@@ -300,7 +477,7 @@ mod tests {
             dd("d/new", &["Nf"]),
             m("b/c/inner", Kind::File),
         ];
-        let (t, notes) = build(&[&l0, &l1]);
+        let (t, notes) = build(&[&l0, &l1], u64::MAX).unwrap();
         assert!(notes.is_empty());
         assert_eq!(
             list(&t),
@@ -325,7 +502,7 @@ mod tests {
             m("s", Kind::Symlink("a".into())),
             m("../escape", Kind::File),
         ];
-        let (t, notes) = build(&[&l0]);
+        let (t, notes) = build(&[&l0], u64::MAX).unwrap();
         assert_eq!(list(&t), ["a=0.1", "b=0.1", "s->a"]);
         assert_eq!(notes.len(), 1);
     }
@@ -348,7 +525,174 @@ mod tests {
             dd("p", &["N2"]),
             dd("q", &["N1"]),
         ];
-        let (t, _) = build(&[&l0, &l1]);
+        let (t, _) = build(&[&l0, &l1], u64::MAX).unwrap();
         assert_eq!(list(&t), ["p/", "p/2=0.4", "q/", "q/1=0.3"]);
+    }
+
+    fn at(path: &str, kind: Kind, header: u64) -> Member {
+        Member {
+            header,
+            ..m(path, kind)
+        }
+    }
+
+    #[test]
+    fn members_naming_the_root_are_left_out_and_the_root_stays_a_folder() {
+        // `.`, `./` and `//` all clean to "" (the root): as a file, symlink or hard link each
+        // once reached `unreachable!`.
+        let mut l0 = vec![dd("", &["Ya"]), m("a", Kind::File)];
+        for (i, kind) in [
+            Kind::File,
+            Kind::Symlink("a".into()),
+            Kind::Hardlink("a".into()),
+            Kind::Hardlink("".into()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            l0.push(at("", kind, 512 * (10 + i as u64)));
+        }
+        l0.push(m("b/c", Kind::File));
+        let l1 = vec![dd("", &["Na", "Db"]), at("", Kind::File, 4096)];
+        let (t, notes) = build(&[&l0, &l1], u64::MAX).unwrap();
+        assert_eq!(list(&t), ["a=0.1", "b/", "b/c=0.6"]);
+        let got: Vec<(usize, u64)> = notes.iter().map(|n| (n.level, n.header)).collect();
+        assert_eq!(got, [(0, 5120), (0, 5632), (0, 6144), (0, 6656), (1, 4096)]);
+    }
+
+    #[test]
+    fn unsafe_names_are_left_out_with_a_note() {
+        let long = "x".repeat(256);
+        let deep = "d/".repeat(MAX_DEPTH) + "f";
+        let huge = "y/".repeat(2100);
+        let l0 = vec![
+            dd("", &["Dok"]),
+            m("..", Kind::File),
+            m("a/../../b", Kind::File),
+            m("ok/..", Kind::Dumpdir(Vec::new())),
+            m("nul\0name", Kind::File),
+            m(&long, Kind::File),
+            m(&format!("ok/{long}/f"), Kind::File),
+            m(&deep, Kind::File),
+            m(&huge, Kind::File),
+            m("ok/s", Kind::Symlink("x\0y".into())),
+            m("ok/t", Kind::Symlink(String::new())),
+            m("ok/u", Kind::Symlink("z".repeat(5000))),
+            m("ok/fine", Kind::File),
+            // tar strips a leading `/` and says so.
+            m("/ok/abs", Kind::File),
+            m("ok/fifo", Kind::Other(b'6')),
+        ];
+        let (t, notes) = build(&[&l0], u64::MAX).unwrap();
+        assert_eq!(list(&t), ["ok/", "ok/abs=0.13", "ok/fine=0.12"]);
+        assert_eq!(notes.len(), 13, "{notes:#?}");
+        // Hostile names are cut short in notes.
+        assert!(notes.iter().all(|n| n.msg.len() < 600), "{notes:#?}");
+    }
+
+    #[test]
+    fn hard_links_to_nothing_earlier_are_left_out() {
+        let l0 = vec![
+            dd(
+                "",
+                &[
+                    "Ya", "Yself", "Ymissing", "Ylater", "Yc1", "Yc2", "Yd", "Ydl",
+                ],
+            ),
+            m("a", Kind::File),
+            m("self", Kind::Hardlink("self".into())),
+            m("missing", Kind::Hardlink("nowhere".into())),
+            m("early", Kind::Hardlink("later".into())),
+            m("later", Kind::File),
+            m("c1", Kind::Hardlink("c2".into())),
+            m("c2", Kind::Hardlink("c1".into())),
+            m("d", Kind::Dir),
+            m("dl", Kind::Hardlink("d".into())),
+            m("up", Kind::Hardlink("../a".into())),
+            // A link to an earlier file, and a link to itself once it exists: kept.
+            m("a2", Kind::Hardlink("/a".into())),
+            m("a", Kind::Hardlink("a".into())),
+            // Symlink loops are data: served, never followed.
+            m("l1", Kind::Symlink("l2".into())),
+            m("l2", Kind::Symlink("l1".into())),
+        ];
+        let (t, notes) = build(&[&l0], u64::MAX).unwrap();
+        assert_eq!(
+            list(&t),
+            ["a=0.1", "a2=0.1", "d/", "l1->l2", "l2->l1", "later=0.5"]
+        );
+        assert_eq!(notes.len(), 7, "{notes:#?}");
+    }
+
+    #[test]
+    fn hostile_renames_never_loop_or_escape() {
+        let l0 = vec![
+            dd("", &["Dp", "Dq"]),
+            dd("p", &["Yf"]),
+            dd("q", &[]),
+            m("p/f", Kind::File),
+        ];
+        let l1 = vec![
+            dd(
+                "",
+                &[
+                    "Dp",
+                    "Dq", // into itself, to the root, from the root, out of the tree:
+                    "R./p",
+                    "T./p/inner",
+                    "R./p",
+                    "T/.",
+                    "R./",
+                    "T./x",
+                    "R./p",
+                    "T../out",
+                    // from nothing, a T without R, and one good rename:
+                    "R./none",
+                    "T./y",
+                    "T./z",
+                    "R./q",
+                    "T./p/q2",
+                ],
+            ),
+            dd("p", &["Nf", "Dq2"]),
+        ];
+        let (t, notes) = build(&[&l0, &l1], u64::MAX).unwrap();
+        assert_eq!(list(&t), ["p/", "p/f=0.3", "p/q2/"]);
+        assert_eq!(notes.len(), 5, "{notes:#?}");
+        // A rename may not make the tree deeper than MAX_DEPTH.
+        let deep = vec![
+            dd("", &["Da", "Db"]),
+            m(&("a/".repeat(MAX_DEPTH - 1) + "f"), Kind::File),
+            m(&("b/".repeat(MAX_DEPTH - 1) + "f"), Kind::File),
+        ];
+        let up = vec![dd("", &["Da", "R./a", "T./b/b"])];
+        let (t, notes) = build(&[&deep, &up], u64::MAX).unwrap();
+        assert_eq!(height(&t), MAX_DEPTH);
+        assert_eq!(notes.len(), 1, "{notes:#?}");
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let l0: Vec<Member> = (0..1000)
+            .map(|i| at(&format!("d{i}/{}", "x/".repeat(100)), Kind::Dir, i * 512))
+            .collect();
+        let err = build(&[&l0], 1 << 20).unwrap_err();
+        assert!(err.msg.contains("memory"), "{err:?}");
+        assert!(build(&[&l0], 100 << 20).is_ok());
+    }
+
+    #[test]
+    fn purging_a_large_folder_is_not_quadratic() {
+        let names: Vec<String> = (0..100_000).map(|i| format!("Yf{i}")).collect();
+        let recs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut l0 = vec![dd("", &recs)];
+        l0.extend((0..100_000).map(|i| m(&format!("f{i}"), Kind::File)));
+        let keep: Vec<&str> = recs.iter().copied().step_by(2).collect();
+        let l1 = vec![dd("", &keep)];
+        let start = std::time::Instant::now();
+        let (t, _) = build(&[&l0, &l1], u64::MAX).unwrap();
+        assert!(start.elapsed().as_secs() < 20);
+        let TNode::Dir(_, c) = t else { panic!() };
+        assert_eq!(c.len(), 50_000);
     }
 }
