@@ -192,15 +192,20 @@ pub struct Mounted {
 impl Mounted {
     /// Mounts `source` with extra `args` on a fresh folder and waits until it serves.
     pub fn new(source: &Path, args: &[&str]) -> Mounted {
+        Mounted::with_env(source, args, &[])
+    }
+
+    /// Like [`Mounted::new`], with extra environment variables for the daemon.
+    pub fn with_env(source: &Path, args: &[&str], env: &[(&str, &str)]) -> Mounted {
         let dir = scratch();
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).unwrap();
         let mut child = command()
-            .env_remove("RUST_LOG")
             .arg("mount")
             .arg(source)
             .arg(&path)
             .args(args)
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -517,23 +522,5 @@ pub fn cln_manifest() -> Vec<ClnRow> {
 
 /// Like [`Mounted::new`], with extra environment variables for the daemon (e.g. `RUST_LOG`).
 pub fn mount_with_env(source: &Path, args: &[&str], env: &[(&str, &str)]) -> Mounted {
-    let dir = scratch();
-    let path = dir.path().join("mnt");
-    std::fs::create_dir(&path).unwrap();
-    let child = command()
-        .arg("mount")
-        .arg(source)
-        .arg(&path)
-        .args(args)
-        .envs(env.iter().copied())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut m = Mounted {
-        path,
-        child,
-        _dir: dir,
-    };
-    m.wait_ready();
-    m
+    Mounted::with_env(source, args, env)
 }
