@@ -5,6 +5,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use super::sandbox::{self, Forbidden};
 use crate::error::{Error, Result};
 
 /// Size of the file header; entries start here.
@@ -15,6 +16,9 @@ const ENTRY_HEADER: u64 = 9;
 const BUMP: &str = "UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = ";
 /// How much of a payload's end is read to find its last statement (the bump is ~90 bytes).
 const TAIL_WINDOW: u64 = 160;
+/// Transaction payloads up to this size are read whole while walking, to screen their
+/// statements; larger ones (never written by lightningd) are left to the replay's sandbox.
+const SCREEN_MAX: u64 = 16 << 20;
 
 /// The file header's fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +120,8 @@ pub struct Entry {
     pub kind: Kind,
     /// Whether a transaction ends with the data_version bump (PRAGMA-only entries do not).
     pub bump: bool,
+    /// A statement the sandbox refuses, found while walking.
+    pub forbidden: Option<Forbidden>,
 }
 
 impl Entry {
@@ -179,10 +185,10 @@ pub fn walk(file: &File, from: u64, len: u64, entries: &mut Vec<Entry>) -> Optio
                 ),
             ));
         }
-        let bump = match kind {
-            Kind::Snapshot => false,
-            Kind::Transaction => match last_statement(file, pos + ENTRY_HEADER, length) {
-                Ok(s) => is_bump(&s),
+        let (bump, forbidden) = match kind {
+            Kind::Snapshot => (false, None),
+            Kind::Transaction => match inspect(file, pos + ENTRY_HEADER, length) {
+                Ok(found) => found,
                 Err(e) => return Some(tail(Some(version), format!("cannot read payload: {e}"))),
             },
         };
@@ -192,10 +198,24 @@ pub fn walk(file: &File, from: u64, len: u64, entries: &mut Vec<Entry>) -> Optio
             version,
             kind,
             bump,
+            forbidden,
         });
         pos = end;
     }
     None
+}
+
+/// Whether a transaction payload ends with the bump, and its first statement the sandbox
+/// refuses (payloads larger than `SCREEN_MAX` are not screened).
+fn inspect(file: &File, payload: u64, length: u32) -> std::io::Result<(bool, Option<Forbidden>)> {
+    if u64::from(length) > SCREEN_MAX {
+        return Ok((is_bump(&last_statement(file, payload, length)?), None));
+    }
+    let mut buf = vec![0u8; length as usize];
+    file.read_exact_at(&mut buf, payload)?;
+    let last = buf.rsplit(|&b| b == 0).next().unwrap_or_default();
+    let bump = is_bump(&String::from_utf8_lossy(last));
+    Ok((bump, sandbox::screen(&buf)))
 }
 
 /// The end of a transaction payload after its last NUL (at most `TAIL_WINDOW` bytes).
