@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::sandbox::{Budget, Sandbox};
+use super::sandbox::{self, Budget, Sandbox};
 
 /// Splits a transaction payload into its statements (NUL-separated, strict UTF-8).
 pub fn statements(payload: &[u8]) -> Result<Vec<&str>, String> {
@@ -92,21 +92,25 @@ impl Replayer {
             .map_err(|e| e.to_string())?;
         // The size bound, in pages; a database already past it stops here.
         let max = sandbox.budget().max_db_size;
+        let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+        if len > max {
+            return Err(format!(
+                "the database ({len} bytes) is already larger than its size bound of {max} bytes (--max-db-size)"
+            ));
+        }
         let page: i64 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(|e| e.to_string())?;
         let pages = max / u64::try_from(page).unwrap_or(1).max(1);
-        let asked = i64::try_from(pages.max(1)).unwrap_or(i64::MAX);
-        let set: i64 = conn
-            .query_row(&format!("PRAGMA max_page_count = {asked}"), [], |r| {
-                r.get(0)
-            })
-            .map_err(|e| e.to_string())?;
-        if set > asked {
-            return Err(format!(
-                "the database is already larger than its size bound of {max} bytes (--max-db-size)"
-            ));
-        }
+        conn.query_row(
+            &format!(
+                "PRAGMA max_page_count = {}",
+                pages.clamp(1, i64::MAX as u64)
+            ),
+            [],
+            |_| Ok(()),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(Replayer {
             conn,
             sandbox,
@@ -119,11 +123,15 @@ impl Replayer {
         if sql.trim().is_empty() {
             return Ok(());
         }
+        // VACUUM asks the authorizer nothing: statements are screened by their first words too.
+        if let Some(what) = sandbox::refused_kind(sql.as_bytes()) {
+            return Err(format!("refused by the SQL sandbox: {what}"));
+        }
         let sql = rewrite_pre_4090(sql);
         self.sandbox.enter();
         let r = self.step_all(&sql);
         self.sandbox.leave();
-        r.map_err(|e| self.sandbox.explain(&self.conn, &e))
+        r.map_err(|e| self.sandbox.explain(&e))
     }
 
     fn step_all(&self, sql: &str) -> rusqlite::Result<()> {
@@ -138,12 +146,13 @@ impl Replayer {
     fn own(&self, sql: &str) -> Result<(), String> {
         self.conn
             .execute_batch(sql)
-            .map_err(|e| self.sandbox.explain(&self.conn, &e))
+            .map_err(|e| self.sandbox.explain(&e))
     }
 
     /// Applies one transaction entry: a committed transaction (`bump`) joins the open write
     /// transaction; a PRAGMA-only entry first commits, then runs on its own.
     pub fn apply(&mut self, payload: &[u8], bump: bool) -> Result<(), String> {
+        self.sandbox.check()?;
         let stmts = statements(payload)?;
         if bump && !self.in_tx {
             self.own("BEGIN")?;

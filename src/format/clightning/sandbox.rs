@@ -28,6 +28,8 @@ const SIZE_FACTOR: u64 = 16;
 const SIZE_SLACK: u64 = 256 << 20;
 /// Longest statement text and longest string or blob value (SQLite's defaults are 1 GB).
 const MAX_LENGTH: i32 = 64 << 20;
+/// Why a cancelled rebuild stopped.
+const CANCELLED: &str = "cancelled: restorefs is shutting down";
 /// VM instructions between two looks at the clock and the cancel flag (a few microseconds).
 const PROGRESS_OPS: i32 = 1000;
 
@@ -221,41 +223,51 @@ impl Sandbox {
         self.refusal().on = false;
     }
 
+    /// Fails once the rebuild is cancelled or out of time: looked at between statements, since
+    /// the progress handler only sees statements long enough to reach it.
+    pub fn check(&self) -> Result<(), String> {
+        if self.budget.cancel.load(Ordering::Relaxed) {
+            Err(CANCELLED.to_owned())
+        } else if self.budget.deadline.is_some_and(|d| Instant::now() >= d) {
+            Err(self.out_of_time())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn out_of_time(&self) -> String {
+        format!(
+            "the SQL time budget of one rebuild ({} s, --sql-timeout) ran out",
+            self.budget.timeout.as_secs_f64()
+        )
+    }
+
     /// The budget of this rebuild.
     pub fn budget(&self) -> &Budget {
         &self.budget
     }
 
     /// Says why a statement failed, in the sandbox's terms when the sandbox stopped it.
-    pub fn explain(&self, conn: &Connection, e: &rusqlite::Error) -> String {
+    pub fn explain(&self, e: &rusqlite::Error) -> String {
+        // A refused function comes back as a plain error: the recorded refusal tells.
+        if let Some(why) = self.refusal().reason.take() {
+            return format!("refused by the SQL sandbox: {why}");
+        }
         match e.sqlite_error_code() {
             Some(ErrorCode::AuthorizationForStatementDenied) => {
-                let why = self.refusal().reason.take();
-                format!(
-                    "refused by the SQL sandbox: {}",
-                    why.as_deref().unwrap_or("not allowed")
-                )
+                "refused by the SQL sandbox".to_owned()
             }
             Some(ErrorCode::OperationInterrupted) if self.budget.cancel.load(Ordering::Relaxed) => {
-                "cancelled: restorefs is shutting down".to_owned()
+                CANCELLED.to_owned()
             }
-            Some(ErrorCode::OperationInterrupted) => format!(
-                "the SQL time budget of one rebuild ({} s, --sql-timeout) ran out",
-                self.budget.timeout.as_secs_f64()
-            ),
-            Some(ErrorCode::DiskFull) if self.at_size_bound(conn) => format!(
-                "the rebuilt database reached its size bound of {} bytes (--max-db-size)",
+            Some(ErrorCode::OperationInterrupted) => self.out_of_time(),
+            // SQLite tells the bound (max_page_count) from a full disk by neither code nor
+            // message, and after the failed statement the database is back to its old size.
+            Some(ErrorCode::DiskFull) => format!(
+                "the rebuilt database would grow past its size bound of {} bytes (--max-db-size), or the disk of the cache folder is full",
                 self.budget.max_db_size
             ),
             _ => e.to_string(),
-        }
-    }
-
-    fn at_size_bound(&self, conn: &Connection) -> bool {
-        let get = |p: &str| conn.query_row(p, [], |r| r.get::<_, i64>(0)).ok();
-        match (get("PRAGMA page_count"), get("PRAGMA max_page_count")) {
-            (Some(n), Some(max)) => n >= max,
-            _ => false,
         }
     }
 }
@@ -360,7 +372,8 @@ pub fn screen(payload: &[u8]) -> Option<Forbidden> {
         .find_map(|(stmt, statement)| refused_kind(stmt).map(|what| Forbidden { statement, what }))
 }
 
-fn refused_kind(stmt: &[u8]) -> Option<&'static str> {
+/// What a statement does that the sandbox refuses by its first words alone, if anything.
+pub fn refused_kind(stmt: &[u8]) -> Option<&'static str> {
     let (first, rest) = word(stmt);
     if first.is_empty() {
         // Empty or comment only (or starting with punctuation, which SQLite rejects).
@@ -443,7 +456,255 @@ fn word(s: &[u8]) -> (&[u8], &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::super::log::{self, Kind, Probe};
+    use super::super::replay::{Replayer, rewrite_pre_4090, statements};
     use super::*;
+
+    /// The derivation of the allow lists, repeated: every statement of every reference log,
+    /// run in order into a scratch database (snapshots replace it) with an authorizer that
+    /// records what it is asked; nothing recorded may be refused, and no entry screened out.
+    #[test]
+    fn the_reference_logs_need_nothing_more() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/clightning");
+        let tmp = tempfile::tempdir().unwrap();
+        let seen: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let refused: Arc<Mutex<Vec<String>>> = Arc::default();
+        let mut statements_run = 0;
+        let mut logs = 0;
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let path = f.unwrap().path();
+            if !matches!(log::probe(&path), Probe::Valid(_)) {
+                continue;
+            }
+            logs += 1;
+            let file = std::fs::File::open(&path).unwrap();
+            let mut entries = Vec::new();
+            let len = file.metadata().unwrap().len();
+            log::walk(&file, log::HEADER_LEN, len, &mut entries);
+            let db = tmp.path().join("derive.db");
+            let _ = std::fs::remove_file(&db);
+            let mut conn = None;
+            for e in &entries {
+                assert_eq!(e.forbidden, None, "{}: {e:?}", path.display());
+                let payload = log::payload(&file, &path, e).unwrap();
+                if e.kind == Kind::Snapshot {
+                    drop(conn.take());
+                    std::fs::write(&db, &payload).unwrap();
+                    continue;
+                }
+                let c: &mut Connection = conn.get_or_insert_with(|| {
+                    let mut c = Connection::open(&db).unwrap();
+                    let (seen, refused) = (Arc::clone(&seen), Arc::clone(&refused));
+                    c.authorizer(Some(move |ctx: AuthContext<'_>| {
+                        let what = match ctx.action {
+                            AuthAction::Function { function_name } => {
+                                format!("function {function_name}")
+                            }
+                            AuthAction::Pragma { pragma_name, .. } => {
+                                format!("pragma {pragma_name}")
+                            }
+                            _ => format!("database {:?}", ctx.database_name),
+                        };
+                        seen.lock().unwrap().insert(what);
+                        if let Err(why) = authorize(&ctx) {
+                            refused.lock().unwrap().push(why);
+                        }
+                        Authorization::Allow
+                    }))
+                    .unwrap();
+                    c
+                });
+                for stmt in statements(&payload).unwrap() {
+                    statements_run += 1;
+                    // Damaged and rewound logs hold statements that fail; only the asking counts.
+                    let _ = c.execute_batch(&rewrite_pre_4090(stmt));
+                }
+            }
+        }
+        assert!(
+            logs >= 8 && statements_run > 1000,
+            "{logs} logs, {statements_run}"
+        );
+        assert_eq!(refused.lock().unwrap().as_slice(), [] as [String; 0]);
+        let seen = seen.lock().unwrap();
+        for expected in [
+            "function like",
+            "function printf",
+            "function sqlite_rename_table",
+            "pragma foreign_keys",
+            "database Some(\"main\")",
+            "database Some(\"temp\")",
+        ] {
+            assert!(seen.contains(expected), "{expected} not met: {seen:?}");
+        }
+        let pragmas: Vec<_> = seen.iter().filter(|s| s.starts_with("pragma")).collect();
+        assert_eq!(pragmas, ["pragma foreign_keys"]);
+    }
+
+    /// A replayer on a fresh database with table `t`, within `limits`.
+    fn replayer(dir: &Path, limits: &SqlLimits) -> Replayer {
+        let mut r = Replayer::open(&dir.join("r.db"), limits.budget(0)).unwrap();
+        r.apply(b"CREATE TABLE t (a)\0INSERT INTO t VALUES (1)", true)
+            .unwrap();
+        r
+    }
+
+    #[test]
+    fn file_touching_and_foreign_statements_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("made-by-the-log");
+        let t = target.display();
+        let limits = SqlLimits::default();
+        for (stmt, why) in [
+            (format!("ATTACH DATABASE '{t}' AS x"), "ATTACH"),
+            (format!("VACUUM INTO '{t}'"), "VACUUM"),
+            ("VACUUM".to_owned(), "VACUUM"),
+            ("/* c */ vacuum main".to_owned(), "VACUUM"),
+            ("DETACH main".to_owned(), "DETACH"),
+            (format!("INSERT INTO t VALUES (load_extension('{t}'))"), "load_extension"),
+            ("PRAGMA writable_schema = ON".to_owned(), "writable_schema"),
+            (format!("PRAGMA temp_store_directory = '{t}'"), "temp_store_directory"),
+            ("PRAGMA journal_mode = DELETE".to_owned(), "journal_mode"),
+            ("PRAGMA main.journal_mode = WAL".to_owned(), "journal_mode"),
+            ("PRAGMA temp_store = FILE".to_owned(), "temp_store"),
+            ("PRAGMA foreign_keys = 'x'".to_owned(), "foreign_keys"),
+            ("PRAGMA temp.foreign_keys = OFF".to_owned(), "temp"),
+            ("CREATE TEMP TABLE x (a)".to_owned(), "temp"),
+            ("INSERT INTO temp.sqlite_temp_master VALUES (1,1,1,1,1)".to_owned(), "refused"),
+            ("CREATE TRIGGER g AFTER INSERT ON t BEGIN DELETE FROM t; END".to_owned(), "CreateTrigger"),
+            ("CREATE VIEW v AS SELECT 1".to_owned(), "CreateView"),
+            ("CREATE VIRTUAL TABLE v USING fts5(a)".to_owned(), "refused"),
+            ("INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT x FROM c".to_owned(), "recursive"),
+            ("CREATE TABLE big AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 2000000) SELECT zeroblob(1000) FROM c".to_owned(), "refused"),
+            ("INSERT INTO t VALUES (zeroblob(1000000000))".to_owned(), "zeroblob"),
+            ("INSERT INTO t SELECT 1; ATTACH 'x' AS y".to_owned(), "ATTACH"),
+            ("SAVEPOINT s".to_owned(), "never logs"),
+            ("COMMIT".to_owned(), "never logs"),
+            ("ANALYZE".to_owned(), "never logs"),
+        ] {
+            let mut r = replayer(tmp.path(), &limits);
+            // Inside a transaction and, like PRAGMA-only entries, outside one.
+            let e = r.apply(stmt.as_bytes(), true).unwrap_err();
+            assert!(e.contains("refused by the SQL sandbox") && e.contains(why), "{stmt}: {e}");
+            let e = r.apply(stmt.as_bytes(), false).unwrap_err();
+            assert!(e.contains("refused by the SQL sandbox") && e.contains(why), "{stmt}: {e}");
+            r.apply(b"INSERT INTO t VALUES (2)", true).unwrap();
+            drop(r);
+            std::fs::remove_file(tmp.path().join("r.db")).unwrap();
+            assert!(!target.exists(), "{stmt} made {t}");
+        }
+    }
+
+    #[test]
+    fn an_endless_statement_ends_at_the_deadline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let limits = SqlLimits {
+            timeout: Duration::from_millis(500),
+            ..SqlLimits::default()
+        };
+        let mut r = replayer(tmp.path(), &limits);
+        // 1024 rows, then a join of six copies: 10^18 steps, made of allowed parts only.
+        for _ in 0..10 {
+            r.apply(b"INSERT INTO t SELECT a FROM t", true).unwrap();
+        }
+        let start = Instant::now();
+        let e = r
+            .apply(
+                b"INSERT INTO t SELECT count(*) FROM t a, t b, t c, t d, t e, t f",
+                true,
+            )
+            .unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(e.contains("--sql-timeout"), "{e}");
+    }
+
+    #[test]
+    fn cancelling_interrupts_a_running_statement() {
+        let tmp = tempfile::tempdir().unwrap();
+        let limits = SqlLimits {
+            timeout: Duration::from_secs(3600),
+            ..SqlLimits::default()
+        };
+        let mut r = replayer(tmp.path(), &limits);
+        for _ in 0..10 {
+            r.apply(b"INSERT INTO t SELECT a FROM t", true).unwrap();
+        }
+        let l = limits.clone();
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            l.cancel();
+            Instant::now()
+        });
+        let e = r
+            .apply(
+                b"INSERT INTO t SELECT count(*) FROM t a, t b, t c, t d, t e, t f",
+                true,
+            )
+            .unwrap_err();
+        let cancelled_at = canceller.join().unwrap();
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            cancelled_at.elapsed()
+        );
+        assert!(e.contains("cancelled"), "{e}");
+        // Later rebuilds do not start either.
+        assert!(
+            r.apply(b"INSERT INTO t VALUES (3)", true)
+                .unwrap_err()
+                .contains("cancelled")
+        );
+    }
+
+    #[test]
+    fn a_growing_database_stops_at_its_size_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let limits = SqlLimits {
+            max_db_size: Some(8 << 20),
+            ..SqlLimits::default()
+        };
+        let mut r = replayer(tmp.path(), &limits);
+        r.apply(b"INSERT INTO t VALUES (printf('%.*c', 1000000, 'x'))", true)
+            .unwrap();
+        let mut failed = None;
+        for _ in 0..8 {
+            if let Err(e) = r.apply(b"INSERT INTO t SELECT a FROM t", true) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = failed.expect("256 MB of rows fit in 8 MiB");
+        assert!(
+            e.contains("size bound of 8388608 bytes (--max-db-size)"),
+            "{e}"
+        );
+        assert!(
+            e.contains("statement 1 (INSERT INTO t SELECT a FROM t)"),
+            "{e}"
+        );
+        drop(r);
+        let len = std::fs::metadata(tmp.path().join("r.db")).unwrap().len();
+        assert!(len <= 8 << 20, "{len}");
+        // A database already past the bound is not opened for replaying.
+        let big = tmp.path().join("big.db");
+        let c = Connection::open(&big).unwrap();
+        c.execute_batch("CREATE TABLE b (a); INSERT INTO b VALUES (zeroblob(2000000))")
+            .unwrap();
+        drop(c);
+        let small = SqlLimits {
+            max_db_size: Some(1 << 20),
+            ..SqlLimits::default()
+        };
+        let e = Replayer::open(&big, small.budget(0)).err().unwrap();
+        assert!(e.contains("already larger"), "{e}");
+    }
 
     #[test]
     fn screening_by_first_words() {
