@@ -440,3 +440,28 @@ pub fn cln_manifest() -> Vec<ClnRow> {
         })
         .collect()
 }
+
+impl Mounted {
+    /// Like [`Mounted::new`], with extra environment variables for the daemon (e.g. RUST_LOG).
+    pub fn with_env(source: &Path, args: &[&str], env: &[(&str, &str)]) -> Mounted {
+        let dir = scratch();
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        let child = command()
+            .arg("mount")
+            .arg(source)
+            .arg(&path)
+            .args(args)
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut m = Mounted {
+            path,
+            child,
+            _dir: dir,
+        };
+        m.wait_ready();
+        m
+    }
+}

@@ -356,16 +356,19 @@ impl PointList for ClnPoints {
                     "snapshot_version".into(),
                     json!(s.base.map(|b| self.plan.entry(b).version)),
                 );
-                match (self.failure(&s), self.db(&s)) {
-                    (Some(e), _) => Err(e.context(format!("version {v} not served"))),
-                    (None, Some(db)) => Ok(vec![Exposed {
+                // A rebuild that failed keeps its file, whose reads give the remembered error at
+                // once; the listing shows it (and `latest` skips the version, see `is_ok`).
+                match self.db(&s) {
+                    Some(db) => Ok(vec![Exposed {
                         path: "lightningd.sqlite3".into(),
                         node: Node::File(Arc::new(db) as Arc<dyn FileNode>),
                         size: None,
                         sources: vec![self.set.clone()],
-                        error: None,
+                        error: self
+                            .failure(&s)
+                            .map(|e| e.context(format!("version {v} not served"))),
                     }]),
-                    (None, None) => Err(Error::not_found("the log is not open")),
+                    None => Err(Error::not_found("the log is not open")),
                 }
             }
             Slot::Unserved(u) => {
@@ -527,6 +530,11 @@ impl DbFile {
     /// snapshot, or an empty database), replaying the kept entries up to this version, and
     /// leaving checkpoints behind on the way. A failed rebuild leaves no file behind.
     fn rebuild_file(&self) -> Result<PathBuf> {
+        ::log::debug!(
+            "{}: rebuilding version {}",
+            self.log.path.display(),
+            self.plan.entry(self.upto).version
+        );
         let out = self.work.file("db")?;
         self.rebuild_into(&out).inspect_err(|_| {
             let _ = std::fs::remove_file(&out);
