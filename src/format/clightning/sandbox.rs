@@ -139,18 +139,24 @@ pub struct Budget {
     cancel: Arc<AtomicBool>,
 }
 
-/// Why the sandbox stopped a statement.
+/// The authorizer's state, shared with the sandbox.
 #[derive(Default)]
 struct Refusal {
     /// Set while a log statement is being prepared or run; internal statements are not checked.
-    on: bool,
+    on: AtomicBool,
     /// The first refused action of the statement.
-    reason: Option<String>,
+    reason: Mutex<Option<String>>,
+}
+
+impl Refusal {
+    fn reason(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The sandbox installed on one connection.
 pub struct Sandbox {
-    refusal: Arc<Mutex<Refusal>>,
+    refusal: Arc<Refusal>,
     budget: Budget,
 }
 
@@ -179,17 +185,16 @@ impl Sandbox {
         }
         // Extension loading stays off as SQLite starts it (rusqlite is built without it), and
         // the authorizer refuses `load_extension()` too.
-        let refusal = Arc::new(Mutex::new(Refusal::default()));
+        let refusal = Arc::new(Refusal::default());
         let shared = Arc::clone(&refusal);
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-            let mut r = shared.lock().unwrap_or_else(|p| p.into_inner());
-            if !r.on {
+            if !shared.on.load(Ordering::Relaxed) {
                 return Authorization::Allow;
             }
             match authorize(&ctx) {
                 Ok(()) => Authorization::Allow,
                 Err(why) => {
-                    r.reason.get_or_insert(why);
+                    shared.reason().get_or_insert(why);
                     Authorization::Deny
                 }
             }
@@ -206,21 +211,15 @@ impl Sandbox {
         Ok(Sandbox { refusal, budget })
     }
 
-    fn refusal(&self) -> std::sync::MutexGuard<'_, Refusal> {
-        self.refusal.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Checks the statements prepared from now on.
     pub fn enter(&self) {
-        *self.refusal() = Refusal {
-            on: true,
-            reason: None,
-        };
+        *self.refusal.reason() = None;
+        self.refusal.on.store(true, Ordering::Relaxed);
     }
 
     /// Stops checking (the replayer's own statements follow).
     pub fn leave(&self) {
-        self.refusal().on = false;
+        self.refusal.on.store(false, Ordering::Relaxed);
     }
 
     /// Fails once the rebuild is cancelled or out of time: looked at between statements, since
@@ -250,7 +249,7 @@ impl Sandbox {
     /// Says why a statement failed, in the sandbox's terms when the sandbox stopped it.
     pub fn explain(&self, e: &rusqlite::Error) -> String {
         // A refused function comes back as a plain error: the recorded refusal tells.
-        if let Some(why) = self.refusal().reason.take() {
+        if let Some(why) = self.refusal.reason().take() {
             return format!("refused by the SQL sandbox: {why}");
         }
         match e.sqlite_error_code() {
