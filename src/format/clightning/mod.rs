@@ -193,7 +193,9 @@ impl ClnSet {
             md.dev(),
             md.ino(),
             md.len(),
-            md.mtime_nsec() + md.mtime() * 1_000_000_000,
+            md.mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(md.mtime_nsec()),
         );
         if st.seen == Some(seen) {
             return;
@@ -229,7 +231,9 @@ impl ClnSet {
         }
         st.seen = Some(seen);
         st.problem = None;
-        let log = Arc::clone(st.log.as_ref().expect("opened above"));
+        let Some(log) = st.log.as_ref().map(Arc::clone) else {
+            return;
+        };
         let tail = log::walk(&log.file, st.walked, seen.2, &mut st.entries);
         st.walked = st.entries.last().map_or(log::HEADER_LEN, Entry::end);
         let r = resolve::resolve(&st.entries, header.version, tail.as_ref());

@@ -35,17 +35,20 @@ fn insert_space<'a>(s: &'a str, key: &str, next: &str) -> Cow<'a, str> {
     let mut out = String::new();
     let mut rest = s;
     let mut changed = false;
-    while let Some(p) = rest.find(key) {
-        let (head, tail) = rest.split_at(p + key.len());
+    while let Some((head, tail)) = rest
+        .find(key)
+        .and_then(|p| rest.split_at_checked(p.saturating_add(key.len())))
+    {
         out.push_str(head);
         let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
-        if digits > 0 && tail[digits..].starts_with(next) {
-            out.push_str(&tail[..digits]);
-            out.push(' ');
-            rest = &tail[digits..];
-            changed = true;
-        } else {
-            rest = tail;
+        match tail.split_at_checked(digits) {
+            Some((number, after)) if digits > 0 && after.starts_with(next) => {
+                out.push_str(number);
+                out.push(' ');
+                rest = after;
+                changed = true;
+            }
+            _ => rest = tail,
         }
     }
     if !changed {
