@@ -31,6 +31,8 @@ pub struct ScanOptions {
     pub freezer_key: Option<Arc<Vec<u8>>>,
     /// Where indexes of backup files are kept between runs.
     pub index: Option<Arc<IndexCache>>,
+    /// Time and size budget of replaying Core Lightning logs (and its cancel flag).
+    pub sql: crate::format::clightning::SqlLimits,
 }
 
 impl ScanOptions {
@@ -41,6 +43,7 @@ impl ScanOptions {
             work: WorkDir::new(cache_dir, crate::workdir::CHECKPOINT_BYTES),
             freezer_key: None,
             index: Some(Arc::new(IndexCache::new(cache_dir))),
+            sql: crate::format::clightning::SqlLimits::default(),
         }
     }
 }

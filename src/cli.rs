@@ -58,6 +58,36 @@ impl CacheArgs {
     }
 }
 
+/// The budget of rebuilding a Core Lightning database from its log's SQL.
+#[derive(clap::Args, Debug)]
+struct SqlArgs {
+    /// Time one rebuild of a Core Lightning database may spend replaying its log's SQL.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    sql_timeout: Duration,
+    /// Largest rebuilt Core Lightning database, e.g. 4G (default: 16 × the log's size + 256M).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    max_db_size: Option<u64>,
+}
+
+impl SqlArgs {
+    /// `opts` with these limits.
+    fn apply(&self, mut opts: ScanOptions) -> ScanOptions {
+        opts.sql.timeout = self.sql_timeout;
+        opts.sql.max_db_size = self.max_db_size;
+        opts
+    }
+}
+
+/// Parses a positive number of seconds, e.g. `60` or `0.5`.
+fn parse_seconds(s: &str) -> std::result::Result<Duration, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| *v > 0.0)
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Mount every restore point under SOURCE read-only at MOUNTPOINT (runs in the foreground).
@@ -68,6 +98,8 @@ enum Command {
         mountpoint: PathBuf,
         #[command(flatten)]
         cache: CacheArgs,
+        #[command(flatten)]
+        sql: SqlArgs,
         /// FUSE worker threads (default: the number of CPUs).
         #[arg(long)]
         threads: Option<usize>,
@@ -104,6 +136,8 @@ enum Command {
         out: PathBuf,
         #[command(flatten)]
         cache: CacheArgs,
+        #[command(flatten)]
+        sql: SqlArgs,
     },
     /// Read every backup file the points depend on, check every checksum, report per point.
     Verify {
@@ -111,6 +145,8 @@ enum Command {
         source: PathBuf,
         #[command(flatten)]
         cache: CacheArgs,
+        #[command(flatten)]
+        sql: SqlArgs,
     },
 }
 
@@ -147,6 +183,7 @@ pub fn run() -> ExitCode {
             source,
             mountpoint,
             cache,
+            sql,
             threads,
             as_of,
             allow_other,
@@ -154,6 +191,7 @@ pub fn run() -> ExitCode {
             source,
             mountpoint,
             &cache,
+            &sql,
             threads,
             as_of.as_deref(),
             allow_other,
@@ -169,8 +207,9 @@ pub fn run() -> ExitCode {
             point_path,
             out,
             cache,
-        } => export_cmd(&source, &point_path, &out, &cache),
-        Command::Verify { source, cache } => verify(&source, &cache),
+            sql,
+        } => export_cmd(&source, &point_path, &out, &cache, &sql),
+        Command::Verify { source, cache, sql } => verify(&source, &cache, &sql),
     };
     match result {
         Ok(code) => code,
@@ -205,6 +244,7 @@ fn mount_cmd(
     source: PathBuf,
     mountpoint: PathBuf,
     cache: &CacheArgs,
+    sql: &SqlArgs,
     threads: Option<usize>,
     as_of: Option<&str>,
     allow_other: bool,
@@ -218,9 +258,12 @@ fn mount_cmd(
         allow_other,
     };
     mount::preflight(&args)?;
-    let opts = cache.options()?;
+    let opts = sql.apply(cache.options()?);
     let cat = scan(&args.source, &opts)?;
-    mount::mount(&cat, Arc::clone(&opts.cache), &args, Box::new(|| {}))?;
+    // A signal stops running rebuilds, so that their readers let go of the mount.
+    let limits = opts.sql.clone();
+    let on_signal = Box::new(move || limits.cancel());
+    mount::mount(&cat, Arc::clone(&opts.cache), &args, on_signal)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -325,9 +368,15 @@ fn human(n: u64) -> String {
     }
 }
 
-fn export_cmd(source: &Path, point_path: &str, out: &Path, cache: &CacheArgs) -> Result<ExitCode> {
+fn export_cmd(
+    source: &Path,
+    point_path: &str,
+    out: &Path,
+    cache: &CacheArgs,
+    sql: &SqlArgs,
+) -> Result<ExitCode> {
     refuse_inside(source, out)?;
-    let cat = scan(source, &cache.options()?)?;
+    let cat = scan(source, &sql.apply(cache.options()?))?;
     let node = vfs::resolve(&cat.tree(None), point_path)?;
     let bar = byte_bar(export::data_bytes(&node)?, "exporting");
     let stats = export::export(&node, out, &bar);
@@ -360,8 +409,8 @@ fn refuse_inside(source: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn verify(source: &Path, cache: &CacheArgs) -> Result<ExitCode> {
-    let cat = scan(source, &cache.options()?)?;
+fn verify(source: &Path, cache: &CacheArgs, sql: &SqlArgs) -> Result<ExitCode> {
+    let cat = scan(source, &sql.apply(cache.options()?))?;
     let total = cat.sets().iter().map(|s| s.set.verify_size()).sum();
     let bar = byte_bar(total, "verifying");
     let mut damaged = 0usize;
@@ -415,5 +464,14 @@ mod tests {
         assert_eq!(parse_size("2kb"), Ok(2048));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("5X").is_err());
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_seconds("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        for bad in ["0", "-1", "NaN", "inf", "1e30", "soon"] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
     }
 }

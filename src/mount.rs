@@ -144,9 +144,13 @@ pub fn mount(
         mp.display(),
         mp.display()
     );
-    session
-        .run()
-        .map_err(|e| Error::io(mp, &e).context("serving"))?;
+    match session.run() {
+        // The kernel ends a lazily detached mount's connection this way once it lets go.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            log::info!("the kernel ended the connection")
+        }
+        r => r.map_err(|e| Error::io(mp, &e).context("serving"))?,
+    }
     let s = cache.stats();
     log::info!(
         "unmounted; cache: {} hits, {} misses, {} evictions",

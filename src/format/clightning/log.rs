@@ -5,6 +5,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use super::sandbox::{self, Forbidden};
 use crate::error::{Error, Result};
 
 /// Size of the file header; entries start here.
@@ -15,6 +16,11 @@ const ENTRY_HEADER: u64 = 9;
 const BUMP: &str = "UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = ";
 /// How much of a payload's end is read to find its last statement (the bump is ~90 bytes).
 const TAIL_WINDOW: u64 = 160;
+/// Transaction payloads up to this size are read whole while walking, to screen their
+/// statements; larger ones (never written by lightningd) are left to the replay's sandbox.
+const SCREEN_MAX: u64 = 16 << 20;
+/// Largest transaction payload replayed: four of the longest statements SQLite takes here.
+const MAX_TRANSACTION: u64 = 256 << 20;
 
 /// The file header's fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,12 +49,21 @@ pub enum Probe {
     Broken(Error),
 }
 
+/// The `N` bytes at `at` (zeros past the end, never reached by the fixed layouts read here).
+fn bytes<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Some(s) = b.get(at..).and_then(|r| r.get(..N)) {
+        out.copy_from_slice(s);
+    }
+    out
+}
+
 fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+    u32::from_be_bytes(bytes(b, at))
 }
 
 fn be64(b: &[u8], at: usize) -> u64 {
-    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+    u64::from_be_bytes(bytes(b, at))
 }
 
 /// Reads the header of `path`. A file is claimed when its padding (bytes 36..512) is all zero
@@ -59,14 +74,15 @@ pub fn probe(path: &Path) -> Probe {
     };
     let mut buf = [0u8; HEADER_LEN as usize];
     let mut n = 0;
-    while n < buf.len() {
-        match f.read_at(&mut buf[n..], n as u64) {
+    while let Some(rest) = buf.get_mut(n..).filter(|r| !r.is_empty()) {
+        match f.read_at(rest, n as u64) {
             Ok(0) => break,
-            Ok(k) => n += k,
+            Ok(k) => n = n.saturating_add(k),
             Err(_) => return Probe::NotOurs,
         }
     }
-    if n < 36 || buf[36..n].iter().any(|&b| b != 0) {
+    let padding = buf.get(36..n);
+    if padding.is_none_or(|p| p.iter().any(|&b| b != 0)) {
         return Probe::NotOurs;
     }
     let h = Header {
@@ -116,17 +132,19 @@ pub struct Entry {
     pub kind: Kind,
     /// Whether a transaction ends with the data_version bump (PRAGMA-only entries do not).
     pub bump: bool,
+    /// A statement the sandbox refuses, found while walking.
+    pub forbidden: Option<Forbidden>,
 }
 
 impl Entry {
     /// File offset of the payload.
     pub fn payload_offset(&self) -> u64 {
-        self.offset + ENTRY_HEADER
+        self.offset.saturating_add(ENTRY_HEADER)
     }
 
     /// File offset just past the entry.
     pub fn end(&self) -> u64 {
-        self.payload_offset() + u64::from(self.length)
+        self.payload_offset().saturating_add(u64::from(self.length))
     }
 }
 
@@ -152,37 +170,42 @@ pub fn walk(file: &File, from: u64, len: u64, entries: &mut Vec<Entry>) -> Optio
             version,
             msg,
         };
-        let mut h = [0u8; ENTRY_HEADER as usize];
-        let have = (len - pos).min(ENTRY_HEADER) as usize;
-        if let Err(e) = file.read_exact_at(&mut h[..have], pos) {
-            return Some(tail(None, format!("cannot read entry header: {e}")));
-        }
-        if have < ENTRY_HEADER as usize {
+        let have = len.saturating_sub(pos);
+        if have < ENTRY_HEADER {
             return Some(tail(
                 None,
                 format!("entry header cut short: {have} of {ENTRY_HEADER} bytes"),
             ));
         }
-        let (length, version) = (be32(&h, 0), be32(&h, 4));
-        let kind = match h[8] {
+        let mut h = [0u8; ENTRY_HEADER as usize];
+        if let Err(e) = file.read_exact_at(&mut h, pos) {
+            return Some(tail(None, format!("cannot read entry header: {e}")));
+        }
+        let [l0, l1, l2, l3, v0, v1, v2, v3, t] = h;
+        let (length, version) = (
+            u32::from_be_bytes([l0, l1, l2, l3]),
+            u32::from_be_bytes([v0, v1, v2, v3]),
+        );
+        let kind = match t {
             1 => Kind::Transaction,
             2 => Kind::Snapshot,
             t => return Some(tail(Some(version), format!("unknown entry type {t}"))),
         };
-        let end = pos + ENTRY_HEADER + u64::from(length);
+        let payload = pos.saturating_add(ENTRY_HEADER);
+        let end = payload.saturating_add(u64::from(length));
         if end > len {
             return Some(tail(
                 Some(version),
                 format!(
                     "payload cut short: {length} bytes announced, {} present",
-                    len - pos - ENTRY_HEADER
+                    len.saturating_sub(payload)
                 ),
             ));
         }
-        let bump = match kind {
-            Kind::Snapshot => false,
-            Kind::Transaction => match last_statement(file, pos + ENTRY_HEADER, length) {
-                Ok(s) => is_bump(&s),
+        let (bump, forbidden) = match kind {
+            Kind::Snapshot => (false, None),
+            Kind::Transaction => match inspect(file, payload, length) {
+                Ok(found) => found,
                 Err(e) => return Some(tail(Some(version), format!("cannot read payload: {e}"))),
             },
         };
@@ -192,23 +215,41 @@ pub fn walk(file: &File, from: u64, len: u64, entries: &mut Vec<Entry>) -> Optio
             version,
             kind,
             bump,
+            forbidden,
         });
         pos = end;
     }
     None
 }
 
+/// Whether a transaction payload ends with the bump, and its first statement the sandbox
+/// refuses (payloads larger than `SCREEN_MAX` are not screened).
+fn inspect(file: &File, payload: u64, length: u32) -> std::io::Result<(bool, Option<Forbidden>)> {
+    if u64::from(length) > SCREEN_MAX {
+        return Ok((is_bump(&last_statement(file, payload, length)?), None));
+    }
+    let mut buf = vec![0u8; length as usize];
+    file.read_exact_at(&mut buf, payload)?;
+    let last = buf.rsplit(|&b| b == 0).next().unwrap_or_default();
+    let bump = is_bump(&String::from_utf8_lossy(last));
+    Ok((bump, sandbox::screen(&buf)))
+}
+
 /// The end of a transaction payload after its last NUL (at most `TAIL_WINDOW` bytes).
 fn last_statement(file: &File, payload: u64, length: u32) -> std::io::Result<String> {
     let take = u64::from(length).min(TAIL_WINDOW);
     let mut buf = vec![0u8; take as usize];
-    file.read_exact_at(&mut buf, payload + u64::from(length) - take)?;
-    let start = buf.iter().rposition(|&b| b == 0).map_or(0, |p| p + 1);
-    if start == 0 && u64::from(length) > take {
-        // The last statement is longer than any bump statement.
-        return Ok(String::new());
-    }
-    Ok(String::from_utf8_lossy(&buf[start..]).into_owned())
+    let at = payload.saturating_add(u64::from(length) - take);
+    file.read_exact_at(&mut buf, at)?;
+    let Some(nul) = buf.iter().rposition(|&b| b == 0) else {
+        if u64::from(length) > take {
+            // The last statement is longer than any bump statement.
+            return Ok(String::new());
+        }
+        return Ok(String::from_utf8_lossy(&buf).into_owned());
+    };
+    let last = buf.get(nul + 1..).unwrap_or_default();
+    Ok(String::from_utf8_lossy(last).into_owned())
 }
 
 /// Whether `stmt` is the data_version bump `… AND intval = N` (with or without `;`).
@@ -220,8 +261,19 @@ pub fn is_bump(stmt: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Reads an entry's payload.
+/// Reads a transaction entry's payload (at most `MAX_TRANSACTION` bytes: memory is not spent on
+/// more than SQLite would take).
 pub fn payload(file: &File, path: &Path, e: &Entry) -> Result<Vec<u8>> {
+    if u64::from(e.length) > MAX_TRANSACTION {
+        return Err(Error::corrupt(
+            path,
+            e.offset,
+            format!(
+                "a transaction of {} bytes; restorefs replays at most {MAX_TRANSACTION}",
+                e.length
+            ),
+        ));
+    }
     let mut buf = vec![0u8; e.length as usize];
     file.read_exact_at(&mut buf, e.payload_offset())
         .map_err(|err| Error::io(path, &err).context(format!("entry at offset {}", e.offset)))?;
@@ -236,11 +288,12 @@ pub fn copy_payload(file: &File, path: &Path, e: &Entry, out: &Path) -> Result<(
     let mut done = 0u64;
     while done < u64::from(e.length) {
         let n = (u64::from(e.length) - done).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], e.payload_offset() + done)
+        let piece = buf.get_mut(..n).unwrap_or_default();
+        file.read_exact_at(piece, e.payload_offset().saturating_add(done))
             .map_err(|err| {
                 Error::io(path, &err).context(format!("entry at offset {}", e.offset))
             })?;
-        w.write_all(&buf[..n]).map_err(|err| Error::io(out, &err))?;
+        w.write_all(piece).map_err(|err| Error::io(out, &err))?;
         done += n as u64;
     }
     Ok(())

@@ -8,8 +8,11 @@
 mod log;
 mod replay;
 mod resolve;
+mod sandbox;
 
-use std::collections::HashMap;
+pub use sandbox::SqlLimits;
+
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -70,6 +73,27 @@ impl Format for Clightning {
     }
 }
 
+/// Failed rebuilds, by (owner, offset of the entry that failed): remembered so that neither
+/// that version nor any later one replaying the same entry spends the budget again.
+type Failures = Arc<Mutex<BTreeMap<(u64, u64), Error>>>;
+
+/// The remembered failure of an entry among the kept entries `base..=upto` of `plan`.
+fn known_failure(
+    failures: &Failures,
+    plan: &Plan,
+    owner: u64,
+    base: Option<usize>,
+    upto: usize,
+) -> Option<Error> {
+    let lo = base.and_then(|b| plan.get(b)).map_or(0, |e| e.offset);
+    let hi = plan.get(upto)?.offset;
+    let failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+    failures
+        .range((owner, lo)..=(owner, hi))
+        .find(|((_, off), _)| plan.position(*off).is_some())
+        .map(|(_, e)| e.clone())
+}
+
 /// An open backup file, as one refresh saw it.
 struct LogFile {
     path: PathBuf,
@@ -89,6 +113,10 @@ struct Plan {
 impl Plan {
     fn entry(&self, pos: usize) -> &Entry {
         &self.entries[self.kept[pos]]
+    }
+
+    fn get(&self, pos: usize) -> Option<&Entry> {
+        self.kept.get(pos).and_then(|&i| self.entries.get(i))
     }
 
     /// Position in `kept` of the entry at file offset `off`, if kept.
@@ -118,6 +146,8 @@ struct ClnSet {
     work: Arc<WorkDir>,
     /// Sizes of rebuilt databases, by (owner, entry offset), so `stat` needs no rebuild twice.
     sizes: Arc<Mutex<HashMap<(u64, u64), u64>>>,
+    failures: Failures,
+    sql: SqlLimits,
     state: Mutex<State>,
 }
 
@@ -129,6 +159,8 @@ impl ClnSet {
             cache: Arc::clone(&opts.cache),
             work: Arc::clone(&opts.work),
             sizes: Arc::default(),
+            failures: Arc::default(),
+            sql: opts.sql.clone(),
             state: Mutex::new(State {
                 seen: None,
                 log: None,
@@ -161,7 +193,9 @@ impl ClnSet {
             md.dev(),
             md.ino(),
             md.len(),
-            md.mtime_nsec() + md.mtime() * 1_000_000_000,
+            md.mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(md.mtime_nsec()),
         );
         if st.seen == Some(seen) {
             return;
@@ -197,7 +231,9 @@ impl ClnSet {
         }
         st.seen = Some(seen);
         st.problem = None;
-        let log = Arc::clone(st.log.as_ref().expect("opened above"));
+        let Some(log) = st.log.as_ref().map(Arc::clone) else {
+            return;
+        };
         let tail = log::walk(&log.file, st.walked, seen.2, &mut st.entries);
         st.walked = st.entries.last().map_or(log::HEADER_LEN, Entry::end);
         let r = resolve::resolve(&st.entries, header.version, tail.as_ref());
@@ -225,6 +261,8 @@ impl ClnSet {
             cache: Some(Arc::clone(&self.cache)),
             work: Some(Arc::clone(&self.work)),
             sizes: Arc::clone(&self.sizes),
+            failures: Arc::clone(&self.failures),
+            sql: self.sql.clone(),
         });
     }
 
@@ -256,9 +294,17 @@ struct ClnPoints {
     cache: Option<Arc<Cache>>,
     work: Option<Arc<WorkDir>>,
     sizes: Arc<Mutex<HashMap<(u64, u64), u64>>>,
+    failures: Failures,
+    sql: SqlLimits,
 }
 
 impl ClnPoints {
+    /// A failure already met while rebuilding `s` or an earlier version it replays through.
+    fn failure(&self, s: &resolve::Served) -> Option<Error> {
+        let owner = self.log.as_ref()?.owner;
+        known_failure(&self.failures, &self.plan, owner, s.base, s.upto)
+    }
+
     fn db(&self, s: &resolve::Served) -> Option<DbFile> {
         let log = self.log.as_ref()?;
         Some(DbFile {
@@ -269,6 +315,8 @@ impl ClnPoints {
             cache: Arc::clone(self.cache.as_ref()?),
             work: Arc::clone(self.work.as_ref()?),
             sizes: Arc::clone(&self.sizes),
+            failures: Arc::clone(&self.failures),
+            sql: self.sql.clone(),
             attr: Attr::read_only(false, log.mtime),
         })
     }
@@ -296,7 +344,10 @@ impl PointList for ClnPoints {
     }
 
     fn is_ok(&self, i: usize) -> bool {
-        matches!(self.order[i].1, Slot::Served(_))
+        match self.order.get(i) {
+            Some((_, Slot::Served(s))) => self.failure(s).is_none(),
+            _ => false,
+        }
     }
 
     fn get(&self, i: usize) -> Arc<Point> {
@@ -309,13 +360,17 @@ impl PointList for ClnPoints {
                     "snapshot_version".into(),
                     json!(s.base.map(|b| self.plan.entry(b).version)),
                 );
+                // A rebuild that failed keeps its file, whose reads give the remembered error at
+                // once; the listing shows it (and `latest` skips the version, see `is_ok`).
                 match self.db(&s) {
                     Some(db) => Ok(vec![Exposed {
                         path: "lightningd.sqlite3".into(),
                         node: Node::File(Arc::new(db) as Arc<dyn FileNode>),
                         size: None,
                         sources: vec![self.set.clone()],
-                        error: None,
+                        error: self
+                            .failure(&s)
+                            .map(|e| e.context(format!("version {v} not served"))),
                     }]),
                     None => Err(Error::not_found("the log is not open")),
                 }
@@ -438,6 +493,8 @@ struct DbFile {
     cache: Arc<Cache>,
     work: Arc<WorkDir>,
     sizes: Arc<Mutex<HashMap<(u64, u64), u64>>>,
+    failures: Failures,
+    sql: SqlLimits,
     attr: Attr,
 }
 
@@ -477,6 +534,11 @@ impl DbFile {
     /// snapshot, or an empty database), replaying the kept entries up to this version, and
     /// leaving checkpoints behind on the way. A failed rebuild leaves no file behind.
     fn rebuild_file(&self) -> Result<PathBuf> {
+        ::log::debug!(
+            "{}: rebuilding version {}",
+            self.log.path.display(),
+            self.plan.entry(self.upto).version
+        );
         let out = self.work.file("db")?;
         self.rebuild_into(&out).inspect_err(|_| {
             let _ = std::fs::remove_file(&out);
@@ -488,6 +550,16 @@ impl DbFile {
         let plan = &self.plan;
         let owner = self.log.owner;
         let target = self.plan.entry(self.upto);
+        if let Some(e) = known_failure(&self.failures, plan, owner, self.base, self.upto) {
+            return Err(e.context(format!("version {} not served", target.version)));
+        }
+        let log_len = self
+            .log
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.log.path, &e))?
+            .len();
+        let budget = self.sql.budget(log_len);
         let store = self.work.checkpoints();
         let lo = self.base.map_or(0, |b| plan.entry(b).offset);
         let from = store.nearest(owner, lo..=target.offset, |off| {
@@ -513,7 +585,7 @@ impl DbFile {
         if first > self.upto {
             return Ok(());
         }
-        let mut r = Replayer::open(out)
+        let mut r = Replayer::open(out, budget)
             .map_err(|m| self.corrupt(target, format!("version {}: {m}", target.version)))?;
         // Connection settings (foreign_keys) set by PRAGMA-only entries before a checkpoint
         // are not in the file: set them again.
@@ -533,14 +605,27 @@ impl DbFile {
             let e = plan.entry(pos);
             let payload = log::payload(&self.log.file, &self.log.path, e)?;
             r.apply(&payload, e.bump)
-                .map_err(|m| self.corrupt(e, format!("replaying version {}: {m}", e.version)))?;
+                .map_err(|m| self.failed(e, format!("replaying version {}: {m}", e.version)))?;
             let n = (pos - seg_start + 1) as u64;
             if e.bump && pos < self.upto && n.is_multiple_of(every) && !store.has(owner, e.offset) {
-                r.commit().map_err(|m| self.corrupt(e, m))?;
+                r.commit().map_err(|m| self.failed(e, m))?;
                 store.put(&self.work, owner, e.offset, out)?;
             }
         }
-        r.finish().map_err(|m| self.corrupt(target, m))
+        r.finish().map_err(|m| self.failed(target, m))
+    }
+
+    /// The error of replaying entry `e`, remembered for every version replaying through it
+    /// (unless restorefs is shutting down, which says nothing about the entry).
+    fn failed(&self, e: &Entry, msg: String) -> Error {
+        let err = self.corrupt(e, msg);
+        if !self.sql.is_cancelled() {
+            self.failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((self.log.owner, e.offset), err.clone());
+        }
+        err
     }
 
     /// K, the versions between checkpoints: at least `CHECKPOINT_EVERY`, at least one

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::sandbox::{self, Budget, Sandbox};
+
 /// Splits a transaction payload into its statements (NUL-separated, strict UTF-8).
 pub fn statements(payload: &[u8]) -> Result<Vec<&str>, String> {
     payload
@@ -33,17 +35,20 @@ fn insert_space<'a>(s: &'a str, key: &str, next: &str) -> Cow<'a, str> {
     let mut out = String::new();
     let mut rest = s;
     let mut changed = false;
-    while let Some(p) = rest.find(key) {
-        let (head, tail) = rest.split_at(p + key.len());
+    while let Some((head, tail)) = rest
+        .find(key)
+        .and_then(|p| rest.split_at_checked(p.saturating_add(key.len())))
+    {
         out.push_str(head);
         let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
-        if digits > 0 && tail[digits..].starts_with(next) {
-            out.push_str(&tail[..digits]);
-            out.push(' ');
-            rest = &tail[digits..];
-            changed = true;
-        } else {
-            rest = tail;
+        match tail.split_at_checked(digits) {
+            Some((number, after)) if digits > 0 && after.starts_with(next) => {
+                out.push_str(number);
+                out.push(' ');
+                rest = after;
+                changed = true;
+            }
+            _ => rest = tail,
         }
     }
     if !changed {
@@ -64,17 +69,19 @@ pub fn is_pragma(stmt: &str) -> bool {
 /// A database being rebuilt.
 pub struct Replayer {
     conn: Connection,
+    sandbox: Sandbox,
     in_tx: bool,
 }
 
 impl Replayer {
-    /// Opens (or creates) the database file at `path` for replaying.
-    pub fn open(path: &Path) -> Result<Replayer, String> {
+    /// Opens (or creates) the database file at `path` for replaying within `budget`.
+    pub fn open(path: &Path, budget: Budget) -> Result<Replayer, String> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags)
+        let mut conn = Connection::open_with_flags(path, flags)
             .map_err(|e| format!("cannot open the database: {e}"))?;
+        let sandbox = Sandbox::install(&mut conn, budget)?;
         // No journal and no syncing: a rebuild that fails is thrown away whole (never rolled
         // back), and one that is lost is rebuilt from the log. A WAL snapshot keeps its mode.
         let mode: String = conn
@@ -86,28 +93,72 @@ impl Replayer {
         }
         conn.execute_batch("PRAGMA synchronous = OFF; PRAGMA foreign_keys = ON;")
             .map_err(|e| e.to_string())?;
-        Ok(Replayer { conn, in_tx: false })
+        // The size bound, in pages; a database already past it stops here.
+        let max = sandbox.budget().max_db_size;
+        let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+        if len > max {
+            return Err(format!(
+                "the database ({len} bytes) is already larger than its size bound of {max} bytes (--max-db-size)"
+            ));
+        }
+        let page: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| e.to_string())?;
+        let pages = max / u64::try_from(page).unwrap_or(1).max(1);
+        conn.query_row(
+            &format!(
+                "PRAGMA max_page_count = {}",
+                pages.clamp(1, i64::MAX as u64)
+            ),
+            [],
+            |_| Ok(()),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Replayer {
+            conn,
+            sandbox,
+            in_tx: false,
+        })
     }
 
+    /// Runs one statement of the log inside the sandbox.
     fn run(&self, sql: &str) -> Result<(), String> {
         if sql.trim().is_empty() {
             return Ok(());
         }
+        // VACUUM asks the authorizer nothing: statements are screened by their first words too.
+        if let Some(what) = sandbox::refused_kind(sql.as_bytes()) {
+            return Err(format!("refused by the SQL sandbox: {what}"));
+        }
         let sql = rewrite_pre_4090(sql);
-        let mut st = self.conn.prepare(&sql).map_err(|e| e.to_string())?;
+        self.sandbox.enter();
+        let r = self.step_all(&sql);
+        self.sandbox.leave();
+        r.map_err(|e| self.sandbox.explain(&e))
+    }
+
+    fn step_all(&self, sql: &str) -> rusqlite::Result<()> {
+        let mut st = self.conn.prepare(sql)?;
         let mut rows = st.raw_query();
-        while rows.next().map_err(|e| e.to_string())?.is_some() {}
+        while rows.next()?.is_some() {}
         Ok(())
+    }
+
+    /// Runs one of the replayer's own statements (not checked by the authorizer, but still
+    /// within the time and size budget).
+    fn own(&self, sql: &str) -> Result<(), String> {
+        self.conn
+            .execute_batch(sql)
+            .map_err(|e| self.sandbox.explain(&e))
     }
 
     /// Applies one transaction entry: a committed transaction (`bump`) joins the open write
     /// transaction; a PRAGMA-only entry first commits, then runs on its own.
     pub fn apply(&mut self, payload: &[u8], bump: bool) -> Result<(), String> {
+        self.sandbox.check()?;
         let stmts = statements(payload)?;
         if bump && !self.in_tx {
-            self.conn
-                .execute_batch("BEGIN")
-                .map_err(|e| e.to_string())?;
+            self.own("BEGIN")?;
             self.in_tx = true;
         } else if !bump {
             self.commit()?;
@@ -131,9 +182,7 @@ impl Replayer {
     /// Commits the open write transaction, if any.
     pub fn commit(&mut self) -> Result<(), String> {
         if self.in_tx {
-            self.conn
-                .execute_batch("COMMIT")
-                .map_err(|e| e.to_string())?;
+            self.own("COMMIT")?;
             self.in_tx = false;
         }
         Ok(())
@@ -176,6 +225,7 @@ pub fn integrity_check(path: &Path) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sandbox::SqlLimits;
     use super::*;
 
     #[test]
@@ -217,7 +267,7 @@ mod tests {
     fn pragma_entries_act_outside_the_transaction() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("t.db");
-        let mut r = Replayer::open(&db).unwrap();
+        let mut r = Replayer::open(&db, SqlLimits::default().budget(0)).unwrap();
         r.apply(
             b"CREATE TABLE p (id INTEGER PRIMARY KEY)\0CREATE TABLE c (pid INTEGER REFERENCES p(id) ON DELETE CASCADE)\0INSERT INTO p VALUES (1)\0INSERT INTO c VALUES (1)",
             true,

@@ -69,7 +69,12 @@ pub fn resolve(entries: &[Entry], head: u32, tail: Option<&Tail>) -> Resolved {
             } else {
                 seg_start
             };
-            while r.kept.len() > keep_from && entries[r.kept[r.kept.len() - 1]].version >= v {
+            while r.kept.len() > keep_from
+                && r.kept
+                    .last()
+                    .and_then(|&k| entries.get(k))
+                    .is_some_and(|k| k.version >= v)
+            {
                 r.kept.pop();
             }
         } else if v != last.wrapping_add(1) {
@@ -83,10 +88,24 @@ pub fn resolve(entries: &[Entry], head: u32, tail: Option<&Tail>) -> Resolved {
     }
     // Kept positions of every bump and snapshot, in order; later segments win on equal versions.
     let mut seg_base: Option<usize> = None;
+    // A kept statement the sandbox refuses spoils its version and the rest of its segment.
+    let mut refused: Option<(u64, String)> = None;
     for (pos, &i) in r.kept.iter().enumerate() {
-        let e = &entries[i];
+        let Some(e) = entries.get(i) else { continue };
         if e.kind == Kind::Snapshot {
             seg_base = Some(pos);
+            refused = None;
+        }
+        if let Some(f) = e.forbidden
+            && refused.is_none()
+        {
+            refused = Some((
+                e.offset,
+                format!(
+                    "the entry at offset {} holds a statement the SQL sandbox refuses (statement {}: {}); versions after it are served again from the next snapshot",
+                    e.offset, f.statement, f.what
+                ),
+            ));
         }
         if e.kind == Kind::Snapshot || e.bump {
             if e.version > head {
@@ -100,6 +119,11 @@ pub fn resolve(entries: &[Entry], head: u32, tail: Option<&Tail>) -> Resolved {
                         ),
                     ),
                 );
+                continue;
+            }
+            if let Some(why) = &refused {
+                r.served.remove(&e.version);
+                r.unserved.insert(e.version, why.clone());
                 continue;
             }
             r.served.insert(
@@ -145,6 +169,7 @@ mod tests {
             version,
             kind: Kind::Transaction,
             bump,
+            forbidden: None,
         }
     }
 
@@ -208,6 +233,46 @@ mod tests {
         let r = resolve(&e, 9, None);
         assert_eq!(r.served[&9].upto, 2);
         assert_eq!(r.kept, [0, 1, 3]);
+    }
+
+    #[test]
+    fn a_refused_statement_spoils_the_rest_of_its_segment() {
+        use super::super::sandbox::Forbidden;
+        let bad = Entry {
+            offset: 900,
+            forbidden: Some(Forbidden {
+                statement: 2,
+                what: "VACUUM",
+            }),
+            ..tx(9, true)
+        };
+        let e = [
+            snap(7),
+            tx(8, true),
+            bad,
+            tx(10, true),
+            snap(20),
+            tx(21, true),
+        ];
+        let r = resolve(&e, 21, None);
+        assert_eq!(r.served.keys().copied().collect::<Vec<_>>(), [7, 8, 20, 21]);
+        assert_eq!(r.unserved[&9].0, 900);
+        assert_eq!(r.unserved[&10].0, 900);
+        assert!(r.unserved[&10].1.contains("statement 2: VACUUM"), "{r:?}");
+        // A rewind that replaces the refused entry makes its segment whole again.
+        let e = [snap(7), tx(8, true), bad, tx(9, true), tx(10, true)];
+        let r = resolve(&e, 10, None);
+        assert_eq!(r.served.keys().copied().collect::<Vec<_>>(), [7, 8, 9, 10]);
+        // A refused PRAGMA-only entry spoils the versions after it, not the one before.
+        let pragma = Entry {
+            bump: false,
+            version: 8,
+            ..bad
+        };
+        let e = [snap(7), tx(8, true), pragma, tx(9, true)];
+        let r = resolve(&e, 9, None);
+        assert_eq!(r.served.keys().copied().collect::<Vec<_>>(), [7, 8]);
+        assert!(r.unserved.contains_key(&9));
     }
 
     #[test]
