@@ -563,6 +563,7 @@ impl Directory for SetDir {
             "at" => self.at(list, n),
             _ => list
                 .find(name)
+                .or_else(|| list.find(&colon_alias(name)?))
                 .filter(|&i| i < n)
                 .map(|i| self.point(list.as_ref(), i)),
         })
@@ -578,6 +579,25 @@ impl Directory for SetDir {
     fn live(&self) -> bool {
         self.set.live()
     }
+}
+
+/// The point name that `2026-11-20T10-00-01_full` stands for (`2026-11-20T10:00:01_full`), for
+/// places where `:` is awkward (scp, rsync, SMB): only looked up, never listed.
+fn colon_alias(name: &str) -> Option<String> {
+    let b = name.as_bytes();
+    let time_at = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
+    let shaped = b.get(10) == Some(&b'T')
+        && b.get(13) == Some(&b'-')
+        && [11, 12, 14, 15].into_iter().all(time_at);
+    if !shaped {
+        return None;
+    }
+    let mut out = name.to_owned();
+    out.replace_range(13..14, ":");
+    if b.get(16) == Some(&b'-') && [17, 18].into_iter().all(time_at) {
+        out.replace_range(16..17, ":");
+    }
+    Some(out)
 }
 
 /// `at/`: lists nothing; looking up a time gives a symlink to the newest point at or before it.
@@ -611,5 +631,9 @@ impl Directory for AtDir {
 
     fn live(&self) -> bool {
         self.live
+    }
+
+    fn lookup_only(&self) -> bool {
+        true
     }
 }
