@@ -637,3 +637,24 @@ impl Directory for AtDir {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::colon_alias;
+
+    #[test]
+    fn colon_free_aliases_of_point_names() {
+        let alias = |s: &str| colon_alias(s);
+        assert_eq!(
+            alias("2026-11-20T10-00-01_full").as_deref(),
+            Some("2026-11-20T10:00:01_full")
+        );
+        assert_eq!(
+            alias("2026-11-20T10-00").as_deref(),
+            Some("2026-11-20T10:00")
+        );
+        assert_eq!(alias("2026-11-20T10:00:01_full"), None);
+        assert_eq!(alias("v0000000001"), None);
+        assert_eq!(alias("2026-11-20T1x-00"), None);
+    }
+}

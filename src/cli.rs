@@ -35,7 +35,6 @@ quietly with the status the command would have had.";
     about,
     after_help = EXIT_CODES,
     arg_required_else_help = true,
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
     override_usage = "restorefs [-v|-q] [--log-file FILE] <COMMAND>\n       \
         restorefs SOURCE MOUNTPOINT [-o OPTIONS] [-f]   (as mount.fuse3 runs it: `mount --daemon`)"
@@ -797,6 +796,59 @@ fn verify(source: &Path, cache: &CacheArgs) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_options_map_to_flags() {
+        let lists = vec![
+            "allow_other,uid=1000,gid=100".to_owned(),
+            "cache_size=64M".to_owned(),
+        ];
+        let o = parse_mount_options(&lists, false).unwrap();
+        assert_eq!(
+            o,
+            MountOptions {
+                allow_other: true,
+                owner: Owner {
+                    uid: Some(1000),
+                    gid: Some(100)
+                },
+                cache_size: Some(64 << 20),
+                ..MountOptions::default()
+            }
+        );
+        let o = parse_mount_options(&["cache_dir=/c,threads=3,freezer_key=/k".to_owned()], false)
+            .unwrap();
+        assert_eq!(o.cache_dir.as_deref(), Some(Path::new("/c")));
+        assert_eq!(o.threads, Some(3));
+        assert_eq!(o.freezer_key.as_deref(), Some(Path::new("/k")));
+        // mount(8), fstab and systemd options pass; what mount.fuse3 adds passes too.
+        let fstab = "defaults,noauto,nofail,_netdev,user,users,nodev,nosuid,noexec,noatime,\
+                     x-systemd.automount,x-systemd.idle-timeout=60,ro,default_permissions";
+        assert_eq!(
+            parse_mount_options(&[fstab.to_owned()], false).unwrap(),
+            MountOptions::default()
+        );
+        assert!(parse_mount_options(&["rw,dev,suid".to_owned()], true).is_ok());
+        for bad in [
+            "rw",
+            "uid=x",
+            "threads=",
+            "nodev=1",
+            "fsname=x",
+            "cache_size=9Q",
+        ] {
+            let e = parse_mount_options(&[bad.to_owned()], false).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Usage, "{bad}");
+            assert!(e.to_string().starts_with(&format!("-o {bad}: ")), "{e}");
+        }
+    }
+
+    #[test]
+    fn plurals() {
+        assert_eq!(plural(0, "point"), "0 points");
+        assert_eq!(plural(1, "backup set"), "1 backup set");
+        assert_eq!(plural(2, "file"), "2 files");
+    }
 
     #[test]
     fn sizes() {

@@ -316,7 +316,8 @@ pub fn resolve(root: &Node, path: &str) -> Result<Node> {
     Ok(stack.pop().expect("stack keeps the root"))
 }
 
-/// Up to `n` of `names` closest to `name`: by edit distance, then longest common prefix.
+/// Up to `n` of `names` closest to `name`: by edit distance (to the whole name, or one more
+/// than to its start, so that `info` finds `info.json`), then longest common prefix.
 pub fn nearest(name: &str, names: &[String], n: usize) -> Vec<String> {
     let want: Vec<char> = name.chars().collect();
     let mut scored: Vec<(usize, usize, &String)> = names
@@ -324,7 +325,9 @@ pub fn nearest(name: &str, names: &[String], n: usize) -> Vec<String> {
         .map(|c| {
             let have: Vec<char> = c.chars().collect();
             let prefix = want.iter().zip(&have).take_while(|(a, b)| a == b).count();
-            (edit_distance(&want, &have), usize::MAX - prefix, c)
+            let start = &have[..have.len().min(want.len())];
+            let d = edit_distance(&want, &have).min(edit_distance(&want, start) + 1);
+            (d, usize::MAX - prefix, c)
         })
         .collect();
     scored.sort();
