@@ -438,6 +438,15 @@ fn daemon_returns_once_the_mount_answers() {
     assert!(start.elapsed() < Duration::from_secs(30));
     let (path, sha) = plain_vda();
     assert_eq!(sha256_file(&mnt.join(&path)), sha);
+    // fsync of a read-only file or folder succeeds (editors and `sync -f` ask); close flushes.
+    std::fs::File::open(mnt.join(&path))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    std::fs::File::open(mnt.join("v1-plain"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
 
     // A second mount there is refused, naming the argument and what is mounted.
     let err = fails_with(
@@ -461,6 +470,7 @@ fn daemon_returns_once_the_mount_answers() {
     assert!(!is_mounted(&mnt));
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("serving 5 backup sets"), "{logged}");
+    assert!(!logged.contains("Not Implemented"), "{logged}");
     assert_clean_log(&logged);
 }
 
