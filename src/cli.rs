@@ -180,8 +180,12 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff): `restorefs man | man -l -`.
-    Man,
+    /// Print the manual page (roff): `restorefs man | man -l -`; `restorefs man mount` for a
+    /// command's own page.
+    Man {
+        /// A command (mount, umount, ls, export, verify, completions).
+        command: Option<String>,
+    },
 }
 
 /// Parses `1048576`, `512K`, `256M`, `1G`, `2T` (binary units; `KiB`/`MB` spellings accepted).
@@ -343,9 +347,28 @@ fn run_command(command: Command, report: Option<&Report>) -> Result<ExitCode> {
             out.bytes(&text)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
+        Command::Man { command } => {
+            let mut cli = Cli::command();
+            // Global options (-v, -q, --log-file) show on each command's page too.
+            cli.build();
+            let page = match command {
+                None => cli,
+                Some(name) => {
+                    let Some(sub) = cli.find_subcommand_mut(&name) else {
+                        return Err(Error::usage(format!(
+                            "COMMAND {name}: no such command (see `restorefs --help`)"
+                        )));
+                    };
+                    // Named like git's pages: restorefs-mount(1).
+                    let title = format!("restorefs-{name}");
+                    sub.clone()
+                        .display_name(title.clone())
+                        .bin_name(title)
+                        .version(env!("CARGO_PKG_VERSION"))
+                }
+            };
             let mut text = Vec::new();
-            clap_mangen::Man::new(Cli::command())
+            clap_mangen::Man::new(page)
                 .render(&mut text)
                 .map_err(|e| Error::io(Path::new("<man page>"), &e))?;
             Out::stdout().bytes(&text)?;

@@ -974,6 +974,25 @@ mod tests {
         assert_eq!(names(t.excess_held(7)), ["d5"]);
     }
 
+    #[test]
+    fn the_owner_option_shows_on_every_node() {
+        let (root, _) = tree();
+        let a = attr_of(&root);
+        let both = Owner {
+            uid: Some(a.uid + 7),
+            gid: Some(a.gid + 9),
+        };
+        let shown = both.apply(a);
+        assert_eq!((shown.uid, shown.gid), (a.uid + 7, a.gid + 9));
+        assert_eq!(shown.perm, a.perm);
+        let uid_only = Owner {
+            uid: Some(5),
+            gid: None,
+        };
+        assert_eq!((uid_only.apply(a).uid, uid_only.apply(a).gid), (5, a.gid));
+        assert_eq!(Owner::default().apply(a), a);
+    }
+
     fn attr_of(n: &Node) -> FileAttr {
         super::attr(ROOT, n).unwrap()
     }

@@ -355,6 +355,13 @@ fn completions_man_page_and_version() {
     let man = run_ok(&["man"]);
     assert!(man.contains(".TH restorefs 1"), "{man}");
     assert!(man.contains("Exit status: 0 done"));
+    let page = run_ok(&["man", "mount"]);
+    assert!(page.contains(".TH restorefs-mount 1"), "{page}");
+    assert!(
+        page.contains("cache_size=SIZE") && page.contains("\\-\\-daemon"),
+        "{page}"
+    );
+    fails_with(&["man", "nosuch"], 2);
     let version = run_ok(&["--version"]);
     assert_eq!(
         version,
