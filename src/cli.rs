@@ -89,6 +89,14 @@ struct CacheArgs {
 }
 
 impl CacheArgs {
+    /// The values without any flag (for the mount.fuse3 form, which takes `-o` only).
+    fn defaults() -> CacheArgs {
+        use clap::{Args, FromArgMatches};
+        let cmd = CacheArgs::augment_args(clap::Command::new("restorefs"));
+        CacheArgs::from_arg_matches(&cmd.get_matches_from(["restorefs"]))
+            .expect("the defaults of CacheArgs parse")
+    }
+
     fn options(&self) -> Result<ScanOptions> {
         let dir = self
             .cache_dir
@@ -258,11 +266,7 @@ pub fn run() -> ExitCode {
                 Mount {
                     source,
                     mountpoint,
-                    cache: CacheArgs {
-                        cache_size: 256 << 20,
-                        cache_dir: None,
-                        freezer_key: None,
-                    },
+                    cache: CacheArgs::defaults(),
                     threads: None,
                     as_of: None,
                     allow_other: false,
@@ -864,6 +868,13 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::Usage, "{bad}");
             assert!(e.to_string().starts_with(&format!("-o {bad}: ")), "{e}");
         }
+    }
+
+    #[test]
+    fn the_mount_fuse3_form_gets_the_documented_defaults() {
+        let d = CacheArgs::defaults();
+        assert_eq!(d.cache_size, 256 << 20);
+        assert_eq!((d.cache_dir, d.freezer_key), (None, None));
     }
 
     #[test]
