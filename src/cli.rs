@@ -408,7 +408,7 @@ fn stdout_error(e: std::io::Error) -> Error {
 }
 
 /// `1 point`, `2 points`.
-pub fn plural(n: usize, noun: &str) -> String {
+fn plural(n: usize, noun: &str) -> String {
     if n == 1 {
         format!("1 {noun}")
     } else {
