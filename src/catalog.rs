@@ -566,6 +566,7 @@ impl Directory for SetDir {
             "at" => self.at(list, n),
             _ => list
                 .find(name)
+                .or_else(|| list.find(&colon_alias(name)?))
                 .filter(|&i| i < n)
                 .map(|i| self.point(list.as_ref(), i)),
         })
@@ -581,6 +582,25 @@ impl Directory for SetDir {
     fn live(&self) -> bool {
         self.set.live()
     }
+}
+
+/// The point name that `2026-11-20T10-00-01_full` stands for (`2026-11-20T10:00:01_full`), for
+/// places where `:` is awkward (scp, rsync, SMB): only looked up, never listed.
+fn colon_alias(name: &str) -> Option<String> {
+    let b = name.as_bytes();
+    let time_at = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
+    let shaped = b.get(10) == Some(&b'T')
+        && b.get(13) == Some(&b'-')
+        && [11, 12, 14, 15].into_iter().all(time_at);
+    if !shaped {
+        return None;
+    }
+    let mut out = name.to_owned();
+    out.replace_range(13..14, ":");
+    if b.get(16) == Some(&b'-') && [17, 18].into_iter().all(time_at) {
+        out.replace_range(16..17, ":");
+    }
+    Some(out)
 }
 
 /// `at/`: lists nothing; looking up a time gives a symlink to the newest point at or before it.
@@ -614,5 +634,30 @@ impl Directory for AtDir {
 
     fn live(&self) -> bool {
         self.live
+    }
+
+    fn lookup_only(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colon_alias;
+
+    #[test]
+    fn colon_free_aliases_of_point_names() {
+        let alias = |s: &str| colon_alias(s);
+        assert_eq!(
+            alias("2026-11-20T10-00-01_full").as_deref(),
+            Some("2026-11-20T10:00:01_full")
+        );
+        assert_eq!(
+            alias("2026-11-20T10-00").as_deref(),
+            Some("2026-11-20T10:00")
+        );
+        assert_eq!(alias("2026-11-20T10:00:01_full"), None);
+        assert_eq!(alias("v0000000001"), None);
+        assert_eq!(alias("2026-11-20T1x-00"), None);
     }
 }

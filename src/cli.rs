@@ -6,25 +6,72 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::cache::Cache;
 use crate::catalog::{Catalog, ScanOptions};
-use crate::error::{Error, Result};
+use crate::daemon::{self, LogTarget, Report};
+use crate::error::{Error, ErrorKind, Result};
 use crate::export;
+use crate::fs::Owner;
 use crate::mount::{self, MountArgs};
 use crate::timefmt;
 use crate::vfs;
 use crate::workdir;
 
+/// Exit statuses, as `--help` and README.md list them.
+const EXIT_CODES: &str = "\
+Exit status: 0 done; 1 failed (I/O, damaged or missing data); 2 bad usage (arguments, options, \
+mountpoint); 3 `verify` found damage. A closed stdout (`restorefs ls | head`) ends output \
+quietly with the status the command would have had.";
+
 /// Mount backups read-only: every restore point of every backup set as a folder.
 #[derive(Parser, Debug)]
-#[command(name = "restorefs", version, about)]
+#[command(
+    name = "restorefs",
+    version,
+    about,
+    after_help = EXIT_CODES,
+    arg_required_else_help = true,
+    subcommand_negates_reqs = true,
+    override_usage = "restorefs [-v|-q] [--log-file FILE] <COMMAND>\n       \
+        restorefs SOURCE MOUNTPOINT [-o OPTIONS] [-f]   (as mount.fuse3 runs it: `mount --daemon`)"
+)]
 pub struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Folder holding backups: `restorefs SOURCE MOUNTPOINT` is `restorefs mount --daemon`
+    /// (how `mount -t fuse.restorefs` and /etc/fstab run it).
+    #[arg(value_name = "SOURCE", requires = "mountpoint")]
+    source: Option<PathBuf>,
+    /// An empty folder to mount on.
+    #[arg(value_name = "MOUNTPOINT")]
+    mountpoint: Option<PathBuf>,
+    /// Mount options, comma separated (as `mount` takes them; see `restorefs mount --help`).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+    /// Stay in the foreground.
+    #[arg(short = 'f', long)]
+    foreground: bool,
+}
+
+/// How much to log, and where.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Logging")]
+struct LogArgs {
+    /// Log more: -v info, -vv debug, -vvv everything (RUST_LOG, when set, wins).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Print errors only: no progress, no summaries.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Append log lines to FILE (a daemon without it logs to syslog).
+    #[arg(long, value_name = "FILE", global = true)]
+    log_file: Option<PathBuf>,
 }
 
 /// Where restorefs keeps what it computes (never inside SOURCE).
@@ -42,6 +89,14 @@ struct CacheArgs {
 }
 
 impl CacheArgs {
+    /// The values without any flag (for the mount.fuse3 form, which takes `-o` only).
+    fn defaults() -> CacheArgs {
+        use clap::{Args, FromArgMatches};
+        let cmd = CacheArgs::augment_args(clap::Command::new("restorefs"));
+        CacheArgs::from_arg_matches(&cmd.get_matches_from(["restorefs"]))
+            .expect("the defaults of CacheArgs parse")
+    }
+
     fn options(&self) -> Result<ScanOptions> {
         let dir = self
             .cache_dir
@@ -70,6 +125,14 @@ struct SqlArgs {
 }
 
 impl SqlArgs {
+    /// The values clap gives when no flag is given (for the `mount.fuse3` form).
+    fn defaults() -> SqlArgs {
+        use clap::{Args, FromArgMatches};
+        let cmd = SqlArgs::augment_args(clap::Command::new("restorefs"));
+        SqlArgs::from_arg_matches(&cmd.get_matches_from(["restorefs"]))
+            .expect("the defaults of SqlArgs parse")
+    }
+
     /// `opts` with these limits.
     fn apply(&self, mut opts: ScanOptions) -> ScanOptions {
         opts.sql.timeout = self.sql_timeout;
@@ -90,7 +153,8 @@ fn parse_seconds(s: &str) -> std::result::Result<Duration, String> {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Mount every restore point under SOURCE read-only at MOUNTPOINT (runs in the foreground).
+    /// Mount every restore point under SOURCE read-only at MOUNTPOINT (in the foreground;
+    /// `--daemon` returns once mounted).
     Mount {
         /// Folder holding backups (searched at any depth).
         source: PathBuf,
@@ -109,6 +173,20 @@ enum Command {
         /// Let other users read the mount (root, or `user_allow_other` in /etc/fuse.conf).
         #[arg(long)]
         allow_other: bool,
+        /// Mount options, comma separated, as FUSE file systems take them: allow_other,
+        /// default_permissions, ro, uid=N, gid=N (owner shown for every node),
+        /// cache_size=SIZE, cache_dir=DIR, threads=N, freezer_key=FILE. mount(8)/fstab options
+        /// (defaults, noauto, nofail, _netdev, user, users, nodev, nosuid, noexec, noatime,
+        /// x-systemd.*, ...) are ignored; rw is refused.
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
+        /// Stay in the foreground (the default; for FUSE habits).
+        #[arg(short = 'f', long, conflicts_with = "daemon")]
+        foreground: bool,
+        /// Return once the mount answers and keep serving in the background; logs go to
+        /// --log-file or syslog.
+        #[arg(long)]
+        daemon: bool,
     },
     /// Unmount, also a mount whose daemon died.
     Umount {
@@ -131,7 +209,7 @@ enum Command {
         source: PathBuf,
         /// Path as in the mount, e.g. `vm1/2026-11-20T10:00:01_full/vda.raw` or `vm1/latest/vda.raw`.
         point_path: String,
-        /// Where to write (must not exist; a folder for trees).
+        /// Where to write (must not exist; a folder for trees; `-` streams a file to stdout).
         #[arg(short, long)]
         out: PathBuf,
         #[command(flatten)]
@@ -139,7 +217,8 @@ enum Command {
         #[command(flatten)]
         sql: SqlArgs,
     },
-    /// Read every backup file the points depend on, check every checksum, report per point.
+    /// Read every backup file the points depend on, check every checksum, report per point
+    /// (exit status 3 when something is damaged).
     Verify {
         /// Folder holding backups.
         source: PathBuf,
@@ -147,6 +226,17 @@ enum Command {
         cache: CacheArgs,
         #[command(flatten)]
         sql: SqlArgs,
+    },
+    /// Print a shell completion script: `restorefs completions bash > /etc/bash_completion.d/restorefs`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `restorefs man | man -l -`; `restorefs man mount` for a
+    /// command's own page.
+    Man {
+        /// A command (mount, umount, ls, export, verify, completions).
+        command: Option<String>,
     },
 }
 
@@ -175,10 +265,93 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// Parses the command line and runs it.
+/// Whether `-q` was given: progress bars and summaries stay hidden.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Parses the command line, sets up logging and runs it.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    QUIET.store(cli.log.quiet, std::sync::atomic::Ordering::Relaxed);
+    // A daemon child reports to the parent that waits for it; it has no terminal.
+    let report = Report::from_env();
+    let target = match (&cli.log.log_file, &report) {
+        (Some(f), _) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(f)
+        {
+            Ok(file) => LogTarget::File(file),
+            Err(e) => {
+                let e = Error::io(f, &e).context("--log-file");
+                return fail(&e, report.as_ref(), false);
+            }
+        },
+        (None, Some(_)) => LogTarget::Syslog,
+        (None, None) => LogTarget::Stderr,
+    };
+    let verbosity = if cli.log.quiet {
+        -1
+    } else {
+        i8::try_from(cli.log.verbose).unwrap_or(i8::MAX)
+    };
+    // Errors reach the terminal through stderr; a log elsewhere gets them too.
+    let log_errors = !matches!(target, LogTarget::Stderr);
+    daemon::init_logging(verbosity, target);
     let result = match cli.command {
+        Some(command) => run_command(command, report.as_ref()),
+        // `mount -t fuse.restorefs`: mount.fuse3 runs `restorefs SOURCE MOUNTPOINT -o ...` and
+        // waits for it to return once mounted.
+        None => match (cli.source, cli.mountpoint) {
+            (Some(source), Some(mountpoint)) => mount_cmd(
+                Mount {
+                    source,
+                    mountpoint,
+                    cache: CacheArgs::defaults(),
+                    sql: SqlArgs::defaults(),
+                    threads: None,
+                    as_of: None,
+                    allow_other: false,
+                    options: cli.options,
+                    daemon: !cli.foreground,
+                    helper: true,
+                },
+                report.as_ref(),
+            ),
+            _ => Err(Error::usage(
+                "give a command, or SOURCE and MOUNTPOINT (see --help)",
+            )),
+        },
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) if is_closed_stdout(&e) => ExitCode::SUCCESS,
+        Err(e) => fail(&e, report.as_ref(), log_errors),
+    }
+}
+
+/// Prints `e` (and tells a waiting parent, and the log when `log_it`); the exit status its
+/// kind gives.
+fn fail(e: &Error, report: Option<&Report>, log_it: bool) -> ExitCode {
+    let msg = format!("restorefs: error: {e}");
+    if log_it {
+        log::error!("{e}");
+    }
+    if let Some(r) = report {
+        r.failed(&msg);
+    }
+    eprintln!("{msg}");
+    match e.kind() {
+        ErrorKind::Usage => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+fn run_command(command: Command, report: Option<&Report>) -> Result<ExitCode> {
+    match command {
         Command::Mount {
             source,
             mountpoint,
@@ -187,14 +360,23 @@ pub fn run() -> ExitCode {
             threads,
             as_of,
             allow_other,
+            options,
+            foreground: _,
+            daemon,
         } => mount_cmd(
-            source,
-            mountpoint,
-            &cache,
-            &sql,
-            threads,
-            as_of.as_deref(),
-            allow_other,
+            Mount {
+                source,
+                mountpoint,
+                cache,
+                sql,
+                threads,
+                as_of,
+                allow_other,
+                options,
+                daemon,
+                helper: false,
+            },
+            report,
         ),
         Command::Umount { mountpoint } => mount::umount(&mountpoint).map(|()| ExitCode::SUCCESS),
         Command::Ls {
@@ -210,17 +392,82 @@ pub fn run() -> ExitCode {
             sql,
         } => export_cmd(&source, &point_path, &out, &cache, &sql),
         Command::Verify { source, cache, sql } => verify(&source, &cache, &sql),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("restorefs: error: {e}");
-            ExitCode::FAILURE
+        Command::Completions { shell } => {
+            let mut out = Out::stdout();
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "restorefs", &mut text);
+            out.bytes(&text)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { command } => {
+            let mut cli = Cli::command();
+            // Global options (-v, -q, --log-file) show on each command's page too.
+            cli.build();
+            let page = match command {
+                None => cli,
+                Some(name) => {
+                    let Some(sub) = cli.find_subcommand_mut(&name) else {
+                        return Err(Error::usage(format!(
+                            "COMMAND {name}: no such command (see `restorefs --help`)"
+                        )));
+                    };
+                    // Named like git's pages: restorefs-mount(1).
+                    let title = format!("restorefs-{name}");
+                    sub.clone()
+                        .display_name(title.clone())
+                        .bin_name(title)
+                        .version(env!("CARGO_PKG_VERSION"))
+                }
+            };
+            let mut text = Vec::new();
+            clap_mangen::Man::new(page)
+                .render(&mut text)
+                .map_err(|e| Error::io(Path::new("<man page>"), &e))?;
+            Out::stdout().bytes(&text)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
 
+/// Whether `e` says that whoever reads our stdout stopped reading (`| head`).
+fn is_closed_stdout(e: &Error) -> bool {
+    e.kind() == ErrorKind::Io(libc::EPIPE) && e.file() == Some(Path::new("<stdout>"))
+}
+
+/// Standard output: errors name it, so that a closed pipe ends output quietly.
+struct Out(std::io::StdoutLock<'static>);
+
+impl Out {
+    fn stdout() -> Out {
+        Out(std::io::stdout().lock())
+    }
+
+    fn line(&mut self, text: &str) -> Result<()> {
+        writeln!(self.0, "{text}").map_err(stdout_error)
+    }
+
+    fn bytes(&mut self, b: &[u8]) -> Result<()> {
+        self.0.write_all(b).map_err(stdout_error)
+    }
+}
+
+fn stdout_error(e: std::io::Error) -> Error {
+    Error::io(Path::new("<stdout>"), &e)
+}
+
+/// `1 point`, `2 points`.
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn spinner(msg: &str) -> ProgressBar {
+    if quiet() {
+        return ProgressBar::hidden();
+    }
     let bar = ProgressBar::new_spinner();
     bar.set_message(msg.to_owned());
     bar.enable_steady_tick(Duration::from_millis(120));
@@ -228,6 +475,9 @@ fn spinner(msg: &str) -> ProgressBar {
 }
 
 fn byte_bar(total: u64, msg: &str) -> ProgressBar {
+    if quiet() {
+        return ProgressBar::hidden();
+    }
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template(
@@ -240,42 +490,180 @@ fn byte_bar(total: u64, msg: &str) -> ProgressBar {
     bar
 }
 
-fn mount_cmd(
+/// What `mount` and the `mount.fuse3` form were given.
+struct Mount {
     source: PathBuf,
     mountpoint: PathBuf,
-    cache: &CacheArgs,
-    sql: &SqlArgs,
+    cache: CacheArgs,
+    sql: SqlArgs,
     threads: Option<usize>,
-    as_of: Option<&str>,
+    as_of: Option<String>,
     allow_other: bool,
-) -> Result<ExitCode> {
+    options: Vec<String>,
+    daemon: bool,
+    /// Run by mount.fuse3, which adds `rw` (mount(8)'s default) and `dev,suid` by itself.
+    helper: bool,
+}
+
+/// What `-o` asked for, on top of the flags.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct MountOptions {
+    allow_other: bool,
+    owner: Owner,
+    cache_size: Option<u64>,
+    cache_dir: Option<PathBuf>,
+    threads: Option<usize>,
+    freezer_key: Option<PathBuf>,
+}
+
+/// Options of mount(8), fstab and systemd that concern the mount command, not restorefs (or that
+/// restorefs always does: nodev, nosuid, noatime, read-only).
+const IGNORED_OPTIONS: &[&str] = &[
+    "defaults",
+    "auto",
+    "noauto",
+    "nofail",
+    "_netdev",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "group",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "relatime",
+    "nodiratime",
+    "async",
+    "ro",
+    "default_permissions",
+];
+
+/// Parses `-o` lists (`allow_other,uid=1000,cache_size=1G`); `helper` accepts the `rw` that
+/// mount(8) adds unless told `ro` (the mount is read-only all the same).
+fn parse_mount_options(lists: &[String], helper: bool) -> Result<MountOptions> {
+    let mut o = MountOptions::default();
+    for opt in lists
+        .iter()
+        .flat_map(|l| l.split(','))
+        .filter(|o| !o.is_empty())
+    {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        let bad = |why: &str| Error::usage(format!("-o {opt}: {why}"));
+        let need = || value.ok_or_else(|| bad(&format!("needs a value: {key}=...")));
+        let id = || {
+            need()?
+                .parse::<u32>()
+                .map_err(|_| bad("needs a numeric id"))
+        };
+        match key {
+            "allow_other" => o.allow_other = true,
+            "uid" => o.owner.uid = Some(id()?),
+            "gid" => o.owner.gid = Some(id()?),
+            "cache_size" => o.cache_size = Some(parse_size(need()?).map_err(|e| bad(&e))?),
+            "cache_dir" => o.cache_dir = Some(PathBuf::from(need()?)),
+            "freezer_key" => o.freezer_key = Some(PathBuf::from(need()?)),
+            "threads" => {
+                o.threads = Some(
+                    need()?
+                        .parse()
+                        .map_err(|_| bad("needs a number of threads"))?,
+                );
+            }
+            "rw" if helper => {}
+            "rw" => return Err(bad("restorefs mounts are read-only; drop `rw`")),
+            k if k.starts_with("x-") || k == "comment" => {}
+            k if IGNORED_OPTIONS.contains(&k) && value.is_none() => {}
+            _ => {
+                return Err(bad(
+                    "unknown mount option (see `restorefs mount --help` for those restorefs takes)",
+                ));
+            }
+        }
+    }
+    Ok(o)
+}
+
+fn mount_cmd(m: Mount, report: Option<&Report>) -> Result<ExitCode> {
+    let o = parse_mount_options(&m.options, m.helper)?;
+    let as_of = m.as_of.as_deref().map(timefmt::parse_user).transpose()?;
+    if m.daemon && report.is_none() {
+        return daemon::spawn_and_wait();
+    }
+    let mut cache = m.cache;
+    cache.cache_size = o.cache_size.unwrap_or(cache.cache_size);
+    cache.cache_dir = o.cache_dir.or(cache.cache_dir);
+    cache.freezer_key = o.freezer_key.or(cache.freezer_key);
     let args = MountArgs {
-        source,
-        mountpoint,
-        threads: threads
+        source: m.source,
+        mountpoint: m.mountpoint,
+        threads: o
+            .threads
+            .or(m.threads)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-        as_of: as_of.map(timefmt::parse_user).transpose()?,
-        allow_other,
+        as_of,
+        allow_other: m.allow_other || o.allow_other,
+        owner: o.owner,
     };
     mount::preflight(&args)?;
-    let opts = sql.apply(cache.options()?);
+    let opts = m.sql.apply(cache.options()?);
     let cat = scan(&args.source, &opts)?;
+    let points: usize = cat.sets().iter().map(|s| s.set.points().len()).sum();
+    let serving = format!(
+        "serving {} ({}) at {}; Ctrl-C or `restorefs umount {}` unmounts",
+        plural(cat.sets().len(), "backup set"),
+        plural(points, "restore point"),
+        args.mountpoint.display(),
+        args.mountpoint.display()
+    );
+    let report = report.cloned();
+    let on_ready = Box::new(move || {
+        log::info!("{serving}");
+        match report {
+            Some(r) => r.ready(),
+            None if !quiet() => eprintln!("restorefs: {serving}"),
+            None => {}
+        }
+    });
     // A signal stops running rebuilds, so that their readers let go of the mount.
     let limits = opts.sql.clone();
     let on_signal = Box::new(move || limits.cancel());
-    mount::mount(&cat, Arc::clone(&opts.cache), &args, on_signal)?;
+    mount::mount(&cat, Arc::clone(&opts.cache), &args, on_signal, on_ready)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Scans SOURCE with a spinner on the terminal.
 pub fn scan(source: &Path, opts: &ScanOptions) -> Result<Catalog> {
+    match std::fs::metadata(source) {
+        Err(e) => {
+            return Err(Error::from_errno(
+                e.raw_os_error().unwrap_or(libc::EIO),
+                format!("SOURCE {}: {e}", source.display()),
+            ));
+        }
+        Ok(md) if !md.is_dir() => {
+            return Err(Error::usage(format!(
+                "SOURCE {}: not a folder (give the folder holding the backups)",
+                source.display()
+            )));
+        }
+        Ok(_) => {}
+    }
     let bar = spinner("scanning");
     let cat = Catalog::scan(source, opts, &bar);
     bar.finish_and_clear();
     let cat = cat?;
     if cat.sets().is_empty() {
         return Err(Error::not_found(format!(
-            "{}: no backups found (looked at any depth for virtnbdbackup folders, Freezer containers and Core Lightning backup files)",
+            "SOURCE {}: no backups found (looked at any depth for virtnbdbackup folders, Freezer containers and Core Lightning backup files)",
             source.display()
         )));
     }
@@ -284,8 +672,7 @@ pub fn scan(source: &Path, opts: &ScanOptions) -> Result<Catalog> {
 
 fn ls(source: &Path, as_json: bool, cache: &CacheArgs) -> Result<ExitCode> {
     let cat = scan(source, &cache.options()?)?;
-    let mut out = std::io::stdout().lock();
-    let w = |e: std::io::Error| Error::io(Path::new("<stdout>"), &e);
+    let mut out = Out::stdout();
     if as_json {
         let sets: Vec<Value> = cat
             .sets()
@@ -301,25 +688,23 @@ fn ls(source: &Path, as_json: bool, cache: &CacheArgs) -> Result<ExitCode> {
             .collect();
         let problems: Vec<String> = cat.problems().iter().map(ToString::to_string).collect();
         let doc = json!({"source": source, "sets": sets, "problems": problems});
-        serde_json::to_writer_pretty(&mut out, &doc).map_err(|e| w(e.into()))?;
-        writeln!(out).map_err(w)?;
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| stdout_error(e.into()))?;
+        out.line(&text)?;
         return Ok(ExitCode::SUCCESS);
     }
     for s in cat.sets() {
         let points = s.set.points();
-        writeln!(
-            out,
-            "{}  ({}, {} points)",
+        out.line(&format!(
+            "{}  ({}, {})",
             s.path,
             s.set.format(),
-            points.len()
-        )
-        .map_err(w)?;
+            plural(points.len(), "point")
+        ))?;
         if let Some(e) = s.set.problem() {
-            writeln!(out, "  ERROR: {e}").map_err(w)?;
+            out.line(&format!("  ERROR: {e}"))?;
         }
         for p in points.iter() {
-            writeln!(out, "  {}", p.name).map_err(w)?;
+            out.line(&format!("  {}", p.name))?;
             match &p.content {
                 Ok(files) => {
                     for f in files {
@@ -329,25 +714,23 @@ fn ls(source: &Path, as_json: bool, cache: &CacheArgs) -> Result<ExitCode> {
                             .as_ref()
                             .map(|e| format!("  ERROR: {e}"))
                             .unwrap_or_default();
-                        writeln!(
-                            out,
+                        out.line(&format!(
                             "    {:<16} {:>10}  {}{note}",
                             f.path,
                             size,
                             f.sources.join(" + ")
-                        )
-                        .map_err(w)?;
+                        ))?;
                     }
                 }
-                Err(e) => writeln!(out, "    ERROR: {e}").map_err(w)?,
+                Err(e) => out.line(&format!("    ERROR: {e}"))?,
             }
             for warning in &p.warnings {
-                writeln!(out, "    warning: {warning}").map_err(w)?;
+                out.line(&format!("    warning: {warning}"))?;
             }
         }
     }
     for p in cat.problems() {
-        writeln!(out, "problem: {p}").map_err(w)?;
+        out.line(&format!("problem: {p}"))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -375,25 +758,51 @@ fn export_cmd(
     cache: &CacheArgs,
     sql: &SqlArgs,
 ) -> Result<ExitCode> {
-    refuse_inside(source, out)?;
+    let to_stdout = out == Path::new("-");
+    if !to_stdout {
+        refuse_inside(source, out)?;
+    }
     let cat = scan(source, &sql.apply(cache.options()?))?;
-    let node = vfs::resolve(&cat.tree(None), point_path)?;
+    let node = vfs::resolve(&cat.tree(None), point_path).map_err(|e| match e.kind() {
+        ErrorKind::NotFound => Error::not_found(format!("POINT_PATH {e}")),
+        _ => e.context("POINT_PATH"),
+    })?;
     let bar = byte_bar(export::data_bytes(&node)?, "exporting");
-    let stats = export::export(&node, out, &bar);
+    let stats = if to_stdout {
+        export::stream(&node, &mut Out::stdout().0, &bar).map_err(|e| match e.file() {
+            Some(f) if f == Path::new("-") => {
+                stdout_error(std::io::Error::from_raw_os_error(e.errno()))
+            }
+            _ => e,
+        })
+    } else {
+        export::export(&node, out, &bar)
+    };
     bar.finish_and_clear();
     let stats = stats?;
-    eprintln!(
-        "restorefs: wrote {} ({} files, {} of data)",
-        out.display(),
-        stats.files,
-        human(stats.bytes)
-    );
+    if !quiet() {
+        eprintln!(
+            "restorefs: wrote {} ({}, {} of data)",
+            if to_stdout {
+                "stdout".to_owned()
+            } else {
+                out.display().to_string()
+            },
+            plural(usize::try_from(stats.files).unwrap_or(usize::MAX), "file"),
+            human(stats.bytes)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Nothing is ever written into the backup folder.
 fn refuse_inside(source: &Path, out: &Path) -> Result<()> {
-    let src = source.canonicalize().map_err(|e| Error::io(source, &e))?;
+    let src = source.canonicalize().map_err(|e| {
+        Error::from_errno(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("SOURCE {}: {e}", source.display()),
+        )
+    })?;
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -414,8 +823,11 @@ fn verify(source: &Path, cache: &CacheArgs, sql: &SqlArgs) -> Result<ExitCode> {
     let total = cat.sets().iter().map(|s| s.set.verify_size()).sum();
     let bar = byte_bar(total, "verifying");
     let mut damaged = 0usize;
-    let mut lines = Vec::new();
+    let mut out = Out::stdout();
+    let mut closed = false;
     for s in cat.sets() {
+        bar.set_message(format!("verifying {}", s.path));
+        let mut lines = Vec::new();
         let points = s.set.points();
         if let Some(e) = s.set.problem() {
             damaged += 1;
@@ -439,15 +851,23 @@ fn verify(source: &Path, cache: &CacheArgs, sql: &SqlArgs) -> Result<ExitCode> {
                 );
             }
         }
+        // Each set's verdict shows as soon as it is known; a closed stdout does not stop the
+        // checks, whose result is the exit status.
+        if !closed {
+            let printed = bar.suspend(|| lines.iter().try_for_each(|l| out.line(l)));
+            match printed {
+                Err(e) if is_closed_stdout(&e) => closed = true,
+                other => other?,
+            }
+        }
     }
     bar.finish_and_clear();
-    let mut out = std::io::stdout().lock();
-    for l in &lines {
-        writeln!(out, "{l}").map_err(|e| Error::io(Path::new("<stdout>"), &e))?;
-    }
     if damaged > 0 {
-        eprintln!("restorefs: {damaged} restore point(s) damaged");
-        return Ok(ExitCode::FAILURE);
+        eprintln!(
+            "restorefs: damage found in {}",
+            plural(damaged, "restore point")
+        );
+        return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -457,6 +877,66 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mount_options_map_to_flags() {
+        let lists = vec![
+            "allow_other,uid=1000,gid=100".to_owned(),
+            "cache_size=64M".to_owned(),
+        ];
+        let o = parse_mount_options(&lists, false).unwrap();
+        assert_eq!(
+            o,
+            MountOptions {
+                allow_other: true,
+                owner: Owner {
+                    uid: Some(1000),
+                    gid: Some(100)
+                },
+                cache_size: Some(64 << 20),
+                ..MountOptions::default()
+            }
+        );
+        let o = parse_mount_options(&["cache_dir=/c,threads=3,freezer_key=/k".to_owned()], false)
+            .unwrap();
+        assert_eq!(o.cache_dir.as_deref(), Some(Path::new("/c")));
+        assert_eq!(o.threads, Some(3));
+        assert_eq!(o.freezer_key.as_deref(), Some(Path::new("/k")));
+        // mount(8), fstab and systemd options pass; what mount.fuse3 adds passes too.
+        let fstab = "defaults,noauto,nofail,_netdev,user,users,nodev,nosuid,noexec,noatime,\
+                     x-systemd.automount,x-systemd.idle-timeout=60,ro,default_permissions";
+        assert_eq!(
+            parse_mount_options(&[fstab.to_owned()], false).unwrap(),
+            MountOptions::default()
+        );
+        assert!(parse_mount_options(&["rw,dev,suid".to_owned()], true).is_ok());
+        for bad in [
+            "rw",
+            "uid=x",
+            "threads=",
+            "nodev=1",
+            "fsname=x",
+            "cache_size=9Q",
+        ] {
+            let e = parse_mount_options(&[bad.to_owned()], false).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Usage, "{bad}");
+            assert!(e.to_string().starts_with(&format!("-o {bad}: ")), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_mount_fuse3_form_gets_the_documented_defaults() {
+        let d = CacheArgs::defaults();
+        assert_eq!(d.cache_size, 256 << 20);
+        assert_eq!((d.cache_dir, d.freezer_key), (None, None));
+    }
+
+    #[test]
+    fn plurals() {
+        assert_eq!(plural(0, "point"), "0 points");
+        assert_eq!(plural(1, "backup set"), "1 backup set");
+        assert_eq!(plural(2, "file"), "2 files");
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("256M"), Ok(256 << 20));
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
@@ -464,14 +944,5 @@ mod tests {
         assert_eq!(parse_size("2kb"), Ok(2048));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("5X").is_err());
-    }
-
-    #[test]
-    fn seconds() {
-        assert_eq!(parse_seconds("60"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
-        for bad in ["0", "-1", "NaN", "inf", "1e30", "soon"] {
-            assert!(parse_seconds(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,7 +40,43 @@ pub fn data_bytes(node: &Node) -> Result<u64> {
     })
 }
 
+/// Writes the file `node` to `w` in order (holes as zeros), for `export -o -`. Write errors
+/// name `<stdout>`.
+pub fn stream(node: &Node, w: &mut dyn Write, progress: &ProgressBar) -> Result<Stats> {
+    let Node::File(f) = node else {
+        return Err(Error::usage(
+            "only a file can be streamed to stdout; give a folder to export a tree into",
+        ));
+    };
+    f.check()?;
+    let size = f.size()?;
+    let mut buf = vec![0u8; PIECE];
+    let mut at = 0;
+    while at < size {
+        let n = PIECE.min((size - at) as usize);
+        let got = f.read_at(at, &mut buf[..n])?;
+        if got != n {
+            return Err(Error::from_errno(
+                libc::EIO,
+                format!("the file ended early, at byte {at} of {size}"),
+            ));
+        }
+        w.write_all(&buf[..n])
+            .map_err(|e| Error::io(Path::new("<stdout>"), &e))?;
+        at += n as u64;
+        progress.inc(n as u64);
+    }
+    w.flush()
+        .map_err(|e| Error::io(Path::new("<stdout>"), &e))?;
+    Ok(Stats {
+        files: 1,
+        bytes: size,
+    })
+}
+
 /// Writes `node` to `out`, which must not exist yet (a file) or must be an empty folder (a tree).
+/// Files and folders get the modes, times (and, as root, owners) the mount shows; folders that
+/// only answer lookups (`at/`) are left out.
 pub fn export(node: &Node, out: &Path, progress: &ProgressBar) -> Result<Stats> {
     let mut ex = Exporter {
         stats: Stats::default(),
@@ -55,6 +92,8 @@ pub fn export(node: &Node, out: &Path, progress: &ProgressBar) -> Result<Stats> 
                 .open(out)
                 .map_err(|e| Error::io(out, &e))?;
             ex.file(f, &file, out)?;
+            drop(file);
+            set_attr(out, &f.attr())?;
         }
         Node::Dir(_) => {
             match fs::create_dir(out) {
@@ -97,6 +136,9 @@ impl Exporter<'_> {
                     fs::create_dir(path).map_err(|e| Error::io(path, &e))?;
                 }
                 for (name, child) in d.entries()? {
+                    if matches!(&child, Node::Dir(sub) if sub.lookup_only()) {
+                        continue;
+                    }
                     self.node(&child, &path.join(name), false)?;
                 }
                 set_attr(path, &d.attr())?;

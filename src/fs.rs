@@ -468,6 +468,24 @@ pub struct FuseFs {
     inodes: Arc<Inodes>,
     dirs: DirHandles,
     cache: Arc<Cache>,
+    owner: Owner,
+}
+
+/// The owner and group shown for every node instead of the tree's (`-o uid=,gid=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// Shown owner, when set.
+    pub uid: Option<u32>,
+    /// Shown group, when set.
+    pub gid: Option<u32>,
+}
+
+impl Owner {
+    fn apply(self, mut a: FileAttr) -> FileAttr {
+        a.uid = self.uid.unwrap_or(a.uid);
+        a.gid = self.gid.unwrap_or(a.gid);
+        a
+    }
 }
 
 impl FuseFs {
@@ -477,7 +495,14 @@ impl FuseFs {
             inodes: Arc::new(Inodes::new(root)),
             dirs: DirHandles::default(),
             cache,
+            owner: Owner::default(),
         }
+    }
+
+    /// The same file system showing `owner` on every node.
+    pub fn with_owner(mut self, owner: Owner) -> FuseFs {
+        self.owner = owner;
+        self
     }
 
     /// What keeps the kernel's references to this file system's inodes bounded.
@@ -540,6 +565,7 @@ impl Filesystem for FuseFs {
                 .inodes
                 .lookup(parent.0, name)
                 .and_then(|(ino, node)| attr(ino, &node))
+                .map(|a| self.owner.apply(a))
             {
                 Ok(a) => reply.entry(&self.inodes.ttl(parent.0), &a, Generation(0)),
                 Err(e) => reply.error(self.fail("lookup", parent.0, &e)),
@@ -555,7 +581,8 @@ impl Filesystem for FuseFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         guard("getattr", || {
-            match self.inodes.node(ino.0).and_then(|n| attr(ino.0, &n)) {
+            let shown = |n: Node| attr(ino.0, &n).map(|a| self.owner.apply(a));
+            match self.inodes.node(ino.0).and_then(shown) {
                 Ok(a) => reply.attr(&self.inodes.ttl(ino.0), &a),
                 Err(e) => reply.error(self.fail("getattr", ino.0, &e)),
             }
@@ -645,6 +672,18 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         // Nothing is ever written: there is nothing to sync (loop devices ask on release).
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Like fsync: a read-only folder has nothing to sync (`sync -f DIR`, editors' saves).
         reply.ok();
     }
 
@@ -936,6 +975,25 @@ mod tests {
         t.forget(inos[1], 1);
         assert_eq!(t.len(), 9);
         assert_eq!(names(t.excess_held(7)), ["d5"]);
+    }
+
+    #[test]
+    fn the_owner_option_shows_on_every_node() {
+        let (root, _) = tree();
+        let a = attr_of(&root);
+        let both = Owner {
+            uid: Some(a.uid + 7),
+            gid: Some(a.gid + 9),
+        };
+        let shown = both.apply(a);
+        assert_eq!((shown.uid, shown.gid), (a.uid + 7, a.gid + 9));
+        assert_eq!(shown.perm, a.perm);
+        let uid_only = Owner {
+            uid: Some(5),
+            gid: None,
+        };
+        assert_eq!((uid_only.apply(a).uid, uid_only.apply(a).gid), (5, a.gid));
+        assert_eq!(Owner::default().apply(a), a);
     }
 
     fn attr_of(n: &Node) -> FileAttr {

@@ -10,6 +10,7 @@ pub mod blockmap;
 pub mod cache;
 pub mod catalog;
 pub mod cli;
+pub mod daemon;
 pub mod error;
 pub mod export;
 pub mod format;

@@ -11,7 +11,7 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use crate::cache::Cache;
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
-use crate::fs::FuseFs;
+use crate::fs::{FuseFs, Owner};
 use crate::mountinfo;
 use crate::sys;
 
@@ -27,6 +27,8 @@ pub struct MountArgs {
     pub as_of: Option<NaiveDateTime>,
     /// Let other users in (checked against /etc/fuse.conf).
     pub allow_other: bool,
+    /// Owner and group shown for every node (`-o uid=,gid=`).
+    pub owner: Owner,
 }
 
 /// Checks what can be checked before scanning: FUSE, the mountpoint, `--allow-other`.
@@ -46,6 +48,12 @@ pub fn preflight(args: &MountArgs) -> Result<()> {
 }
 
 fn check_mountpoint(mp: &Path) -> Result<()> {
+    let named = |e: &std::io::Error| {
+        Error::from_errno(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("MOUNTPOINT {}: {e}", mp.display()),
+        )
+    };
     let stale = |e: &std::io::Error| {
         if e.raw_os_error() == Some(libc::ENOTCONN) {
             Error::usage(format!(
@@ -54,26 +62,45 @@ fn check_mountpoint(mp: &Path) -> Result<()> {
                 mp.display()
             ))
         } else {
-            Error::io(mp, e)
+            named(e)
         }
     };
     let md = std::fs::metadata(mp).map_err(|e| stale(&e))?;
     if !md.is_dir() {
         return Err(Error::usage(format!(
-            "{}: the mountpoint must be a folder",
+            "MOUNTPOINT {}: the mountpoint must be a folder",
             mp.display()
         )));
     }
+    let mounted = mountinfo::at(&mountinfo::current(), &mountinfo::absolute(mp));
+    if let Some(m) = mounted.as_ref().filter(|m| m.fstype.starts_with("fuse")) {
+        return Err(already_mounted(mp, m));
+    }
     // Listing asks the file system itself (a dead daemon's attributes may still be cached).
     let mut entries = std::fs::read_dir(mp).map_err(|e| stale(&e))?;
-    match entries.next() {
-        None => Ok(()),
-        Some(Err(e)) => Err(stale(&e)),
-        Some(Ok(_)) => Err(Error::usage(format!(
-            "{}: the mountpoint must be an empty folder",
+    match (entries.next(), mounted) {
+        (None, _) => Ok(()),
+        (Some(Err(e)), _) => Err(stale(&e)),
+        (Some(Ok(_)), Some(m)) => Err(already_mounted(mp, &m)),
+        (Some(Ok(_)), None) => Err(Error::usage(format!(
+            "MOUNTPOINT {}: the mountpoint must be an empty folder",
             mp.display()
         ))),
     }
+}
+
+fn already_mounted(mp: &Path, m: &mountinfo::MountEntry) -> Error {
+    let hint = if m.is_restorefs() {
+        format!("; `restorefs umount {}` first", mp.display())
+    } else {
+        String::new()
+    };
+    Error::usage(format!(
+        "MOUNTPOINT {}: already mounted ({} from {}){hint}",
+        mp.display(),
+        m.fstype,
+        m.source
+    ))
 }
 
 /// Only root may let other users in, unless `/etc/fuse.conf` says `user_allow_other`.
@@ -92,15 +119,17 @@ pub fn check_allow_other(conf: &Path) -> Result<()> {
 }
 
 /// Mounts the catalog's tree and serves it until unmounted, Ctrl-C or SIGTERM;
-/// `on_signal` runs first at each Ctrl-C or SIGTERM (to interrupt long work).
+/// `on_signal` runs first at each Ctrl-C or SIGTERM (to interrupt long work), `on_ready` once
+/// the mount answers requests.
 pub fn mount(
     cat: &Catalog,
     cache: Arc<Cache>,
     args: &MountArgs,
     on_signal: Box<dyn Fn() + Send + Sync>,
+    on_ready: Box<dyn FnOnce() + Send>,
 ) -> Result<()> {
     let root = cat.tree(args.as_of);
-    let fs = FuseFs::new(root, Arc::clone(&cache));
+    let fs = FuseFs::new(root, Arc::clone(&cache)).with_owner(args.owner);
     let pruner = fs.pruner();
     let name = format!("restorefs:{}", args.source.display()).replace([',', ' '], "_");
     let mut config = Config::default();
@@ -136,14 +165,18 @@ pub fn mount(
     ctrlc::set_handler(move || shutdown.signal())
         .map_err(|e| Error::usage(format!("cannot handle signals: {e}")))?;
 
-    let points: usize = cat.sets().iter().map(|s| s.set.points().len()).sum();
-    eprintln!(
-        "restorefs: serving {} backup sets ({points} restore points) at {}; \
-         Ctrl-C or `restorefs umount {}` unmounts",
-        cat.sets().len(),
-        mp.display(),
-        mp.display()
-    );
+    // The first request is served once `run` below starts: asking from another thread
+    // returns when the mount answers.
+    let root = mp.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ready".into())
+        .spawn(move || match std::fs::metadata(&root) {
+            Ok(_) => on_ready(),
+            Err(e) => log::error!("{}: the new mount does not answer: {e}", root.display()),
+        });
+    if let Err(e) = spawned {
+        return Err(Error::io(mp, &e).context("starting"));
+    }
     match session.run() {
         // The kernel ends a lazily detached mount's connection this way once it lets go.
         Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {

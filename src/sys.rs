@@ -106,3 +106,46 @@ pub fn egid() -> u32 {
     // SAFETY: getegid has no preconditions and cannot fail.
     unsafe { libc::getegid() }
 }
+
+/// A pipe whose write end a child process inherits (for `--daemon` to hear back from its
+/// daemon): the read end, and the write end, which stays open across `exec`.
+pub fn inheritable_pipe() -> io::Result<(io::PipeReader, io::PipeWriter)> {
+    let (reader, writer) = io::pipe()?;
+    // SAFETY: F_SETFD on a descriptor we own; clearing FD_CLOEXEC only lets a child inherit it.
+    let r = unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_SETFD, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((reader, writer))
+}
+
+/// Takes ownership of descriptor `fd`, inherited from the parent process (whose `--daemon`
+/// waits on it). Fails unless it is an open pipe; closed on `exec` from now on.
+pub fn take_inherited_pipe(fd: i32) -> io::Result<File> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::FileTypeExt;
+    if fd <= 2 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_SETFD only sets a flag of the descriptor; it fails with EBADF if not open.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is open (checked above), was inherited from the parent for this
+    // purpose, and nothing else in this process owns it: this is called once, at start-up.
+    let file = unsafe { File::from_raw_fd(fd) };
+    if !file.metadata()?.file_type().is_fifo() {
+        // Not ours after all: leave the descriptor open for whoever owns it.
+        std::mem::forget(file);
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    Ok(file)
+}
+
+/// Starts a new session: the daemon leaves its parent's terminal and process group.
+pub fn setsid() {
+    // SAFETY: setsid has no memory arguments; failing (already a group leader) is harmless.
+    unsafe {
+        libc::setsid();
+    }
+}

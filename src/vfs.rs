@@ -103,6 +103,12 @@ pub trait Directory: Send + Sync {
     fn live(&self) -> bool {
         false
     }
+
+    /// Whether the folder lists nothing and only answers lookups of names it makes up (`at/`):
+    /// an export leaves it out.
+    fn lookup_only(&self) -> bool {
+        false
+    }
 }
 
 /// A regular file served by offset.
@@ -288,7 +294,14 @@ pub fn resolve(root: &Node, path: &str) -> Result<Node> {
             )));
         };
         let Some(child) = dir.lookup(&name)? else {
-            return Err(Error::not_found(format!("{path}: no '{name}' here")));
+            let names: Vec<String> = dir.names()?.into_iter().map(|(n, _)| n).collect();
+            let near = nearest(&name, &names, 5);
+            let hint = if near.is_empty() {
+                " (the folder lists nothing)".to_owned()
+            } else {
+                format!("; nearest: {}", near.join(", "))
+            };
+            return Err(Error::not_found(format!("{path}: no '{name}' here{hint}")));
         };
         if let Node::Symlink(link) = &child {
             links += 1;
@@ -301,6 +314,45 @@ pub fn resolve(root: &Node, path: &str) -> Result<Node> {
         stack.push(child);
     }
     Ok(stack.pop().expect("stack keeps the root"))
+}
+
+/// Up to `n` of `names` closest to `name`: by edit distance (to the whole name, or one more
+/// than to its start, so that `info` finds `info.json`), then longest common prefix.
+pub fn nearest(name: &str, names: &[String], n: usize) -> Vec<String> {
+    let want: Vec<char> = name.chars().collect();
+    let mut scored: Vec<(usize, usize, &String)> = names
+        .iter()
+        .map(|c| {
+            let have: Vec<char> = c.chars().collect();
+            let prefix = want.iter().zip(&have).take_while(|(a, b)| a == b).count();
+            let start = &have[..have.len().min(want.len())];
+            let d = edit_distance(&want, &have).min(edit_distance(&want, start) + 1);
+            (d, usize::MAX - prefix, c)
+        })
+        .collect();
+    scored.sort();
+    scored
+        .into_iter()
+        .take(n)
+        .map(|(_, _, c)| c.clone())
+        .collect()
+}
+
+/// Levenshtein distance.
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 fn components(path: &str) -> impl DoubleEndedIterator<Item = &str> {
@@ -367,6 +419,20 @@ mod tests {
         assert_eq!(read_all(&resolve(&root, "at/x/a.txt").unwrap()), b"hello");
         assert!(resolve(&root, "p2/a.txt").is_err());
         assert!(resolve(&root, "p1/a.txt/b").is_err());
+    }
+
+    #[test]
+    fn nearest_names_by_edit_distance_then_prefix() {
+        let names: Vec<String> = ["vda.raw", "vdb.raw", "info.json", "vmconfig.xml", "x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(nearest("vdc.raw", &names, 2), ["vda.raw", "vdb.raw"]);
+        assert_eq!(nearest("info", &names, 1), ["info.json"]);
+        assert_eq!(nearest("anything", &[], 5), Vec::<String>::new());
+        assert_eq!(edit_distance(&['a', 'b'], &['b']), 1);
+        let e = resolve(&tree(), "p2/a.txt").err().unwrap().to_string();
+        assert!(e.ends_with("no 'p2' here; nearest: p1, at, latest"), "{e}");
     }
 
     #[test]
