@@ -617,10 +617,23 @@ impl Directory for AtDir {
     }
 
     fn lookup(&self, name: &str) -> Result<Option<Node>> {
-        let Ok(t) = timefmt::parse_user(name) else {
-            return Ok(None);
+        // A miss is a bare ENOENT to the user: the log says why.
+        let t = match timefmt::parse_user(name) {
+            Ok(t) => t,
+            Err(e) => {
+                log::info!("at/{name}: {e}");
+                return Ok(None);
+            }
         };
-        Ok(newest_at(self.list.as_ref(), self.n, Some(t)).map(|i| {
+        let found = newest_at(self.list.as_ref(), self.n, Some(t));
+        if found.is_none() {
+            let oldest = (0..self.n).find(|&i| self.list.is_ok(i));
+            log::info!(
+                "at/{name}: no restore point that early (the oldest is {})",
+                oldest.map_or_else(|| "none".to_owned(), |i| self.list.name(i))
+            );
+        }
+        Ok(found.map(|i| {
             SetDir::symlink(
                 format!("../{}", self.list.name(i)),
                 self.list.get(i).mtime(),

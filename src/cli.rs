@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::cache::Cache;
-use crate::catalog::{Catalog, ScanOptions};
+use crate::catalog::{self, Catalog, ScanOptions};
 use crate::daemon::{self, LogTarget, Report};
 use crate::error::{Error, ErrorKind, Result};
 use crate::export;
@@ -616,7 +616,22 @@ fn mount_cmd(m: Mount, report: Option<&Report>) -> Result<ExitCode> {
     mount::preflight(&args)?;
     let opts = m.sql.apply(cache.options()?);
     let cat = scan(&args.source, &opts)?;
-    let points: usize = cat.sets().iter().map(|s| s.set.points().len()).sum();
+    let lists: Vec<_> = cat.sets().iter().map(|s| s.set.points()).collect();
+    let points: usize = lists
+        .iter()
+        .map(|l| catalog::visible(l.as_ref(), args.as_of))
+        .sum();
+    if let Some(t) = args.as_of.filter(|_| points == 0) {
+        let oldest = lists
+            .iter()
+            .filter_map(|l| (0..l.len()).find_map(|i| l.time(i)))
+            .min();
+        return Err(Error::usage(format!(
+            "--as-of {}: hides every restore point (the oldest is from {})",
+            timefmt::to_name(&t),
+            oldest.map_or_else(|| "an unknown time".to_owned(), |o| timefmt::to_name(&o))
+        )));
+    }
     let serving = format!(
         "serving {} ({}) at {}; Ctrl-C or `restorefs umount {}` unmounts",
         plural(cat.sets().len(), "backup set"),

@@ -397,3 +397,47 @@ fn umount_cleans_up_after_kill_9() {
     let again = Mounted::new(&source(), &[]);
     assert!(again.join("v1-plain/latest/vda.raw").exists());
 }
+
+#[test]
+fn a_missed_at_lookup_says_why_and_as_of_before_everything_is_refused() {
+    if !fuse_available("a_missed_at_lookup_says_why_and_as_of_before_everything_is_refused") {
+        return;
+    }
+    let m = Mounted::with_env(&source(), &[], &[("RUST_LOG", "restorefs=info")]);
+    assert!(std::fs::read_link(m.join("v1-plain/at/tuesday")).is_err());
+    assert!(std::fs::read_link(m.join("v1-plain/at/2026-11-21T23:00")).is_err());
+    let start = std::time::Instant::now();
+    while !m.stderr().contains("at/2026-11-21T23:00") && start.elapsed().as_secs() < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = m.stderr();
+    assert!(
+        log.contains("at/tuesday: cannot read 'tuesday' as a time"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "at/2026-11-21T23:00: no restore point that early (the oldest is 2026-11-22T02:03:55_full)"
+        ),
+        "{log}"
+    );
+    drop(m);
+
+    let tmp = scratch();
+    let mp = tmp.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let out = run(&[
+        "mount",
+        source().to_str().unwrap(),
+        mp.to_str().unwrap(),
+        "--as-of",
+        "2026-11-21",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--as-of 2026-11-21T23:59:59: hides every restore point (the oldest is from 2026-11-22T02:03:55)"),
+        "{err}"
+    );
+    assert!(!is_mounted(&mp));
+}
