@@ -146,7 +146,7 @@ pub struct Finding {
     pub format: Format,
     /// The case's seed.
     pub seed: u64,
-    /// `panic`, `timeout`, `memory` or `wrote-into-source`.
+    /// `panic`, `slow`, `timeout`, `memory`, `wrote-into-source` or `wrote-outside`.
     pub kind: &'static str,
     /// The panic message and location, or what was measured.
     pub message: String,
@@ -326,12 +326,25 @@ pub fn run_case(
     if let Err(e) = spawned {
         return Err(finding("panic", format!("cannot start a case thread: {e}")));
     }
+    let started = Instant::now();
     let outcome = rx.recv_timeout(limits.timeout);
     let result = match outcome {
-        Err(_) => Err(finding(
-            "timeout",
-            format!("case still running after {:?}", limits.timeout),
-        )),
+        // Over time: a case that still ends (a slow one, or a busy machine) does not stop the
+        // run; one that does not end within 4 timeouts is taken for a hang.
+        Err(_) => match rx.recv_timeout(limits.timeout * 3) {
+            Ok(_) => Err(finding(
+                "slow",
+                format!(
+                    "case took {:.1?}, the limit is {:?}",
+                    started.elapsed(),
+                    limits.timeout
+                ),
+            )),
+            Err(_) => Err(finding(
+                "timeout",
+                format!("case still running after {:?}", started.elapsed()),
+            )),
+        },
         Ok(Err(msg)) => {
             let detail = take_panics().join("\n");
             Err(finding(
