@@ -135,6 +135,13 @@ fn main() -> ExitCode {
                 .map(|s| format!(", stopped: {s}"))
                 .unwrap_or_default()
         );
+        let t = &report.totals;
+        println!(
+            "  passing cases: {} nodes visited, {} MiB read, {} errors returned",
+            t.nodes,
+            t.bytes >> 20,
+            t.errors
+        );
         for f in &report.findings {
             println!("  {f}");
         }
