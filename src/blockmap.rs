@@ -28,9 +28,10 @@ pub struct Extent {
 }
 
 impl Extent {
-    /// Guest offset just past the extent.
+    /// Guest offset just past the extent (saturating: extents from damaged indexes may claim
+    /// to run past the end of any disk).
     pub fn end(&self) -> u64 {
-        self.start + self.len
+        self.start.saturating_add(self.len)
     }
 
     /// Whether the extent reads as zeros without backing data.
@@ -40,11 +41,15 @@ impl Extent {
 
     /// The part of this extent from guest offset `from` (inside it) to `to`.
     fn cut(&self, from: u64, to: u64) -> Extent {
-        let skip = from - self.start;
+        let skip = from.saturating_sub(self.start);
         Extent {
             start: from,
-            len: to - from,
-            off: if self.is_hole() { 0 } else { self.off + skip },
+            len: to.saturating_sub(from),
+            off: if self.is_hole() {
+                0
+            } else {
+                self.off.saturating_add(skip)
+            },
             src: self.src,
             chunk: self.chunk,
         }
@@ -54,7 +59,8 @@ impl Extent {
     fn joins(&self, next: &Extent) -> bool {
         self.end() == next.start
             && self.src == next.src
-            && (self.is_hole() || (self.chunk == next.chunk && self.off + self.len == next.off))
+            && (self.is_hole()
+                || (self.chunk == next.chunk && self.off.checked_add(self.len) == Some(next.off)))
     }
 }
 
@@ -69,6 +75,14 @@ pub struct BlockMap {
 }
 
 impl BlockMap {
+    /// The map of an empty image.
+    pub const EMPTY: BlockMap = BlockMap {
+        size: 0,
+        extents: Vec::new(),
+        holes: Vec::new(),
+        allocated: 0,
+    };
+
     /// Overlays `layers` (each sorted and non-overlapping; a later layer wins where they overlap)
     /// onto zeros, truncated or zero-extended to `size`. Each extent's `src` is set to the index
     /// of its layer, except holes (zero frames), which stay [`HOLE`] and still hide older layers.
@@ -168,9 +182,14 @@ impl BlockMap {
         &self.extents
     }
 
-    /// Index of the extent holding guest offset `offset` (which must be < size).
+    /// Index of the extent holding guest offset `offset` (`extents().len()` when none does).
     pub fn find(&self, offset: u64) -> usize {
         self.extents.partition_point(|e| e.end() <= offset)
+    }
+
+    /// The extent holding guest offset `offset`, if any (none at or past the end).
+    pub fn extent_at(&self, offset: u64) -> Option<&Extent> {
+        self.extents.get(self.find(offset))
     }
 
     /// First data offset >= `offset`, or `None` when only holes follow.
@@ -178,7 +197,8 @@ impl BlockMap {
         if offset >= self.size {
             return None;
         }
-        self.extents[self.find(offset)..]
+        self.extents
+            .get(self.find(offset)..)?
             .iter()
             .find(|e| !e.is_hole())
             .map(|e| e.start.max(offset))
@@ -189,7 +209,7 @@ impl BlockMap {
         if offset >= self.size {
             return offset;
         }
-        if self.extents[self.find(offset)].is_hole() {
+        if self.extent_at(offset).is_none_or(Extent::is_hole) {
             return offset;
         }
         let next = self.holes.partition_point(|&s| s <= offset);

@@ -44,10 +44,13 @@ pub trait Layer: Send + Sync {
 /// A handle on a cached block map.
 pub struct MapRef(Arc<MapCell>);
 
+/// What a handle shows if its map were not built (never: handles are made only once it is).
+static NO_MAP: BlockMap = BlockMap::EMPTY;
+
 impl std::ops::Deref for MapRef {
     type Target = BlockMap;
     fn deref(&self) -> &BlockMap {
-        self.0.map.get().expect("built before handing out")
+        self.0.map.get().unwrap_or(&NO_MAP)
     }
 }
 
@@ -160,12 +163,19 @@ impl ImageFile {
         }))
     }
 
+    /// The layer extent `e` reads from.
+    fn layer(&self, e: &Extent) -> Result<&Arc<dyn Layer>> {
+        self.layers
+            .get(e.src as usize)
+            .ok_or_else(|| Error::from_errno(libc::EIO, format!("block map: no layer #{}", e.src)))
+    }
+
     fn read_extent(&self, e: &Extent, pos: u64, dst: &mut [u8], prefetch: bool) -> Result<()> {
         if e.is_hole() {
             dst.fill(0);
             return Ok(());
         }
-        let layer = &self.layers[e.src as usize];
+        let layer = self.layer(e)?;
         let at = e.off + (pos - e.start);
         if e.chunk == NO_CHUNK {
             let source = layer.source();
@@ -214,7 +224,9 @@ impl ImageFile {
             if e.is_hole() {
                 continue;
             }
-            let layer = &self.layers[e.src as usize];
+            let Ok(layer) = self.layer(e) else {
+                continue;
+            };
             if e.chunk != NO_CHUNK {
                 if let Some(c) = layer
                     .index()
@@ -255,8 +267,10 @@ impl FileNode for ImageFile {
         let mut i = map.find(offset);
         let mut done = 0usize;
         while done < n {
-            let e = &extents[i];
             let pos = offset + done as u64;
+            let e = extents.get(i).ok_or_else(|| {
+                Error::from_errno(libc::EIO, format!("block map: no extent at offset {pos}"))
+            })?;
             let take = ((e.end() - pos) as usize).min(n - done);
             self.read_extent(e, pos, &mut buf[done..done + take], !covered)?;
             done += take;
@@ -272,7 +286,9 @@ impl FileNode for ImageFile {
         }
         let len = len.min((self.size - offset) as usize);
         let map = self.map()?;
-        let e = map.extents()[map.find(offset)];
+        let Some(&e) = map.extent_at(offset) else {
+            return Ok(false);
+        };
         if e.end() - offset < len as u64
             || (len < SMALL_READ && !e.is_hole() && e.chunk == NO_CHUNK)
         {
@@ -286,7 +302,7 @@ impl FileNode for ImageFile {
             }
             return Ok(true);
         }
-        let layer = &self.layers[e.src as usize];
+        let layer = self.layer(&e)?;
         let at = e.off + (offset - e.start);
         if e.chunk != NO_CHUNK {
             self.chunk(layer, e.chunk)?.read_with(at as usize, len, f)?;

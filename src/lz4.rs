@@ -28,10 +28,12 @@ const STEP: usize = 1 << 20;
 
 /// The content size an LZ4 frame header declares (`None` when the frame does not declare it).
 pub fn declared_size(frame: &[u8]) -> Result<Option<u64>, String> {
-    if frame.len() < 7 || frame[..4] != MAGIC {
+    let (Some(magic), Some(&flg)) = (frame.get(..4), frame.get(4)) else {
+        return Err("not an LZ4 frame (bad magic)".into());
+    };
+    if frame.len() < 7 || magic != MAGIC {
         return Err("not an LZ4 frame (bad magic)".into());
     }
-    let flg = frame[4];
     if flg >> 6 != 1 {
         return Err(format!(
             "unsupported LZ4 frame version in FLG byte {flg:#04x}"
@@ -50,7 +52,8 @@ pub fn declared_size(frame: &[u8]) -> Result<Option<u64>, String> {
 }
 
 /// Decodes the frame at `offset..offset+len` of `source` completely, checking its block and
-/// content checksums, and returns its decoded size.
+/// content checksums, and returns its decoded size. Stops with an error past [`MAX_FRAME`]
+/// bytes: a small hostile frame could otherwise keep it decoding for a long time.
 pub fn decode_count(source: &Arc<Source>, offset: u64, len: u64) -> Result<u64> {
     let mut dec = FrameDecoder::new(source.reader(offset, len)?);
     let mut buf = vec![0u8; 1 << 16];
@@ -60,6 +63,13 @@ pub fn decode_count(source: &Arc<Source>, offset: u64, len: u64) -> Result<u64> 
             Ok(0) => break,
             Ok(n) => total += n as u64,
             Err(e) => return Err(decode_error(source.path(), offset, &e)),
+        }
+        if total > MAX_FRAME {
+            return Err(Error::corrupt(
+                source.path(),
+                offset,
+                format!("LZ4 frame decodes to more than the {MAX_FRAME} bytes restorefs accepts"),
+            ));
         }
     }
     if dec.get_ref().remaining() != 0 {
@@ -117,13 +127,13 @@ impl Drop for DecodedChunk {
 /// One LZ4 frame being decoded into memory, shared through the cache. Blocks are decoded
 /// straight into one buffer of the frame's size (linked blocks read their history from it),
 /// with block and content checksums checked on the way; readers of the decoded prefix proceed
-/// while the rest is still undecoded.
+/// while the rest is still undecoded. Any failure, a content checksum mismatch found on
+/// reaching the end included, sticks: every later read of the frame gets the error.
 pub struct DecodedChunk {
     source: Arc<Source>,
     offset: u64,
     comp_len: u64,
     raw_len: usize,
-    check_content: bool,
     state: RwLock<State>,
 }
 
@@ -143,36 +153,27 @@ struct State {
 
 impl DecodedChunk {
     /// A chunk of `comp_len` bytes at `offset` that decodes to `raw_len` bytes; decodes nothing yet.
-    /// Serving checks every block's checksum (over the stored bytes, so damage in the file is
-    /// caught); the content checksum, a second hash pass over the decoded bytes that cost a
-    /// fifth of the decoding time, is left to [`DecodedChunk::checked`] (`verify`).
+    /// Decoding checks every block's checksum (over the stored bytes, so damage in the file is
+    /// caught before its bytes are served) and, when it reaches the end of the frame, the
+    /// content checksum over the decoded bytes.
     pub fn new(source: Arc<Source>, offset: u64, comp_len: u64, raw_len: u64) -> DecodedChunk {
         DecodedChunk {
             source,
             offset,
             comp_len,
-            raw_len: raw_len as usize,
-            check_content: false,
+            raw_len: usize::try_from(raw_len).unwrap_or(usize::MAX),
             state: RwLock::new(State::default()),
         }
     }
 
-    /// A chunk that also checks the frame's content checksum.
-    pub fn checked(source: Arc<Source>, offset: u64, comp_len: u64, raw_len: u64) -> DecodedChunk {
-        let mut c = Self::new(source, offset, comp_len, raw_len);
-        c.check_content = true;
-        c
-    }
-
     /// Hands decoded bytes `at..at+len` to `f` (no copy), decoding as far as needed.
     pub fn read_with(&self, at: usize, len: usize, f: &mut dyn FnMut(&[u8])) -> Result<()> {
-        let need = at + len;
-        if need > self.raw_len {
+        let Some(need) = at.checked_add(len).filter(|&n| n <= self.raw_len) else {
             return Err(self.corrupt(
                 0,
                 format!("read past the {} bytes this LZ4 frame holds", self.raw_len),
             ));
-        }
+        };
         loop {
             {
                 let st = self.state.read().unwrap_or_else(|p| p.into_inner());
@@ -180,7 +181,10 @@ impl DecodedChunk {
                     return Err(e.clone());
                 }
                 if st.decoded >= need {
-                    f(&st.out[at..need]);
+                    let bytes = st.out.get(at..need).ok_or_else(|| {
+                        self.corrupt(0, "decoded LZ4 frame is shorter than decoded so far")
+                    })?;
+                    f(bytes);
                     return Ok(());
                 }
             }
@@ -234,21 +238,29 @@ impl DecodedChunk {
     }
 
     fn corrupt(&self, at: usize, msg: impl Into<String>) -> Error {
-        Error::corrupt(self.source.path(), self.offset + at as u64, msg)
+        Error::corrupt(
+            self.source.path(),
+            self.offset.saturating_add(at as u64),
+            msg,
+        )
     }
 
     fn u32_at(&self, frame: &[u8], at: usize, what: &str) -> Result<u32> {
-        frame
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        at.checked_add(4)
+            .and_then(|end| frame.get(at..end))
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_le_bytes)
             .ok_or_else(|| self.corrupt(at, format!("LZ4 frame ends inside {what}")))
     }
 
     fn header(&self, st: &mut State, frame: &[u8]) -> Result<()> {
-        if frame.len() < 7 || frame[..4] != MAGIC {
+        let (Some(magic), Some(&flg), Some(&bd)) = (frame.get(..4), frame.get(4), frame.get(5))
+        else {
+            return Err(self.corrupt(0, "LZ4 frame fails to decode: bad magic"));
+        };
+        if frame.len() < 7 || magic != MAGIC {
             return Err(self.corrupt(0, "LZ4 frame fails to decode: bad magic"));
         }
-        let (flg, bd) = (frame[4], frame[5]);
         if flg >> 6 != 1 || flg & 0x01 != 0 {
             return Err(self.corrupt(
                 4,
@@ -268,17 +280,17 @@ impl DecodedChunk {
             }
         };
         let desc_end = 6 + if flg & 0x08 != 0 { 8 } else { 0 };
-        let hc = *frame
-            .get(desc_end)
-            .ok_or_else(|| self.corrupt(desc_end, "LZ4 frame header cut short"))?;
-        if (XxHash32::oneshot(0, &frame[4..desc_end]) >> 8) as u8 != hc {
+        let (Some(&hc), Some(desc)) = (frame.get(desc_end), frame.get(4..desc_end)) else {
+            return Err(self.corrupt(desc_end, "LZ4 frame header cut short"));
+        };
+        if (XxHash32::oneshot(0, desc) >> 8) as u8 != hc {
             return Err(self.corrupt(
                 desc_end,
                 "LZ4 frame fails to decode: header checksum mismatch",
             ));
         }
         st.input = desc_end + 1;
-        st.hasher = (st.content_checksum && self.check_content).then(|| XxHash32::with_seed(0));
+        st.hasher = st.content_checksum.then(|| XxHash32::with_seed(0));
         st.out = buffer(self.raw_len);
         Ok(())
     }
@@ -309,6 +321,7 @@ impl DecodedChunk {
                     ),
                 ));
             }
+            // Block sizes are below 2^31 and offsets inside the mapped frame: no overflow.
             let n = (word & 0x7fff_ffff) as usize;
             let data = frame
                 .get(at + 4..at + 4 + n)
@@ -328,26 +341,30 @@ impl DecodedChunk {
                 next += 4;
             }
             let room = (self.raw_len - *decoded).min(st.max_block);
+            let dst = out
+                .get_mut(*decoded..*decoded + room)
+                .ok_or_else(|| self.corrupt(at, "LZ4 frame decode buffer too short"))?;
             let k = if word & 0x8000_0000 != 0 {
-                if n > room {
-                    return Err(
-                        self.corrupt(at, "LZ4 frame decodes to more than its declared size")
-                    );
-                }
-                out[*decoded..*decoded + n].copy_from_slice(data);
+                let dst = dst.get_mut(..n).ok_or_else(|| {
+                    self.corrupt(at, "LZ4 frame decodes to more than its declared size")
+                })?;
+                dst.copy_from_slice(data);
                 n
             } else {
                 let (history, rest) = out.split_at_mut(*decoded);
                 let dict = if st.linked {
-                    &history[history.len().saturating_sub(64 << 10)..]
+                    history
+                        .get(history.len().saturating_sub(64 << 10)..)
+                        .unwrap_or_default()
                 } else {
                     &[]
                 };
-                lz4_flex::block::decompress_into_with_dict(data, &mut rest[..room], dict)
+                let dst = rest.get_mut(..room).unwrap_or_default();
+                lz4_flex::block::decompress_into_with_dict(data, dst, dict)
                     .map_err(|e| self.corrupt(at, format!("LZ4 frame fails to decode: {e}")))?
             };
-            if let Some(h) = st.hasher.as_mut() {
-                h.write(&out[*decoded..*decoded + k]);
+            if let (Some(h), Some(bytes)) = (st.hasher.as_mut(), out.get(*decoded..*decoded + k)) {
+                h.write(bytes);
             }
             *decoded += k;
             *input = next;
@@ -361,8 +378,17 @@ impl DecodedChunk {
             let mut end = at + 4;
             if st.content_checksum {
                 let want = self.u32_at(frame, end, "the content checksum")?;
-                if st.hasher.take().is_some_and(|h| h.finish_32() != want) {
-                    return Err(self.corrupt(at, "LZ4 frame fails to decode: ContentChecksumError"));
+                if let Some(got) = st.hasher.take().map(|h| h.finish_32())
+                    && got != want
+                {
+                    return Err(self.corrupt(
+                        end,
+                        format!(
+                            "content checksum of the LZ4 frame at offset {} does not match \
+                             (stored {want:#010x}, decoded bytes hash to {got:#010x})",
+                            self.offset
+                        ),
+                    ));
                 }
                 end += 4;
             }
@@ -371,7 +397,7 @@ impl DecodedChunk {
                     end,
                     format!(
                         "LZ4 frame ends {} bytes before the length the trailer gives it",
-                        frame.len() - end
+                        frame.len().saturating_sub(end)
                     ),
                 ));
             }
@@ -468,5 +494,38 @@ mod tests {
             "{e}"
         );
         assert!(chunk.read(0, &mut buf[..1]).is_err());
+    }
+
+    #[test]
+    fn content_checksum_is_checked_whenever_the_end_is_decoded() {
+        // Several blocks, so the first read decodes only part of the frame.
+        let raw = data(8 << 20);
+        let (f, _, comp) = frame_file(&raw);
+        let mut bytes = std::fs::read(f.path()).unwrap();
+        let n = bytes.len();
+        // The content checksum is the frame's last 4 bytes; block checksums stay valid.
+        bytes[n - 2] ^= 0x01;
+        std::fs::write(f.path(), &bytes).unwrap();
+        let src = Source::open(f.path()).unwrap();
+        let chunk = DecodedChunk::new(src, 0, comp, raw.len() as u64);
+        let mut buf = vec![0u8; 4096];
+        chunk.read(0, &mut buf).unwrap();
+        assert_eq!(
+            buf,
+            raw[..4096],
+            "the first step decodes and serves before the end"
+        );
+        let e = chunk
+            .read(raw.len() - 4096, &mut buf)
+            .unwrap_err()
+            .to_string();
+        let want = format!(
+            "{}: at offset {}: content checksum of the LZ4 frame at offset 0 does not match",
+            f.path().display(),
+            n - 4
+        );
+        assert!(e.contains(&want), "{e}");
+        let again = chunk.read(0, &mut buf).unwrap_err().to_string();
+        assert_eq!(again, e, "the failure sticks to the frame");
     }
 }

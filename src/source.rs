@@ -126,8 +126,8 @@ impl Source {
     /// `len` bytes at `offset`, or an error naming what was being read when the file is too short.
     pub fn slice(&self, offset: u64, len: u64, what: &str) -> Result<&[u8]> {
         let end = offset.checked_add(len).filter(|&e| e <= self.len());
-        match end {
-            Some(end) => Ok(&self.bytes()[offset as usize..end as usize]),
+        match end.and_then(|end| self.bytes().get(offset as usize..end as usize)) {
+            Some(bytes) => Ok(bytes),
             None => Err(Error::corrupt(
                 &self.path,
                 offset,
@@ -166,7 +166,11 @@ impl SliceReader {
 
 impl Read for SliceReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let avail = &self.source.bytes()[self.pos..self.end];
+        let avail = self
+            .source
+            .bytes()
+            .get(self.pos..self.end)
+            .unwrap_or_default();
         let n = avail.len().min(buf.len());
         buf[..n].copy_from_slice(&avail[..n]);
         self.pos += n;

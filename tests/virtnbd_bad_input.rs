@@ -420,3 +420,297 @@ fn hostile_disk_names_in_meta() {
         sha256(&[1; 4096])
     );
 }
+
+/// Names of the points of the only set under `source`.
+fn point_names(source: &Path) -> Vec<String> {
+    points(&ls_json(source))
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn lz4_content_checksum_mismatch_fails_export_reads_and_verify() {
+    let (_tmp, dir) = copy_set("v1-lz4");
+    let f = dir.join("vda.full.data");
+    // The first data frame holds one LZ4 frame of 132756 bytes (the trailer's first entry);
+    // python-lz4 ends it with the 4-byte content checksum (FLG 0x5c: block and content sums).
+    let lz4 = first_frame(&f) + 40;
+    let data = std::fs::read(&f).unwrap();
+    assert_eq!(data[lz4..lz4 + 5], [0x04, 0x22, 0x4d, 0x18, 0x5c]);
+    let sum = lz4 + 132756 - 4;
+    patch(&f, sum, &[data[sum] ^ 0x01]);
+    let source = dir.parent().unwrap();
+    let where_ = format!(
+        "{}: at offset {sum}: content checksum of the LZ4 frame at offset {lz4} does not match",
+        f.display()
+    );
+    let pts = point_names(source);
+    for p in &pts {
+        let err = export(source, &format!("v1-lz4/{p}/vda.raw")).unwrap_err();
+        assert!(err.contains(&where_), "{p}: {err}");
+    }
+    assert_eq!(
+        export(source, &format!("v1-lz4/{}/vdb.raw", pts[0])).unwrap(),
+        expected_sha("v1-lz4", "p0-full", "vdb")
+    );
+
+    // What a mount read gets: the error, as EIO, for every read of that frame.
+    let cache = scratch();
+    let opts =
+        restorefs::catalog::ScanOptions::new(restorefs::cache::Cache::new(16 << 20), cache.path());
+    let cat = restorefs::catalog::Catalog::scan(source, &opts, &indicatif::ProgressBar::hidden())
+        .unwrap();
+    let node =
+        restorefs::vfs::resolve(&cat.tree(None), &format!("v1-lz4/{}/vda.raw", pts[0])).unwrap();
+    let restorefs::vfs::Node::File(image) = node else {
+        panic!("not a file")
+    };
+    for at in [0u64, 4096, 300_000] {
+        let e = image.read_at(at, &mut [0u8; 4096]).unwrap_err();
+        assert_eq!(e.errno(), libc::EIO);
+        assert!(e.to_string().contains(&where_), "{e}");
+    }
+
+    let r = run(&["verify", source.to_str().unwrap()]);
+    assert_no_panic(&r);
+    assert!(!r.status.success());
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(out.matches("DAMAGED").count(), 6, "{out}");
+    assert!(out.contains(&where_), "{out}");
+}
+
+/// Adler-32 (zlib, initial value 1), written out here so the test does not trust the crate's.
+fn adler32(data: &[u8]) -> u32 {
+    let (mut a, mut b) = (1u32, 0u32);
+    for &x in data {
+        a = (a + u32::from(x)) % 65521;
+        b = (b + a) % 65521;
+    }
+    (b << 16) | a
+}
+
+#[test]
+fn data_chksum_files_are_checked_by_verify() {
+    let (_tmp, dir) = copy_set("v1-plain");
+    let source = dir.parent().unwrap();
+    let f = dir.join("vda.inc.virtnbdbackup.2.data");
+    let sum_file = dir.join("vda.inc.virtnbdbackup.2.data.chksum");
+    let right = adler32(&std::fs::read(&f).unwrap());
+    // As virtnbdbackup writes it: decimal, no newline.
+    std::fs::write(&sum_file, right.to_string()).unwrap();
+    let r = run(&["verify", source.to_str().unwrap()]);
+    assert_no_panic(&r);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{out}");
+    assert_eq!(out.matches("OK ").count(), 6, "{out}");
+
+    // A wrong sum damages the points that read the file (inc2 and inc3), naming both files.
+    std::fs::write(&sum_file, right.wrapping_add(1).to_string()).unwrap();
+    let r = run(&["verify", source.to_str().unwrap()]);
+    assert_no_panic(&r);
+    assert!(!r.status.success());
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(out.matches("DAMAGED").count(), 2, "{out}");
+    let want = format!(
+        "{}: at offset 0: Adler-32 of the file is {right}, {} says {}",
+        f.display(),
+        sum_file.display(),
+        right.wrapping_add(1)
+    );
+    assert!(out.contains(&want), "{out}");
+    let pts = point_names(source);
+    for (i, p) in pts.iter().enumerate() {
+        let verdict = if i >= 4 { "DAMAGED" } else { "OK     " };
+        assert!(
+            out.contains(&format!("{verdict}  v1-plain/{p}")),
+            "{p}: {out}"
+        );
+    }
+
+    // Not a number, or a huge file of junk: damaged, read no further than a checksum reaches.
+    std::fs::write(&sum_file, vec![b'7'; 50 << 20]).unwrap();
+    let r = run(&["verify", source.to_str().unwrap()]);
+    assert_no_panic(&r);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        out.contains(&format!(
+            "{}: at offset 0: not a decimal Adler-32",
+            sum_file.display()
+        )),
+        "{out}"
+    );
+    // Exports do not read the sum file.
+    assert_eq!(
+        export(source, &format!("v1-plain/{}/vda.raw", pts[5])).unwrap(),
+        expected_sha("v1-plain", "p5-inc3", "vda")
+    );
+}
+
+/// Writes `vm/vda.full.data` with `meta` as its meta JSON and `frames`; returns its path.
+fn hostile_stream(root: &Path, meta: &str, frames: Vec<Frame>, lz4: Option<usize>) -> PathBuf {
+    let dir = root.join("vm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("vda.full.data");
+    let mut out = Vec::new();
+    common::writer::write_stream(&mut out, meta, frames.into_iter(), lz4).unwrap();
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// The error of the only point under `source` (a single-disk point fails as a whole).
+fn only_point_error(source: &Path) -> String {
+    let doc = ls_json(source);
+    let p = &points(&doc)[0];
+    p["error"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| file_error(p, "vda.raw"))
+        .unwrap_or_else(|| panic!("no error: {p}"))
+}
+
+fn meta(virtual_size: &str, data_size: &str, compressed: bool) -> String {
+    format!(
+        r#"{{"virtualSize": {virtual_size}, "dataSize": {data_size}, "date": "2026-01-01T00:00:00.000001", "diskName": "vda", "checkpointName": "virtnbdbackup.0", "compressed": {compressed}, "compressionMethod": "lz4", "parentCheckpoint": "", "incremental": false, "streamVersion": 2}}"#
+    )
+}
+
+#[test]
+fn hostile_sizes_in_meta_are_errors() {
+    for (vsize, dsize, what) in [
+        ("18446744073709551615", "0", "beyond any disk"),
+        ("9223372036854775808", "0", "beyond any disk"),
+        ("-1", "0", "not a non-negative integer"),
+        ("1e30", "0", "not a non-negative integer"),
+        ("\"4096\"", "0", "not a non-negative integer"),
+        ("4096", "-4096", "not a non-negative integer"),
+    ] {
+        let tmp = scratch();
+        let f = hostile_stream(
+            tmp.path(),
+            &meta(vsize, dsize, false),
+            vec![Frame::Data(0, vec![1; 4096])],
+            None,
+        );
+        let e = only_point_error(tmp.path());
+        assert!(
+            e.contains(&format!("{}: at offset 40: ", f.display())) && e.contains(what),
+            "{vsize}/{dsize}: {e}"
+        );
+    }
+    // A size the data frames do not add up to.
+    let tmp = scratch();
+    let f = hostile_stream(
+        tmp.path(),
+        &meta("8192", "18446744073709551615", false),
+        vec![Frame::Data(0, vec![1; 4096])],
+        None,
+    );
+    let e = only_point_error(tmp.path());
+    assert!(
+        e.contains(&f.display().to_string()) && e.contains("dataSize 18446744073709551615"),
+        "{e}"
+    );
+}
+
+#[test]
+fn frame_headers_past_the_disk_or_the_file_are_errors() {
+    let m = meta("65536", "4096", false);
+    // (field offset in the first data header, new value): start or length near 2^64.
+    for (field, value) in [
+        (5, "FFFFFFFFFFFFF000"),
+        (22, "FFFFFFFFFFFFFFFF"),
+        (22, "8000000000000000"),
+        (5, "0000000000010000"),
+    ] {
+        let tmp = scratch();
+        let f = hostile_stream(tmp.path(), &m, vec![Frame::Data(0, vec![1; 4096])], None);
+        let hdr = first_frame(&f);
+        patch(&f, hdr + field, value.as_bytes());
+        let e = only_point_error(tmp.path());
+        assert!(
+            e.contains(&format!("{}: at offset {hdr}: ", f.display())),
+            "{field}={value}: {e}"
+        );
+    }
+    // A zero frame claiming the whole 64-bit space.
+    let tmp = scratch();
+    let f = hostile_stream(
+        tmp.path(),
+        &meta("65536", "0", false),
+        vec![Frame::Zero(0, 4096)],
+        None,
+    );
+    let hdr = first_frame(&f);
+    patch(&f, hdr + 22, b"FFFFFFFFFFFFFFFF");
+    let e = only_point_error(tmp.path());
+    assert!(
+        e.contains(&format!("{}: at offset {hdr}: ", f.display())) && e.contains("leaves"),
+        "{e}"
+    );
+}
+
+#[test]
+fn hostile_lz4_frames_are_errors() {
+    let raw: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let m = meta("262144", "200000", true);
+    // The declared content size set to 2^64-1 (header checksum fixed up, as an attacker would).
+    let tmp = scratch();
+    let f = hostile_stream(
+        tmp.path(),
+        &m,
+        vec![Frame::Data(0, raw.clone())],
+        Some(1 << 20),
+    );
+    let lz4 = first_frame(&f) + 40;
+    let mut data = std::fs::read(&f).unwrap();
+    data[lz4 + 6..lz4 + 14].copy_from_slice(&u64::MAX.to_le_bytes());
+    data[lz4 + 14] = (twox_hash::XxHash32::oneshot(0, &data[lz4 + 4..lz4 + 14]) >> 8) as u8;
+    std::fs::write(&f, &data).unwrap();
+    let e = only_point_error(tmp.path());
+    assert!(
+        e.contains(&format!("{}: at offset {lz4}: ", f.display())) && e.contains("declares"),
+        "{e}"
+    );
+
+    // A block size word of 2^31-1: indexing passes (it reads frame headers only), reading fails.
+    let tmp = scratch();
+    let f = hostile_stream(tmp.path(), &m, vec![Frame::Data(0, raw)], Some(1 << 20));
+    let lz4 = first_frame(&f) + 40;
+    let block = lz4 + 15;
+    patch(&f, block, &0x7fff_ffffu32.to_le_bytes());
+    let err = export(tmp.path(), "vm/latest/vda.raw").unwrap_err();
+    assert!(
+        err.contains(&format!("{}: at offset {block}: ", f.display()))
+            && err.contains("block larger"),
+        "{err}"
+    );
+}
+
+#[test]
+fn vmconfig_name_from_meta_stays_in_the_backup_folder() {
+    let tmp = scratch();
+    let dir = tmp.path().join("vm");
+    // `vmconfig.<checkpointName>.xml` with checkpointName "a/../../secret" would be
+    // vm/vmconfig.a/../../secret.xml: a file outside the backup folder.
+    std::fs::create_dir_all(dir.join("vmconfig.a")).unwrap();
+    std::fs::write(tmp.path().join("secret.xml"), "not a backup file").unwrap();
+    let mut s = StreamSpec::new("vda", 4096, "2026-01-01T00:00:00.000001");
+    s.checkpoint = "a/../../secret".into();
+    s.frames.push(Frame::Data(0, vec![1; 4096]));
+    std::fs::write(dir.join("vda.full.data"), s.to_bytes()).unwrap();
+    let doc = ls_json(tmp.path());
+    let set = doc["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["path"] == "vm")
+        .unwrap();
+    let files: Vec<&str> = set["points"][0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, ["vda.raw"]);
+}

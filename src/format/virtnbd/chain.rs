@@ -95,8 +95,7 @@ impl Checkpoints {
     pub fn load(dir: &Path, files: &[String]) -> Checkpoints {
         let mut cps = Checkpoints::default();
         for f in files.iter().filter(|f| f.ends_with(".cpt")) {
-            let list: Vec<String> = std::fs::read(dir.join(f))
-                .ok()
+            let list: Vec<String> = read_small(&dir.join(f))
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default();
             for pair in list.windows(2) {
@@ -111,7 +110,8 @@ impl Checkpoints {
                 let Some(cp) = name.strip_suffix(".xml") else {
                     continue;
                 };
-                let Ok(xml) = std::fs::read_to_string(entry.path()) else {
+                let Some(xml) = read_small(&entry.path()).and_then(|b| String::from_utf8(b).ok())
+                else {
                     continue;
                 };
                 if let Some(parent) = xml_parent(&xml) {
@@ -132,6 +132,23 @@ impl Checkpoints {
     fn parent(&self, cp: &str) -> Option<&str> {
         self.parents.get(cp).map(String::as_str)
     }
+}
+
+/// The largest side file (checkpoint list or XML, domain XML) restorefs reads: real ones are a
+/// few KiB, anything beyond this is not one.
+const MAX_SIDE_FILE: u64 = 16 << 20;
+
+/// The content of a small side file; `None` when it cannot be read or is larger than
+/// [`MAX_SIDE_FILE`] (a hostile folder could hold a huge one).
+pub fn read_small(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(MAX_SIDE_FILE + 1)
+        .read_to_end(&mut data)
+        .ok()?;
+    (data.len() as u64 <= MAX_SIDE_FILE).then_some(data)
 }
 
 /// `<parent><name>X</name></parent>` of a libvirt domaincheckpoint XML.

@@ -31,13 +31,15 @@ pub struct Header {
 
 /// Parses one header; the error says what is wrong with it (the caller adds file and offset).
 pub fn parse(h: &[u8]) -> Result<Header, String> {
-    if h.len() < FRAME_LEN {
+    let Some(h) = h
+        .get(..FRAME_LEN)
+        .and_then(|h| <&[u8; FRAME_LEN]>::try_from(h).ok())
+    else {
         return Err(format!(
             "frame header needs {FRAME_LEN} bytes, only {} left",
             h.len()
         ));
-    }
-    let h = &h[..FRAME_LEN];
+    };
     let kind = match &h[0..4] {
         b"meta" => Kind::Meta,
         b"data" => Kind::Data,

@@ -209,16 +209,20 @@ fn build_point(
         let resolved = resolver.resolve(m);
         warnings.extend(resolved.warnings);
         let size = streams[m].1.as_ref().map_or(0, |s| s.virtual_size());
-        match resolved.sequence {
-            Ok(seq) => {
+        // A resolved sequence holds only files whose header was read, so all are open.
+        let layers = resolved.sequence.and_then(|seq| {
+            let layers = seq
+                .iter()
+                .map(|&i| match &streams[i].1 {
+                    Ok(s) => Ok(Arc::clone(s) as Arc<dyn Layer>),
+                    Err(e) => Err(e.clone()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((seq, layers))
+        });
+        match layers {
+            Ok((seq, layers)) => {
                 used.extend(&seq);
-                let layers: Vec<Arc<dyn Layer>> = seq
-                    .iter()
-                    .map(|&i| {
-                        let s = streams[i].1.as_ref().expect("resolved files are indexed");
-                        Arc::clone(s) as Arc<dyn Layer>
-                    })
-                    .collect();
                 let image = ImageFile::new(size, layers, Arc::clone(&opts.cache), attr);
                 exposed.push(Exposed {
                     path: file_name,
@@ -241,8 +245,9 @@ fn build_point(
             }
         }
     }
-    let content = if !exposed.is_empty() && exposed.iter().all(|e| e.error.is_some()) {
-        Err(errors[0].clone())
+    let all_failed = !exposed.is_empty() && exposed.iter().all(|e| e.error.is_some());
+    let content = if let (true, Some(first)) = (all_failed, errors.first()) {
+        Err(first.clone())
     } else {
         if let Some(xml) = vmconfig(dir, infos, members, stream_header.copied()) {
             exposed.push(Exposed {
@@ -328,7 +333,11 @@ fn vmconfig(
         Level::Inc(x) | Level::Diff(x) => x.clone(),
     };
     let name = format!("vmconfig.{ident}.xml");
-    let data = std::fs::read(dir.join(&name)).ok()?;
+    // The ident may come from a meta header: it must name a file of this folder, nothing else.
+    if !vfs::is_safe_name(&name) {
+        return None;
+    }
+    let data = chain::read_small(&dir.join(&name))?;
     Some((name, data))
 }
 

@@ -152,20 +152,16 @@ impl Stream {
     pub fn verify(&self, progress: &ProgressBar) -> Result<()> {
         for c in &self.index()?.chunks {
             // Decoding the last byte decodes the whole frame and checks every checksum.
-            let chunk = lz4::DecodedChunk::checked(
-                Arc::clone(&self.source),
-                c.file_off,
-                c.comp_len,
-                c.raw_len,
-            );
-            if c.raw_len > 0 {
-                chunk.read(c.raw_len as usize - 1, &mut [0u8])?;
+            let chunk =
+                lz4::DecodedChunk::new(Arc::clone(&self.source), c.file_off, c.comp_len, c.raw_len);
+            if let Some(last) = c.raw_len.checked_sub(1) {
+                chunk.read(last as usize, &mut [0u8])?;
             }
             progress.inc(c.comp_len);
         }
         let sum_path = checksum_path(self.path());
         let sum_path = sum_path.as_path();
-        if let Ok(text) = std::fs::read_to_string(sum_path) {
+        if let Some(text) = read_checksum(sum_path)? {
             let want: u32 = text.trim().parse().map_err(|_| {
                 Error::corrupt(
                     sum_path,
@@ -257,10 +253,28 @@ fn decode(bytes: &[u8], source: &Source, size: u64) -> Option<LayerIndex> {
                     .off
                     .checked_add(e.len)
                     .is_some_and(|end| end <= source.len()),
-                c => chunks.get(c as usize).is_some_and(|c| e.len <= c.raw_len),
+                c => chunks
+                    .get(c as usize)
+                    .is_some_and(|c| e.off.checked_add(e.len).is_some_and(|end| end <= c.raw_len)),
             }
     });
     (fits && r.is_empty()).then_some(LayerIndex { extents, chunks })
+}
+
+/// The text of a `.chksum` file, `None` when there is none. Read only as far as a checksum can
+/// reach, so a huge or endless file costs nothing; unreadable or non-text content is an error.
+fn read_checksum(path: &Path) -> Result<Option<String>> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, &e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, &e))?;
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// `<file>.chksum`, where virtnbdbackup ≥ 1.9.40 stores the file's Adler-32.
@@ -332,7 +346,8 @@ impl<'a> Parser<'a> {
     }
 
     fn expect_crlf(&self, pos: u64, after: &str) -> Result<()> {
-        match self.bytes.get(pos as usize..pos as usize + 2) {
+        let at = usize::try_from(pos).unwrap_or(usize::MAX);
+        match self.bytes.get(at..at.saturating_add(2)) {
             Some(b"\r\n") => Ok(()),
             Some(_) => Err(self.err(pos, format!("missing CRLF after {after}"))),
             None => Err(self.err(pos, format!("truncated stream: file ends inside {after}"))),
@@ -355,6 +370,7 @@ impl<'a> Parser<'a> {
                 format!("unsafe disk name {name:?} in meta: refusing to expose it"),
             ));
         }
+        // The slice above proved FRAME_LEN + length lies inside the file.
         let pos = FRAME_LEN as u64 + h.length;
         self.expect_crlf(pos, "meta JSON")?;
         Ok((meta, pos + 2))
@@ -370,7 +386,7 @@ impl<'a> Parser<'a> {
 
         let mut extents = Vec::new();
         let mut chunks = Vec::new();
-        let mut frames_seen = 0u32;
+        let mut frames_seen = 0u64;
         let mut data_frames = 0usize;
         let mut data_sum = 0u64;
         let mut prev_end = 0u64;
@@ -522,12 +538,16 @@ impl<'a> Parser<'a> {
             if raw_len > h.start + h.length - guest {
                 break;
             }
+            let chunk = u32::try_from(chunks.len())
+                .ok()
+                .filter(|&c| c != NO_CHUNK)
+                .ok_or_else(|| self.err(file_off, "more LZ4 frames than restorefs indexes"))?;
             extents.push(Extent {
                 start: guest,
                 len: raw_len,
                 off: 0,
                 src: 0,
-                chunk: chunks.len() as u32,
+                chunk,
             });
             chunks.push(Chunk {
                 file_off,
@@ -558,7 +578,8 @@ impl<'a> Parser<'a> {
             return Err(missing("file too short"));
         }
         let hpos = len - FRAME_LEN as u64;
-        let h = frame::parse(&self.bytes[hpos as usize..]).map_err(|m| missing(&m))?;
+        let tail = self.bytes.get(hpos as usize..).unwrap_or_default();
+        let h = frame::parse(tail).map_err(|m| missing(&m))?;
         if h.kind != Kind::Comp {
             return Err(missing("the file does not end with a comp frame"));
         }
@@ -566,7 +587,10 @@ impl<'a> Parser<'a> {
             .checked_sub(h.length.saturating_add(2))
             .ok_or_else(|| self.err(hpos, "comp frame gives a trailer longer than the file"))?;
         self.expect_crlf(hpos - 2, "compression trailer")?;
-        let json = &self.bytes[start as usize..(hpos - 2) as usize];
+        let json = self
+            .bytes
+            .get(start as usize..(hpos - 2) as usize)
+            .unwrap_or_default();
         let bad = |m: String| self.err(start, format!("bad compression trailer: {m}"));
         let v: Vec<Value> = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
         let entries = v
@@ -577,7 +601,9 @@ impl<'a> Parser<'a> {
                     .map(|n| vec![n])
                     .ok_or_else(|| bad(format!("{n} is not a size"))),
                 Value::Object(o) if o.len() == 1 => {
-                    let (total, list) = o.iter().next().expect("one key");
+                    let Some((total, list)) = o.iter().next() else {
+                        return Err(bad(format!("unexpected entry {e}")));
+                    };
                     let total: u64 = total
                         .parse()
                         .map_err(|_| bad(format!("key {total:?} is not a size")))?;
