@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-use chrono::NaiveDateTime;
+use chrono::{FixedOffset, NaiveDateTime};
 use indicatif::ProgressBar;
 use serde_json::{Map, Value, json};
 
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::indexcache::IndexCache;
-use crate::timefmt;
+use crate::timefmt::{self, UserTime};
 use crate::vfs::{Attr, BytesFile, Directory, Kind, Node, StaticDir, Symlink};
 use crate::workdir::WorkDir;
 
@@ -89,6 +89,11 @@ pub trait BackupSet: Send + Sync {
     fn verify_size(&self) -> u64;
     /// Why the set as a whole cannot be read (its points are then empty).
     fn problem(&self) -> Option<Error> {
+        None
+    }
+    /// The UTC offset of the set's point times, when the backups say (for times typed with a
+    /// zone); `None`: taken as this machine's local time.
+    fn zone(&self) -> Option<FixedOffset> {
         None
     }
     /// Whether the set can change while mounted (the kernel must not cache its listing long).
@@ -387,14 +392,14 @@ impl Catalog {
     }
 
     /// The mount tree: set folders at their paths, points inside, hiding points after `as_of`.
-    pub fn tree(&self, as_of: Option<NaiveDateTime>) -> Node {
+    pub fn tree(&self, as_of: Option<UserTime>) -> Node {
         #[derive(Default)]
         struct Builder {
             children: BTreeMap<String, Builder>,
             set: Option<Arc<dyn BackupSet>>,
             path: String,
         }
-        fn build(b: Builder, as_of: Option<NaiveDateTime>, now: SystemTime) -> Node {
+        fn build(b: Builder, as_of: Option<UserTime>, now: SystemTime) -> Node {
             let children: Vec<(String, Node)> = b
                 .children
                 .into_iter()
@@ -484,14 +489,15 @@ pub fn newest_at(list: &dyn PointList, n: usize, t: Option<NaiveDateTime>) -> Op
 struct SetDir {
     set: Arc<dyn BackupSet>,
     path: String,
-    as_of: Option<NaiveDateTime>,
+    as_of: Option<UserTime>,
     children: Vec<(String, Node)>,
 }
 
 impl SetDir {
     fn points(&self) -> (Arc<dyn PointList>, usize) {
         let list = self.set.points();
-        let n = visible(list.as_ref(), self.as_of);
+        let as_of = self.as_of.map(|t| t.in_zone(self.set.zone()));
+        let n = visible(list.as_ref(), as_of);
         (list, n)
     }
 
@@ -512,6 +518,7 @@ impl SetDir {
                 attr: self.attr(),
                 list,
                 n,
+                zone: self.set.zone(),
                 live: self.set.live(),
             }))
         })
@@ -607,6 +614,8 @@ fn colon_alias(name: &str) -> Option<String> {
 struct AtDir {
     list: Arc<dyn PointList>,
     n: usize,
+    /// The set's zone, for times typed with a zone.
+    zone: Option<FixedOffset>,
     attr: Attr,
     live: bool,
 }
@@ -619,7 +628,7 @@ impl Directory for AtDir {
     fn lookup(&self, name: &str) -> Result<Option<Node>> {
         // A miss is a bare ENOENT to the user: the log says why.
         let t = match timefmt::parse_user(name) {
-            Ok(t) => t,
+            Ok(t) => t.in_zone(self.zone),
             Err(e) => {
                 log::info!("at/{name}: {e}");
                 return Ok(None);

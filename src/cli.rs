@@ -616,19 +616,23 @@ fn mount_cmd(m: Mount, report: Option<&Report>) -> Result<ExitCode> {
     mount::preflight(&args)?;
     let opts = m.sql.apply(cache.options()?);
     let cat = scan(&args.source, &opts)?;
-    let lists: Vec<_> = cat.sets().iter().map(|s| s.set.points()).collect();
-    let points: usize = lists
+    let visible: Vec<_> = cat
+        .sets()
         .iter()
-        .map(|l| catalog::visible(l.as_ref(), args.as_of))
-        .sum();
-    if let Some(t) = args.as_of.filter(|_| points == 0) {
-        let oldest = lists
+        .map(|s| {
+            let list = s.set.points();
+            let as_of = args.as_of.map(|t| t.in_zone(s.set.zone()));
+            (catalog::visible(list.as_ref(), as_of), list)
+        })
+        .collect();
+    let points: usize = visible.iter().map(|(n, _)| n).sum();
+    if let (Some(t), 0) = (&m.as_of, points) {
+        let oldest = visible
             .iter()
-            .filter_map(|l| (0..l.len()).find_map(|i| l.time(i)))
+            .filter_map(|(_, l)| (0..l.len()).find_map(|i| l.time(i)))
             .min();
         return Err(Error::usage(format!(
-            "--as-of {}: hides every restore point (the oldest is from {})",
-            timefmt::to_name(&t),
+            "--as-of {t}: hides every restore point (the oldest is from {})",
             oldest.map_or_else(|| "an unknown time".to_owned(), |o| timefmt::to_name(&o))
         )));
     }

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use chrono::NaiveDateTime;
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::cache::Cache;
@@ -14,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::fs::{FuseFs, Owner};
 use crate::mountinfo;
 use crate::sys;
+use crate::timefmt::UserTime;
 
 /// How to mount.
 pub struct MountArgs {
@@ -24,7 +24,7 @@ pub struct MountArgs {
     /// FUSE worker threads.
     pub threads: usize,
     /// Hide points after this time.
-    pub as_of: Option<NaiveDateTime>,
+    pub as_of: Option<UserTime>,
     /// Let other users in (checked against /etc/fuse.conf).
     pub allow_other: bool,
     /// Owner and group shown for every node (`-o uid=,gid=`).

@@ -1,7 +1,11 @@
-//! Local times: point names, `at/<TIME>`, `--as-of`. All comparisons use naive local time,
-//! because that is what virtnbdbackup writes (no zone) and what users type.
+//! Times: point names, `at/<TIME>`, `--as-of`. Points carry the naive local time of the machine
+//! that made the backup (virtnbdbackup writes no zone). A time the user types without a zone is
+//! compared as such; one with a zone (or `@unix`) is an instant, turned into the set's own local
+//! time when the set knows its zone, else into this machine's.
 
-use chrono::{DateTime, Datelike, Local, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Timelike};
+use chrono::{
+    DateTime, Datelike, FixedOffset, Local, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Utc,
+};
 
 use crate::error::{Error, Result};
 
@@ -31,17 +35,44 @@ pub fn parse_naive(s: &str) -> Option<NaiveDateTime> {
         .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
 }
 
+/// A time the user typed: a wall-clock time, or an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserTime {
+    /// No zone given: compared with point times as they are.
+    Wall(NaiveDateTime),
+    /// A zone or `@unix` given: one instant everywhere.
+    Instant(DateTime<Utc>),
+}
+
+impl UserTime {
+    /// This time as the naive local time of a set whose times are in `zone` (`None`: this
+    /// machine's zone).
+    pub fn in_zone(&self, zone: Option<FixedOffset>) -> NaiveDateTime {
+        match (self, zone) {
+            (UserTime::Wall(t), _) => *t,
+            (UserTime::Instant(t), Some(z)) => t.with_timezone(&z).naive_local(),
+            (UserTime::Instant(t), None) => t.with_timezone(&Local).naive_local(),
+        }
+    }
+}
+
 /// Parses a time the user typed: `2026-11-20`, `2026-11-20T10:00`, `…T10:00:01[.5]`, with an
-/// optional `Z` or `+01:00` (converted to local time), or `@<unix seconds>`. A time covers its
-/// whole last unit, so `at/2026-11-20` means "as of the end of that day" and a point's own name
-/// (to the second) finds that point.
-pub fn parse_user(s: &str) -> Result<NaiveDateTime> {
+/// optional `Z` or `+01:00` (an instant), or `@<unix seconds>`. A time covers its whole last
+/// unit, so `at/2026-11-20` means "as of the end of that day" and a point's own name (to the
+/// second) finds that point.
+pub fn parse_user(s: &str) -> Result<UserTime> {
     parse_any(s)
-        .filter(|t| (1..=9999).contains(&t.year()))
+        .filter(|t| {
+            let year = match t {
+                UserTime::Wall(w) => w.year(),
+                UserTime::Instant(i) => i.year(),
+            };
+            (1..=9999).contains(&year)
+        })
         .ok_or_else(|| bad_time(s))
 }
 
-fn parse_any(s: &str) -> Option<NaiveDateTime> {
+fn parse_any(s: &str) -> Option<UserTime> {
     let t = s.trim();
     let whole = |unit_secs: i64, naive: NaiveDateTime| {
         naive
@@ -50,26 +81,26 @@ fn parse_any(s: &str) -> Option<NaiveDateTime> {
     };
     let exact = t.contains('.');
     if let Some(secs) = t.strip_prefix('@') {
-        return secs
-            .parse::<i64>()
-            .ok()
-            .and_then(from_unix)
-            .map(|n| whole(1, n));
+        let at = DateTime::from_timestamp(secs.parse::<i64>().ok()?, 0)?;
+        return Some(UserTime::Instant(whole(1, at.naive_utc()).and_utc()));
     }
     if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
-        let local = from_unix(dt.timestamp())?.with_nanosecond(dt.timestamp_subsec_nanos())?;
-        return Some(if exact { local } else { whole(1, local) });
+        let utc = dt.naive_utc();
+        return Some(UserTime::Instant(
+            if exact { utc } else { whole(1, utc) }.and_utc(),
+        ));
     }
     if let Some(naive) = parse_naive(t) {
-        return Some(if exact { naive } else { whole(1, naive) });
+        return Some(UserTime::Wall(if exact { naive } else { whole(1, naive) }));
     }
     for f in ["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(t, f) {
-            return Some(whole(60, naive));
+            return Some(UserTime::Wall(whole(60, naive)));
         }
     }
     let day = NaiveDate::parse_from_str(t, "%Y-%m-%d").ok()?;
-    day.and_hms_opt(0, 0, 0).map(|n| whole(86_400, n))
+    day.and_hms_opt(0, 0, 0)
+        .map(|n| UserTime::Wall(whole(86_400, n)))
 }
 
 fn bad_time(s: &str) -> Error {
@@ -99,23 +130,39 @@ mod tests {
         assert!(parse_naive("yesterday").is_none());
     }
 
+    fn local(s: &str) -> NaiveDateTime {
+        parse_user(s).unwrap().in_zone(None)
+    }
+
     #[test]
     fn user_times() {
-        let day = parse_user("2026-11-20").unwrap();
+        let day = local("2026-11-20");
         assert_eq!(to_name(&day), "2026-11-20T23:59:59");
-        assert_eq!(
-            to_name(&parse_user("2026-11-20T10:00").unwrap()),
-            "2026-11-20T10:00:59"
-        );
-        let second = parse_user("2026-11-20 10:00:01").unwrap();
+        assert_eq!(to_name(&local("2026-11-20T10:00")), "2026-11-20T10:00:59");
+        let second = local("2026-11-20 10:00:01");
         assert_eq!(to_iso(&second), "2026-11-20T10:00:01.999999999");
-        let exact = parse_user("2026-11-20T10:00:01.5").unwrap();
+        let exact = local("2026-11-20T10:00:01.5");
         assert_eq!(to_iso(&exact), "2026-11-20T10:00:01.500");
         assert!(parse_user("tuesday").is_err());
         assert!(parse_user("+262143-12-31").is_err());
         assert!(parse_user("@8210266876799").is_err());
         assert!(parse_user("@-99999999999999").is_err());
-        let unix = parse_user("@0").unwrap();
+        let unix = local("@0");
         assert_eq!(to_name(&unix), to_name(&from_unix(0).unwrap()));
+    }
+
+    #[test]
+    fn instants_land_in_the_sets_zone_and_wall_times_stay() {
+        let utc = FixedOffset::east_opt(0);
+        let tokyo = FixedOffset::east_opt(9 * 3600);
+        let z = parse_user("2026-11-22T02:58:40Z").unwrap();
+        assert_eq!(to_iso(&z.in_zone(utc)), "2026-11-22T02:58:40.999999999");
+        assert_eq!(to_name(&z.in_zone(tokyo)), "2026-11-22T11:58:40");
+        let plus = parse_user("2026-11-22T03:58:40+01:00").unwrap();
+        assert_eq!(plus, z);
+        let at = parse_user("@1795316320").unwrap();
+        assert_eq!(to_name(&at.in_zone(utc)), "2026-11-22T02:58:40");
+        let wall = parse_user("2026-11-22T02:58:40").unwrap();
+        assert_eq!(wall.in_zone(tokyo), wall.in_zone(utc));
     }
 }

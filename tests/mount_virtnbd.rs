@@ -436,7 +436,9 @@ fn a_missed_at_lookup_says_why_and_as_of_before_everything_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--as-of 2026-11-21T23:59:59: hides every restore point (the oldest is from 2026-11-22T02:03:55)"),
+        err.contains(
+            "--as-of 2026-11-21: hides every restore point (the oldest is from 2026-11-22T02:03:55)"
+        ),
         "{err}"
     );
     assert!(!is_mounted(&mp));

@@ -272,3 +272,52 @@ fn kept_indexes_are_used_and_never_stale() {
     let points = doc["sets"][0]["points"].as_array().unwrap();
     assert!(vda(&points[5]).get("error").is_none());
 }
+
+/// The point `at/<time>` of set `v1-plain` resolves to, by exporting its info.json with `TZ=tz`.
+fn point_at(time: &str, tz: &str) -> String {
+    let src = data_dir().join("virtnbd");
+    let out = command()
+        .env("TZ", tz)
+        .args(["export", src.to_str().unwrap()])
+        .arg(format!("v1-plain/at/{time}/info.json"))
+        .args(["-o", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "at/{time} with TZ={tz}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    info["name"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn times_with_a_zone_are_instants_whatever_this_machines_zone() {
+    // The backup host ran in UTC: its checkpoints' creation times equal the meta dates.
+    for tz in [
+        "UTC",
+        "America/New_York",
+        "Asia/Tokyo",
+        "Australia/Adelaide",
+    ] {
+        for t in [
+            "2026-11-22T02:04:05Z",
+            "2026-11-22T11:04:05+09:00",
+            "2026-11-21T21:04:05-05:00",
+            "@1795313045",
+            // Without a zone: the backup's own wall-clock time, as point names show it.
+            "2026-11-22T02:04:05",
+        ] {
+            assert_eq!(
+                point_at(t, tz),
+                "2026-11-22T02:04:04_diff",
+                "{t} with TZ={tz}"
+            );
+        }
+        assert_eq!(
+            point_at("2026-11-22T02:04:03Z", tz),
+            "2026-11-22T02:03:59_inc"
+        );
+    }
+}

@@ -88,6 +88,9 @@ pub struct FileInfo {
 #[derive(Default)]
 pub struct Checkpoints {
     parents: HashMap<String, String>,
+    /// libvirt's `<creationTime>` (Unix seconds) of each checkpoint: an instant, where the
+    /// streams' meta dates are only the backup host's wall-clock time.
+    created: HashMap<String, i64>,
 }
 
 impl Checkpoints {
@@ -117,9 +120,17 @@ impl Checkpoints {
                 if let Some(parent) = xml_parent(&xml) {
                     cps.parents.insert(cp.to_owned(), parent);
                 }
+                if let Some(t) = xml_creation_time(&xml) {
+                    cps.created.insert(cp.to_owned(), t);
+                }
             }
         }
         cps
+    }
+
+    /// When checkpoint `name` was made, in Unix seconds, if its XML says.
+    pub fn created(&self, name: &str) -> Option<i64> {
+        self.created.get(name).copied()
     }
 
     /// Records `child`'s parent.
@@ -152,6 +163,18 @@ pub fn read_small(path: &Path) -> Option<Vec<u8>> {
 }
 
 /// `<parent><name>X</name></parent>` of a libvirt domaincheckpoint XML.
+/// The checkpoint's own `<creationTime>`, before the embedded `<domain>`.
+fn xml_creation_time(xml: &str) -> Option<i64> {
+    let head = xml.split("<domain>").next().unwrap_or(xml);
+    let head = head.split("<domain ").next().unwrap_or(head);
+    let inner = head
+        .split_once("<creationTime>")?
+        .1
+        .split_once("</creationTime>")?
+        .0;
+    inner.trim().parse().ok()
+}
+
 fn xml_parent(xml: &str) -> Option<String> {
     // The embedded <domain> has <name>s of its own: look only before it.
     let body = xml.split_once("<domaincheckpoint").map_or(xml, |(_, b)| b);

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use chrono::NaiveDateTime;
+use chrono::{FixedOffset, NaiveDateTime};
 use indicatif::ProgressBar;
 use serde_json::{Map, json};
 
@@ -69,6 +69,8 @@ pub struct VirtnbdSet {
     streams: Vec<(String, Result<Arc<Stream>>)>,
     /// Per point: the stream indices it reads, and errors found while resolving it.
     uses: Vec<(String, Vec<usize>, Vec<Error>)>,
+    /// The backup host's UTC offset, when checkpoints tell it.
+    zone: Option<FixedOffset>,
 }
 
 impl VirtnbdSet {
@@ -111,10 +113,12 @@ impl VirtnbdSet {
             uses.push((p.name.clone(), used, errs));
             points.push(Arc::new(p));
         }
+        let zone = host_zone(&points, &checkpoints);
         VirtnbdSet {
             points: Arc::new(points),
             streams,
             uses,
+            zone,
         }
     }
 }
@@ -341,9 +345,31 @@ fn vmconfig(
     Some((name, data))
 }
 
+/// The backup host's UTC offset: a point's meta date (its wall-clock time) minus its
+/// checkpoint's creation instant, rounded to a quarter hour (the two are seconds apart). Only
+/// when every point that has both agrees.
+fn host_zone(points: &[Arc<Point>], checkpoints: &chain::Checkpoints) -> Option<FixedOffset> {
+    let mut offsets = points.iter().filter_map(|p| {
+        let created = checkpoints.created(p.ids.get("checkpoint")?.as_str()?)?;
+        let wall = p.time?.and_utc().timestamp();
+        let quarter = 15 * 60;
+        let off = (wall.checked_sub(created)? as f64 / quarter as f64).round() as i64 * quarter;
+        i32::try_from(off).ok()
+    });
+    let first = offsets.next()?;
+    offsets
+        .all(|o| o == first)
+        .then(|| FixedOffset::east_opt(first))
+        .flatten()
+}
+
 impl BackupSet for VirtnbdSet {
     fn format(&self) -> &'static str {
         "virtnbdbackup"
+    }
+
+    fn zone(&self) -> Option<FixedOffset> {
+        self.zone
     }
 
     fn points(&self) -> Arc<dyn PointList> {
