@@ -15,7 +15,7 @@ use crate::catalog::{self, Catalog, ScanOptions};
 use crate::daemon::{self, LogTarget, Report};
 use crate::error::{Error, ErrorKind, Result};
 use crate::export;
-use crate::fs::Owner;
+use crate::fuse::Owner;
 use crate::mount::{self, MountArgs};
 use crate::timefmt;
 use crate::vfs;

@@ -14,7 +14,7 @@ pub mod daemon;
 pub mod error;
 pub mod export;
 pub mod format;
-pub mod fs;
+pub mod fuse;
 pub mod image;
 pub mod indexcache;
 pub mod lz4;

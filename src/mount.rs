@@ -10,7 +10,7 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use crate::cache::Cache;
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
-use crate::fs::{FuseFs, Owner};
+use crate::fuse::{FuseFs, Owner};
 use crate::mountinfo;
 use crate::sys;
 use crate::timefmt::UserTime;
