@@ -9,7 +9,7 @@ use crate::cache::{Cache, Key};
 use crate::error::{Error, Result};
 use crate::lz4::DecodedChunk;
 use crate::source::{SMALL_READ, Source};
-use crate::vfs::{Attr, FileNode};
+use crate::vfs::{Attr, Cursor, FileNode};
 
 /// One compressed chunk (an LZ4 frame) of a layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,10 +71,8 @@ pub struct ImageFile {
     hot: RwLock<Weak<MapCell>>,
     /// Reads since the cache was last told the map is in use (keeps its LRU place).
     reads: AtomicU64,
-    /// End of the last read, to spot sequential reading.
-    last_end: AtomicU64,
-    /// How far ahead of sequential reading the backing files were asked to be read.
-    prefetched: AtomicU64,
+    /// The reading state of readers without a cursor of their own (export, verify).
+    shared: Cursor,
 }
 
 /// Sequential reading is prefetched this far ahead.
@@ -100,8 +98,7 @@ impl ImageFile {
             attr,
             hot: RwLock::new(Weak::new()),
             reads: AtomicU64::new(0),
-            last_end: AtomicU64::new(u64::MAX),
-            prefetched: AtomicU64::new(0),
+            shared: Cursor::default(),
         }
     }
 
@@ -198,9 +195,9 @@ impl ImageFile {
     /// several threads, slightly out of order), asks the backing files for the image's next
     /// `LOOKAHEAD` bytes before they are requested.
     /// Returns whether `offset..end` itself lies in a window already prefetched.
-    fn read_ahead(&self, map: &BlockMap, offset: u64, end: u64) -> bool {
-        let front = self.prefetched.load(Ordering::Relaxed);
-        let continues = self.last_end.swap(end, Ordering::Relaxed) == offset;
+    fn read_ahead(&self, cursor: &Cursor, map: &BlockMap, offset: u64, end: u64) -> bool {
+        let front = cursor.prefetched.load(Ordering::Relaxed);
+        let continues = cursor.last_end.swap(end, Ordering::Relaxed) == offset;
         let in_window = offset < front && offset + 2 * LOOKAHEAD >= front;
         let covered = in_window && end <= front;
         if !(continues || in_window) || front >= end + LOOKAHEAD / 2 {
@@ -209,7 +206,7 @@ impl ImageFile {
         let from = front.max(end);
         let to = (end + LOOKAHEAD).min(self.size);
         if from >= to
-            || self
+            || cursor
                 .prefetched
                 .compare_exchange(front, to, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
@@ -257,12 +254,20 @@ impl FileNode for ImageFile {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.read_at_by(&self.shared, offset, buf)
+    }
+
+    fn read_with(&self, offset: u64, len: usize, f: &mut dyn FnMut(&[u8])) -> Result<bool> {
+        self.read_with_by(&self.shared, offset, len, f)
+    }
+
+    fn read_at_by(&self, cursor: &Cursor, offset: u64, buf: &mut [u8]) -> Result<usize> {
         if offset >= self.size {
             return Ok(0);
         }
         let n = buf.len().min((self.size - offset) as usize);
         let map = self.map()?;
-        let covered = self.read_ahead(&map, offset, offset + n as u64);
+        let covered = self.read_ahead(cursor, &map, offset, offset + n as u64);
         let extents = map.extents();
         let mut i = map.find(offset);
         let mut done = 0usize;
@@ -279,7 +284,13 @@ impl FileNode for ImageFile {
         Ok(n)
     }
 
-    fn read_with(&self, offset: u64, len: usize, f: &mut dyn FnMut(&[u8])) -> Result<bool> {
+    fn read_with_by(
+        &self,
+        cursor: &Cursor,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool> {
         if offset >= self.size {
             f(&[]);
             return Ok(true);
@@ -294,7 +305,7 @@ impl FileNode for ImageFile {
         {
             return Ok(false);
         }
-        let covered = self.read_ahead(&map, offset, offset + len as u64);
+        let covered = self.read_ahead(cursor, &map, offset, offset + len as u64);
         if e.is_hole() {
             match ZEROS.get(..len) {
                 Some(z) => f(z),

@@ -2,6 +2,7 @@
 //! nodes. Formats build nodes; nothing here knows a backup format.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
 use crate::error::{Error, Result};
@@ -111,6 +112,27 @@ pub trait Directory: Send + Sync {
     }
 }
 
+/// The state of one reader of a file (an open file handle, an NBD connection): where its
+/// last read ended and how far ahead of it the backing data was asked for, so that two
+/// readers streaming one file each get their own read-ahead. Atomic: the kernel sends one
+/// handle's readahead requests on several threads.
+#[derive(Debug)]
+pub struct Cursor {
+    /// End of the last read (`u64::MAX` before the first).
+    pub last_end: AtomicU64,
+    /// How far ahead of this reader the backing data was requested.
+    pub prefetched: AtomicU64,
+}
+
+impl Default for Cursor {
+    fn default() -> Cursor {
+        Cursor {
+            last_end: AtomicU64::new(u64::MAX),
+            prefetched: AtomicU64::new(0),
+        }
+    }
+}
+
 /// A regular file served by offset.
 pub trait FileNode: Send + Sync {
     /// Size in bytes.
@@ -129,6 +151,22 @@ pub trait FileNode: Send + Sync {
     /// then reads into a buffer of its own).
     fn read_with(&self, _offset: u64, _len: usize, _f: &mut dyn FnMut(&[u8])) -> Result<bool> {
         Ok(false)
+    }
+
+    /// [`read_at`](Self::read_at) for the reader `cursor` (read-ahead follows it alone).
+    fn read_at_by(&self, _cursor: &Cursor, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.read_at(offset, buf)
+    }
+
+    /// [`read_with`](Self::read_with) for the reader `cursor`.
+    fn read_with_by(
+        &self,
+        _cursor: &Cursor,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool> {
+        self.read_with(offset, len, f)
     }
 
     /// The first offset >= `offset` that holds data, or `None` when only holes follow.

@@ -12,7 +12,7 @@ use fuser::{
 };
 
 use super::attr::{BLKSIZE, attr, seek};
-use super::handles::DirHandles;
+use super::handles::{DirHandles, FileHandles};
 use super::inodes::Inodes;
 use super::prune::Pruner;
 use crate::cache::Cache;
@@ -39,6 +39,7 @@ thread_local! {
 pub struct FuseFs {
     inodes: Arc<Inodes>,
     dirs: DirHandles,
+    files: FileHandles,
     cache: Arc<Cache>,
     owner: Owner,
 }
@@ -66,6 +67,7 @@ impl FuseFs {
         FuseFs {
             inodes: Arc::new(Inodes::new(root)),
             dirs: DirHandles::default(),
+            files: FileHandles::default(),
             cache,
             owner: Owner::default(),
         }
@@ -178,9 +180,9 @@ impl Filesystem for FuseFs {
                 // Content never changes under a name: keep the page cache across opens, or
                 // bypass it for files whose bytes are cached already as backup-file pages.
                 Ok(f) if f.page_cache() => {
-                    reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+                    reply.opened(FileHandle(self.files.open()), FopenFlags::FOPEN_KEEP_CACHE)
                 }
-                Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO),
+                Ok(_) => reply.opened(FileHandle(self.files.open()), FopenFlags::FOPEN_DIRECT_IO),
                 Err(e) => reply.error(self.fail("open", ino.0, &e)),
             }
         });
@@ -190,7 +192,7 @@ impl Filesystem for FuseFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
@@ -202,8 +204,9 @@ impl Filesystem for FuseFs {
                 Ok(f) => f,
                 Err(e) => return reply.error(self.fail("read", ino.0, &e)),
             };
+            let cursor = self.files.cursor(fh.0);
             let mut pending = Some(reply);
-            let zero_copy = f.read_with(offset, size as usize, &mut |bytes| {
+            let zero_copy = f.read_with_by(&cursor, offset, size as usize, &mut |bytes| {
                 if let Some(r) = pending.take() {
                     r.data(bytes);
                 }
@@ -216,12 +219,26 @@ impl Filesystem for FuseFs {
                 if buf.len() < size as usize {
                     buf.resize(size as usize, 0);
                 }
-                match f.read_at(offset, &mut buf[..size as usize]) {
+                match f.read_at_by(&cursor, offset, &mut buf[..size as usize]) {
                     Ok(n) => reply.data(&buf[..n]),
                     Err(e) => reply.error(self.fail(&format!("read at {offset} of"), ino.0, &e)),
                 }
             });
         });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.files.release(fh.0);
+        reply.ok();
     }
 
     fn flush(

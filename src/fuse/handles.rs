@@ -1,10 +1,11 @@
 //! What each open file or folder holds between the kernel's calls.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::inodes::Listing;
+use crate::vfs::Cursor;
 
 /// What each open folder lists, by handle: the kernel reads a listing in batches, and a folder
 /// of a million names must not be listed anew for each.
@@ -37,5 +38,58 @@ impl DirHandles {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh);
+    }
+}
+
+/// Each open file's reading state, by handle: read-ahead follows each reader on its own.
+#[derive(Default)]
+pub struct FileHandles {
+    next: AtomicU64,
+    open: RwLock<HashMap<u64, Arc<Cursor>>>,
+}
+
+impl FileHandles {
+    /// A new handle with a fresh cursor.
+    pub fn open(&self) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.open
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::default());
+        fh
+    }
+
+    /// The cursor of handle `fh`; a fresh one for a handle not known (never opened here).
+    pub fn cursor(&self, fh: u64) -> Arc<Cursor> {
+        let open = self.open.read().unwrap_or_else(|p| p.into_inner());
+        open.get(&fh).cloned().unwrap_or_default()
+    }
+
+    /// Forgets handle `fh`.
+    pub fn release(&self, fh: u64) {
+        self.open
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn each_open_file_has_its_own_cursor_until_released() {
+        let h = FileHandles::default();
+        let (a, b) = (h.open(), h.open());
+        assert_ne!(a, b);
+        h.cursor(a).last_end.store(4096, Ordering::Relaxed);
+        assert_eq!(h.cursor(a).last_end.load(Ordering::Relaxed), 4096);
+        assert_eq!(h.cursor(b).last_end.load(Ordering::Relaxed), u64::MAX);
+        h.release(a);
+        assert_eq!(h.cursor(a).last_end.load(Ordering::Relaxed), u64::MAX);
+        assert!(!h.open.read().unwrap().contains_key(&a));
+        assert!(h.open.read().unwrap().contains_key(&b));
     }
 }
