@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What went wrong, coarsely: decides the errno and the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,9 @@ pub struct Error {
     file: Option<PathBuf>,
     offset: Option<u64>,
     msg: String,
+    /// The operating-system error behind an I/O failure (shared: errors are cloned into every
+    /// point they fail).
+    source: Option<Arc<io::Error>>,
 }
 
 /// Result with the crate's error type.
@@ -40,6 +44,7 @@ impl Error {
             file: Some(file.to_path_buf()),
             offset: Some(offset),
             msg: msg.into(),
+            source: None,
         }
     }
 
@@ -50,6 +55,11 @@ impl Error {
             file: Some(file.to_path_buf()),
             offset: None,
             msg: err.to_string(),
+            // Callers lend the error; an equal one is kept (the errno, or the kind and text).
+            source: Some(Arc::new(match err.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(err.kind(), err.to_string()),
+            })),
         }
     }
 
@@ -70,6 +80,7 @@ impl Error {
             file: Some(file.to_path_buf()),
             offset: None,
             msg: msg.into(),
+            source: None,
         }
     }
 
@@ -84,6 +95,7 @@ impl Error {
             file: None,
             offset: None,
             msg: msg.into(),
+            source: None,
         }
     }
 
@@ -131,7 +143,13 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -149,6 +167,9 @@ mod tests {
     #[test]
     fn io_errors_keep_their_errno() {
         let io = io::Error::from_raw_os_error(libc::ENOSPC);
-        assert_eq!(Error::io(Path::new("x"), &io).errno(), libc::ENOSPC);
+        let e = Error::io(Path::new("x"), &io);
+        assert_eq!(e.errno(), libc::ENOSPC);
+        let source = std::error::Error::source(&e.context("writing")).unwrap();
+        assert_eq!(source.to_string(), io.to_string());
     }
 }
