@@ -169,7 +169,8 @@ mod tests {
         let io = io::Error::from_raw_os_error(libc::ENOSPC);
         let e = Error::io(Path::new("x"), &io);
         assert_eq!(e.errno(), libc::ENOSPC);
-        let source = std::error::Error::source(&e.context("writing")).unwrap();
+        let e = e.context("writing");
+        let source = std::error::Error::source(&e).unwrap();
         assert_eq!(source.to_string(), io.to_string());
     }
 }
