@@ -5,8 +5,9 @@
 //! users of one key share one value. An evicted value stays alive until its last user drops it.
 
 use std::any::Any;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{Arc, Mutex, MutexGuard};
 
 use lru::LruCache;
 
@@ -21,8 +22,8 @@ pub struct Key {
 
 /// A fresh owner id, unique in this process.
 pub fn new_owner_id() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 struct Slot {
@@ -205,5 +206,84 @@ mod tests {
         assert_eq!(c.stats().used, 60);
         c.remove(key(1));
         assert_eq!(c.stats().used, 0);
+    }
+}
+
+/// The cache explored under many thread schedules (`cargo test --features shuttle`).
+#[cfg(all(test, feature = "shuttle"))]
+mod shuttle_tests {
+    use super::*;
+    use shuttle::thread;
+
+    fn key(i: u64) -> Key {
+        Key { owner: 9, index: i }
+    }
+
+    /// What the cache charges equals the costs of what it holds, within the bound unless one
+    /// value alone exceeds it, and every call is counted once.
+    fn check(c: &Cache, calls: u64) {
+        let inner = c.lock();
+        let held: u64 = inner.lru.iter().map(|(_, s)| s.cost).sum();
+        assert_eq!(
+            inner.used, held,
+            "charged bytes drifted from the values held"
+        );
+        assert!(
+            inner.used <= c.capacity || inner.lru.len() == 1,
+            "bound exceeded"
+        );
+        drop(inner);
+        let s = c.stats();
+        assert_eq!(s.hits + s.misses, calls);
+    }
+
+    #[test]
+    fn shuttle_concurrent_users_share_values_and_the_bound_holds() {
+        shuttle::check_random(
+            || {
+                let c = Cache::new(100);
+                let threads: Vec<_> = (0..3u64)
+                    .map(|t| {
+                        let c = Arc::clone(&c);
+                        thread::spawn(move || {
+                            // Every user of key 1 sees the value made for key 1.
+                            assert_eq!(*c.get_or_insert(key(1), 30, || 1u64), 1);
+                            assert_eq!(*c.get_or_insert(key(10 + t), 40, || 10 + t), 10 + t);
+                            c.set_cost(key(10 + t), 50);
+                            c.touch(key(1));
+                            if t == 2 {
+                                c.remove(key(1));
+                            }
+                            assert_eq!(*c.get_or_insert(key(1), 30, || 1u64), 1);
+                        })
+                    })
+                    .collect();
+                for t in threads {
+                    t.join().unwrap();
+                }
+                check(&c, 9);
+            },
+            2000,
+        );
+    }
+
+    #[test]
+    fn shuttle_one_value_larger_than_the_cache_stays_alone() {
+        shuttle::check_random(
+            || {
+                let c = Cache::new(10);
+                let a = {
+                    let c = Arc::clone(&c);
+                    thread::spawn(move || *c.get_or_insert(key(1), 50, || 5u8))
+                };
+                let b = {
+                    let c = Arc::clone(&c);
+                    thread::spawn(move || *c.get_or_insert(key(2), 4, || 6u8))
+                };
+                assert_eq!((a.join().unwrap(), b.join().unwrap()), (5, 6));
+                check(&c, 2);
+            },
+            1000,
+        );
     }
 }

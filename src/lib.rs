@@ -21,6 +21,7 @@ pub mod lz4;
 pub mod mount;
 pub mod mountinfo;
 pub mod source;
+pub mod sync;
 pub mod sys;
 pub mod timefmt;
 pub mod vfs;
