@@ -9,7 +9,7 @@ use crate::cache::{Cache, Key};
 use crate::error::{Error, Result};
 use crate::lz4::DecodedChunk;
 use crate::source::{SMALL_READ, Source};
-use crate::vfs::{Attr, Cursor, FileNode};
+use crate::vfs::{self, Attr, Cursor, FileNode};
 
 /// One compressed chunk (an LZ4 frame) of a layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,10 +262,10 @@ impl FileNode for ImageFile {
     }
 
     fn read_at_by(&self, cursor: &Cursor, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        if offset >= self.size {
+        let n = vfs::clamp(offset, buf.len(), self.size);
+        if n == 0 {
             return Ok(0);
         }
-        let n = buf.len().min((self.size - offset) as usize);
         let map = self.map()?;
         let covered = self.read_ahead(cursor, &map, offset, offset + n as u64);
         let extents = map.extents();
@@ -291,11 +291,11 @@ impl FileNode for ImageFile {
         len: usize,
         f: &mut dyn FnMut(&[u8]),
     ) -> Result<bool> {
-        if offset >= self.size {
+        let len = vfs::clamp(offset, len, self.size);
+        if len == 0 {
             f(&[]);
             return Ok(true);
         }
-        let len = len.min((self.size - offset) as usize);
         let map = self.map()?;
         let Some(&e) = map.extent_at(offset) else {
             return Ok(false);

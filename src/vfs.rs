@@ -112,6 +112,13 @@ pub trait Directory: Send + Sync {
     }
 }
 
+/// How many of `len` bytes from `offset` lie inside a file of `size` bytes (0 past its end):
+/// every reader clamps its reads with this.
+pub fn clamp(offset: u64, len: usize, size: u64) -> usize {
+    let left = size.saturating_sub(offset);
+    usize::try_from(left).map_or(len, |left| len.min(left))
+}
+
 /// The state of one reader of a file (an open file handle, an NBD connection): where its
 /// last read ended and how far ahead of it the backing data was asked for, so that two
 /// readers streaming one file each get their own read-ahead. Atomic: the kernel sends one
@@ -259,16 +266,18 @@ impl FileNode for BytesFile {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let start = (offset as usize).min(self.data.len());
-        let n = buf.len().min(self.data.len() - start);
-        buf[..n].copy_from_slice(&self.data[start..start + n]);
+        let mut n = 0;
+        self.read_with(offset, buf.len(), &mut |b| {
+            buf[..b.len()].copy_from_slice(b);
+            n = b.len();
+        })?;
         Ok(n)
     }
 
     fn read_with(&self, offset: u64, len: usize, f: &mut dyn FnMut(&[u8])) -> Result<bool> {
-        let start = (offset as usize).min(self.data.len());
-        let end = start.saturating_add(len).min(self.data.len());
-        f(&self.data[start..end]);
+        let n = clamp(offset, len, self.data.len() as u64);
+        let start = if n == 0 { 0 } else { offset as usize };
+        f(&self.data[start..start + n]);
         Ok(true)
     }
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use lru::LruCache;
 
 use crate::error::{Error, Result};
+use crate::vfs;
 
 /// Default bound of the checkpoint store: 2 GiB.
 pub const CHECKPOINT_BYTES: u64 = 2 << 30;
@@ -148,13 +149,13 @@ impl Rebuilt {
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         match self {
             Rebuilt::Memory(d) => {
-                let start = (offset as usize).min(d.len());
-                let n = buf.len().min(d.len() - start);
+                let n = vfs::clamp(offset, buf.len(), d.len() as u64);
+                let start = if n == 0 { 0 } else { offset as usize };
                 buf[..n].copy_from_slice(&d[start..start + n]);
                 Ok(n)
             }
             Rebuilt::Disk { file, path, len } => {
-                let n = (buf.len() as u64).min(len.saturating_sub(offset)) as usize;
+                let n = vfs::clamp(offset, buf.len(), *len);
                 file.read_exact_at(&mut buf[..n], offset)
                     .map_err(|e| Error::io(path, &e))?;
                 Ok(n)

@@ -297,12 +297,10 @@ impl FileNode for TarFile {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        if offset >= self.size {
+        let n = vfs::clamp(offset, buf.len(), self.size);
+        if n == 0 {
             return Ok(0);
         }
-        let n = buf
-            .len()
-            .min(usize::try_from(self.size - offset).unwrap_or(usize::MAX));
         let at = self.offset.saturating_add(offset);
         let want = buf.get_mut(..n).unwrap_or_default();
         let got = self.level.read(at, want)?;
