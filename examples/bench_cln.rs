@@ -13,7 +13,8 @@ use std::time::Instant;
 use cln_writer::{LogWriter, bump};
 use indicatif::ProgressBar;
 use restorefs::cache::Cache;
-use restorefs::catalog::{Catalog, ScanOptions};
+use restorefs::model::ScanOptions;
+use restorefs::scan::scan;
 use restorefs::vfs::{self, Node};
 
 struct Rng(u64);
@@ -169,7 +170,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(256);
     let opts = ScanOptions::new(Cache::new(cache_mb << 20), &cache_dir);
     let t = Instant::now();
-    let cat = Catalog::scan(&src, &opts, &ProgressBar::hidden())?;
+    let cat = scan(
+        &src,
+        &restorefs::format::all(),
+        &opts,
+        &ProgressBar::hidden(),
+    )?;
     println!(
         "scan (index the log)         {:.2} s",
         t.elapsed().as_secs_f64()

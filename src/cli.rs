@@ -11,13 +11,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::cache::Cache;
-use crate::catalog::{self, Catalog, ScanOptions};
+use crate::catalog::Catalog;
 use crate::daemon::{self, LogTarget, Report};
 use crate::error::{Error, ErrorKind, Result};
 use crate::export;
+use crate::format;
 use crate::fs::Owner;
+use crate::model::ScanOptions;
 use crate::mount::{self, MountArgs};
+use crate::scan;
 use crate::timefmt;
+use crate::tree;
 use crate::vfs;
 use crate::workdir;
 
@@ -622,7 +626,7 @@ fn mount_cmd(m: Mount, report: Option<&Report>) -> Result<ExitCode> {
         .map(|s| {
             let list = s.set.points();
             let as_of = args.as_of.map(|t| t.in_zone(s.set.zone()));
-            (catalog::visible(list.as_ref(), as_of), list)
+            (tree::visible(list.as_ref(), as_of), list)
         })
         .collect();
     let points: usize = visible.iter().map(|(n, _)| n).sum();
@@ -677,7 +681,7 @@ pub fn scan(source: &Path, opts: &ScanOptions) -> Result<Catalog> {
         Ok(_) => {}
     }
     let bar = spinner("scanning");
-    let cat = Catalog::scan(source, opts, &bar);
+    let cat = scan::scan(source, &format::all(), opts, &bar);
     bar.finish_and_clear();
     let cat = cat?;
     if cat.sets().is_empty() {
@@ -697,7 +701,12 @@ fn ls(source: &Path, as_json: bool, cache: &CacheArgs) -> Result<ExitCode> {
             .sets()
             .iter()
             .map(|s| {
-                let points: Vec<Value> = s.set.points().iter().map(|p| p.to_json()).collect();
+                let points: Vec<Value> = s
+                    .set
+                    .points()
+                    .iter()
+                    .map(|p| tree::point_json(&p))
+                    .collect();
                 let mut v = json!({"path": s.path, "format": s.set.format(), "points": points});
                 if let Some(e) = s.set.problem() {
                     v["error"] = json!(e.to_string());

@@ -376,12 +376,13 @@ fn foreign_key_pragmas_hold_across_checkpoints() {
     std::fs::write(src.join("node.bkp"), w.finish(50)).unwrap();
 
     let cache_dir = scratch();
-    let opts = restorefs::catalog::ScanOptions::new(
+    let opts = restorefs::model::ScanOptions::new(
         restorefs::cache::Cache::new(64 << 20),
         cache_dir.path(),
     );
-    let cat =
-        restorefs::catalog::Catalog::scan(&src, &opts, &indicatif::ProgressBar::hidden()).unwrap();
+    let formats = restorefs::format::all();
+    let hidden = indicatif::ProgressBar::hidden();
+    let cat = restorefs::scan::scan(&src, &formats, &opts, &hidden).unwrap();
     let root = cat.tree(None);
     let count = |v: u32| -> i64 {
         let node =

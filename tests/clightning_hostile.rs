@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::cln_writer::{LogWriter, bump};
 use common::*;
-use restorefs::catalog::{Catalog, ScanOptions};
+use restorefs::catalog::Catalog;
+use restorefs::model::ScanOptions;
 use restorefs::vfs::{self, Node};
 
 fn name(v: u32) -> String {
@@ -322,7 +323,9 @@ fn an_endless_statement_stops_at_the_deadline() {
 fn open(src: &Path, cache: &Path, limits: impl FnOnce(&mut ScanOptions)) -> (Catalog, ScanOptions) {
     let mut opts = ScanOptions::new(restorefs::cache::Cache::new(64 << 20), cache);
     limits(&mut opts);
-    let cat = Catalog::scan(src, &opts, &indicatif::ProgressBar::hidden()).unwrap();
+    let formats = restorefs::format::all();
+    let hidden = indicatif::ProgressBar::hidden();
+    let cat = restorefs::scan::scan(src, &formats, &opts, &hidden).unwrap();
     (cat, opts)
 }
 

@@ -458,9 +458,10 @@ fn lz4_content_checksum_mismatch_fails_export_reads_and_verify() {
     // What a mount read gets: the error, as EIO, for every read of that frame.
     let cache = scratch();
     let opts =
-        restorefs::catalog::ScanOptions::new(restorefs::cache::Cache::new(16 << 20), cache.path());
-    let cat = restorefs::catalog::Catalog::scan(source, &opts, &indicatif::ProgressBar::hidden())
-        .unwrap();
+        restorefs::model::ScanOptions::new(restorefs::cache::Cache::new(16 << 20), cache.path());
+    let formats = restorefs::format::all();
+    let cat =
+        restorefs::scan::scan(source, &formats, &opts, &indicatif::ProgressBar::hidden()).unwrap();
     let node =
         restorefs::vfs::resolve(&cat.tree(None), &format!("v1-lz4/{}/vda.raw", pts[0])).unwrap();
     let restorefs::vfs::Node::File(image) = node else {

@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use restorefs::cache::Cache;
-use restorefs::catalog::{Catalog, ScanOptions};
+use restorefs::format;
+use restorefs::model::ScanOptions;
+use restorefs::scan::scan;
+use restorefs::tree::point_json;
 use restorefs::vfs::{FileNode, Node};
 
 /// A small deterministic PRNG (SplitMix64): runs are reproducible from their seed.
@@ -459,15 +462,16 @@ fn exercise(src: &Path, cache_dir: &Path, limits: &Limits, seed: u64) -> CaseSta
     let mut stats = CaseStats::default();
     let mut rng = Rng::new(seed ^ 0x5ca7);
     let opts = ScanOptions::new(Cache::new(limits.cache), cache_dir);
+    let formats = format::all();
     let hidden = ProgressBar::hidden();
-    let Ok(cat) = Catalog::scan(src, &opts, &hidden) else {
+    let Ok(cat) = scan(src, &formats, &opts, &hidden) else {
         stats.errors += 1;
         return stats;
     };
     for s in cat.sets() {
         let points = s.set.points();
         for p in points.iter().take(64) {
-            let _ = p.to_json();
+            let _ = point_json(&p);
         }
         if let Some(e) = s.set.problem() {
             let _ = e.to_string();
@@ -486,7 +490,7 @@ fn exercise(src: &Path, cache_dir: &Path, limits: &Limits, seed: u64) -> CaseSta
     // index cache the first scan filled, and are loaded on first use.
     if rng.one_in(2) {
         let opts = ScanOptions::new(Cache::new(limits.cache), cache_dir);
-        if let Ok(cat) = Catalog::scan(src, &opts, &hidden) {
+        if let Ok(cat) = scan(src, &formats, &opts, &hidden) {
             walk(&cat.tree(None), 0, limits, &mut rng, &mut stats);
         }
     }

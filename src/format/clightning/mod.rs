@@ -23,10 +23,10 @@ use indicatif::ProgressBar;
 use serde_json::{Map, json};
 
 use crate::cache::{self, Cache, Key};
-use crate::catalog::{
+use crate::error::{Error, Result};
+use crate::model::{
     BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanOptions,
 };
-use crate::error::{Error, Result};
 use crate::vfs::{Attr, FileNode, Node};
 use crate::workdir::{Rebuilt, RebuiltCell, WorkDir};
 use log::{Entry, Kind, Probe};

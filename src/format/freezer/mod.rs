@@ -26,10 +26,10 @@ use indicatif::ProgressBar;
 use serde_json::{Map, Value, json};
 
 use crate::cache::{self, Cache, Key};
-use crate::catalog::{
+use crate::error::{Error, Result};
+use crate::model::{
     self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanOptions,
 };
-use crate::error::{Error, Result};
 use crate::timefmt;
 use crate::vfs::{self, Attr, Directory, FileNode, Node, StaticDir, Symlink};
 use crate::workdir::{Rebuilt, RebuiltCell, WorkDir};
@@ -541,7 +541,7 @@ impl FreezerSet {
                     .map_or_else(|| b.ts.to_string(), timefmt::to_name),
                 b.level
             );
-            let name = catalog::unique_name(base, &mut taken);
+            let name = model::unique_name(base, &mut taken);
             let mut ids = Map::new();
             ids.insert("level".into(), json!(b.level));
             ids.insert("timestamp".into(), json!(b.ts));

@@ -14,11 +14,11 @@ use chrono::{FixedOffset, NaiveDateTime};
 use indicatif::ProgressBar;
 use serde_json::{Map, json};
 
-use crate::catalog::{
-    self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanOptions,
-};
 use crate::error::{Error, Result};
 use crate::image::{ImageFile, Layer};
+use crate::model::{
+    self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanOptions,
+};
 use crate::timefmt;
 use crate::vfs::{self, Attr, BytesFile, ErrorFile, Node};
 
@@ -109,7 +109,7 @@ impl VirtnbdSet {
         let mut points = Vec::new();
         let mut uses = Vec::new();
         for (mut p, used, errs) in built {
-            p.name = catalog::unique_name(std::mem::take(&mut p.name), &mut taken);
+            p.name = model::unique_name(std::mem::take(&mut p.name), &mut taken);
             uses.push((p.name.clone(), used, errs));
             points.push(Arc::new(p));
         }
