@@ -11,7 +11,7 @@ use restorefs::blockmap::{BlockMap, Extent};
 use restorefs::cache::Cache;
 use restorefs::format::virtnbd::Stream;
 use restorefs::image::{Layer, LayerIndex};
-use restorefs::model::ScanOptions;
+use restorefs::model::ScanContext;
 use restorefs::scan::scan;
 use restorefs::vfs::{self, Node};
 
@@ -118,17 +118,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(streams);
 
     let t = Instant::now();
-    let opts = ScanOptions::new(
+    let ctx = ScanContext::new(
         Cache::new(1 << 20),
         &restorefs::workdir::default_cache_dir(),
     );
     let source = dir.parent().unwrap_or(Path::new("/"));
-    let cat = scan(
-        source,
-        &restorefs::format::all(),
-        &opts,
-        &ProgressBar::hidden(),
-    )?;
+    let formats = restorefs::format::all(&Default::default());
+    let cat = scan(source, &formats, &ctx, &ProgressBar::hidden())?;
     let scan_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let points = cat.sets()[0].set.points();

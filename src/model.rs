@@ -4,9 +4,10 @@
 //! A format is a value implementing [`Format`]: given one folder under SOURCE ([`DirInfo`]), it
 //! says which backup sets are there ([`Found`]). Each set implements [`BackupSet`] (its restore
 //! points, verification) and lists its points through a [`PointList`]; a [`Point`] is plain data:
-//! its name, time, kind, ids and the files it [`Exposed`] as `vfs` nodes. Register the format in
+//! its name, time, kind, ids and the files it exposes ([`Exposed`], as `vfs` nodes). Register the format in
 //! `format::all`; the scan, the tree (`latest`, `at/`, `info.json`) and every front end then
-//! serve it without knowing it.
+//! serve it without knowing it. Format-specific settings (keys, limits) are given to the format
+//! value when it is made; [`ScanContext`] carries only the services every format shares.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -24,30 +25,24 @@ use crate::timefmt;
 use crate::vfs::Node;
 use crate::workdir::WorkDir;
 
-/// What every format's scanner gets.
+/// The services every format's scanner shares.
 #[derive(Clone)]
-pub struct ScanOptions {
+pub struct ScanContext {
     /// The shared cache for decoded or rebuilt data.
     pub cache: Arc<Cache>,
     /// restorefs' scratch folder (never inside SOURCE).
     pub work: Arc<WorkDir>,
-    /// Freezer's encryption password (`--freezer-key`), if given.
-    pub freezer_key: Option<Arc<Vec<u8>>>,
     /// Where indexes of backup files are kept between runs.
     pub index: Option<Arc<IndexCache>>,
-    /// Time and size budget of replaying Core Lightning logs (and its cancel flag).
-    pub sql: crate::format::clightning::SqlLimits,
 }
 
-impl ScanOptions {
+impl ScanContext {
     /// A cache and a scratch folder under `cache_dir` with the default checkpoint bound.
-    pub fn new(cache: Arc<Cache>, cache_dir: &Path) -> ScanOptions {
-        ScanOptions {
+    pub fn new(cache: Arc<Cache>, cache_dir: &Path) -> ScanContext {
+        ScanContext {
             cache,
             work: WorkDir::new(cache_dir, crate::workdir::CHECKPOINT_BYTES),
-            freezer_key: None,
             index: Some(Arc::new(IndexCache::new(cache_dir))),
-            sql: crate::format::clightning::SqlLimits::default(),
         }
     }
 }
@@ -78,7 +73,7 @@ pub trait Format: Send + Sync {
     /// Short name (`virtnbdbackup`), as `ls` shows it.
     fn name(&self) -> &'static str;
     /// The sets in `dir` (given the files no earlier format claimed).
-    fn scan_dir(&self, dir: &DirInfo<'_>, ctx: &ScanOptions) -> Found;
+    fn scan_dir(&self, dir: &DirInfo<'_>, ctx: &ScanContext) -> Found;
 }
 
 /// One backup set: a sequence of restore points.

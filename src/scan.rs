@@ -8,14 +8,14 @@ use indicatif::ProgressBar;
 
 use crate::catalog::{Catalog, SetEntry};
 use crate::error::{Error, Result};
-use crate::model::{BackupSet, DirInfo, Format, ScanOptions};
+use crate::model::{BackupSet, DirInfo, Format, ScanContext};
 
 /// Walks `source` and collects every backup set that one of `formats` recognises; earlier
 /// formats claim files and folders first.
 pub fn scan(
     source: &Path,
     formats: &[Box<dyn Format>],
-    ctx: &ScanOptions,
+    ctx: &ScanContext,
     progress: &ProgressBar,
 ) -> Result<Catalog> {
     let meta = std::fs::metadata(source).map_err(|e| Error::io(source, &e))?;
@@ -58,7 +58,7 @@ pub fn scan(
 /// none of them claimed, to walk next.
 fn scan_folder(
     formats: &[Box<dyn Format>],
-    ctx: &ScanOptions,
+    ctx: &ScanContext,
     abs: &Path,
     mut files: Vec<String>,
     mut dirs: Vec<String>,

@@ -9,7 +9,7 @@ use std::path::Path;
 use common::writer::{Frame, StreamSpec};
 use proptest::prelude::*;
 use restorefs::cache::Cache;
-use restorefs::model::ScanOptions;
+use restorefs::model::ScanContext;
 use restorefs::scan::scan;
 use restorefs::vfs::{self, Node};
 
@@ -188,12 +188,12 @@ fn check(seed: u64) {
     std::fs::create_dir(&dir).unwrap();
     let backups = generate(&mut rng, &dir);
     let cache_dir = common::scratch();
-    let opts = ScanOptions::new(Cache::new(1 << 20), cache_dir.path());
-    let formats = restorefs::format::all();
+    let ctx = ScanContext::new(Cache::new(1 << 20), cache_dir.path());
+    let formats = restorefs::format::all(&Default::default());
     let cat = scan(
         tmp.path(),
         &formats,
-        &opts,
+        &ctx,
         &indicatif::ProgressBar::hidden(),
     )
     .unwrap();
@@ -234,12 +234,12 @@ fn stream_version_1_reads_back() {
     spec.frames.push(Frame::Zero(4096, 4096));
     std::fs::write(dir.join("vda.full.data"), spec.to_bytes()).unwrap();
     let cache_dir = common::scratch();
-    let opts = ScanOptions::new(Cache::new(1 << 20), cache_dir.path());
-    let formats = restorefs::format::all();
+    let ctx = ScanContext::new(Cache::new(1 << 20), cache_dir.path());
+    let formats = restorefs::format::all(&Default::default());
     let cat = scan(
         tmp.path(),
         &formats,
-        &opts,
+        &ctx,
         &indicatif::ProgressBar::hidden(),
     )
     .unwrap();

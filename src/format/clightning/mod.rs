@@ -25,7 +25,7 @@ use serde_json::{Map, json};
 use crate::cache::{self, Cache, Key};
 use crate::error::{Error, Result};
 use crate::model::{
-    BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanOptions,
+    BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanContext,
 };
 use crate::vfs::{Attr, FileNode, Node};
 use crate::workdir::{Rebuilt, RebuiltCell, WorkDir};
@@ -40,14 +40,24 @@ pub const CHECKPOINT_EVERY: u64 = 32;
 const REPLAY_BYTES: u64 = 8 << 10;
 
 /// The Core Lightning backup-plugin format.
-pub struct Clightning;
+pub struct Clightning {
+    /// The budget of replaying a log's SQL (and its cancel flag, shared with every set).
+    limits: SqlLimits,
+}
+
+impl Clightning {
+    /// The format, rebuilding databases within `limits`.
+    pub fn new(limits: SqlLimits) -> Clightning {
+        Clightning { limits }
+    }
+}
 
 impl Format for Clightning {
     fn name(&self) -> &'static str {
         "clightning"
     }
 
-    fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanOptions) -> Found {
+    fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanContext) -> Found {
         let mut found = Found::default();
         for name in dir.files {
             // A clone being built by `backup-compact` (or left over by a failed one) is not the
@@ -63,7 +73,7 @@ impl Format for Clightning {
             if matches!(probe, Probe::NotOurs) {
                 continue;
             }
-            let set = ClnSet::new(path, name.clone(), opts, probe);
+            let set = ClnSet::new(path, name.clone(), opts, self.limits.clone(), probe);
             found
                 .sets
                 .push((name.clone(), Arc::new(set) as Arc<dyn BackupSet>));
@@ -152,7 +162,13 @@ struct ClnSet {
 }
 
 impl ClnSet {
-    fn new(path: PathBuf, name: String, opts: &ScanOptions, probe: Probe) -> ClnSet {
+    fn new(
+        path: PathBuf,
+        name: String,
+        opts: &ScanContext,
+        sql: SqlLimits,
+        probe: Probe,
+    ) -> ClnSet {
         let set = ClnSet {
             path,
             name,
@@ -160,7 +176,7 @@ impl ClnSet {
             work: Arc::clone(&opts.work),
             sizes: Arc::default(),
             failures: Arc::default(),
-            sql: opts.sql.clone(),
+            sql,
             state: Mutex::new(State {
                 seen: None,
                 log: None,

@@ -17,7 +17,7 @@ use serde_json::{Map, json};
 use crate::error::{Error, Result};
 use crate::image::{ImageFile, Layer};
 use crate::model::{
-    self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanOptions,
+    self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanContext,
 };
 use crate::timefmt;
 use crate::vfs::{self, Attr, BytesFile, ErrorFile, Node};
@@ -33,7 +33,7 @@ impl Format for Virtnbd {
         "virtnbdbackup"
     }
 
-    fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanOptions) -> Found {
+    fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanContext) -> Found {
         let streams: Vec<&String> = dir
             .files
             .iter()
@@ -75,7 +75,7 @@ pub struct VirtnbdSet {
 
 impl VirtnbdSet {
     /// Indexes every stream in `dir` and resolves its restore points.
-    pub fn open(dir: &Path, files: &[String], opts: &ScanOptions) -> VirtnbdSet {
+    pub fn open(dir: &Path, files: &[String], opts: &ScanContext) -> VirtnbdSet {
         let mut infos = Vec::new();
         let mut streams = Vec::new();
         for name in files {
@@ -150,7 +150,7 @@ fn build_point(
     streams: &[(String, Result<Arc<Stream>>)],
     resolver: &chain::Resolver<'_>,
     members: &[usize],
-    opts: &ScanOptions,
+    opts: &ScanContext,
 ) -> (Point, Vec<usize>, Vec<Error>) {
     let first = &infos[members[0]];
     let headers: Vec<&chain::Header> = members
