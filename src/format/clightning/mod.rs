@@ -39,6 +39,9 @@ pub const CHECKPOINT_EVERY: u64 = 32;
 /// replaying it saves.
 const REPLAY_BYTES: u64 = 8 << 10;
 
+/// The format's name, as `ls` and `info.json` show it.
+pub const NAME: &str = "clightning";
+
 /// The Core Lightning backup-plugin format.
 pub struct Clightning {
     /// The budget of replaying a log's SQL (and its cancel flag, shared with every set).
@@ -54,7 +57,7 @@ impl Clightning {
 
 impl Format for Clightning {
     fn name(&self) -> &'static str {
-        "clightning"
+        NAME
     }
 
     fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanContext) -> Found {
@@ -426,7 +429,7 @@ fn point_name(v: u32) -> String {
 
 impl BackupSet for ClnSet {
     fn format(&self) -> &'static str {
-        "clightning"
+        NAME
     }
 
     fn points(&self) -> Arc<dyn PointList> {

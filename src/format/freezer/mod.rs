@@ -36,6 +36,9 @@ use crate::workdir::{Rebuilt, RebuiltCell, WorkDir};
 use tar::Member;
 use tree::{FileId, TNode};
 
+/// The format's name, as `ls` and `info.json` show it.
+pub const NAME: &str = "freezer";
+
 /// The Freezer format.
 pub struct Freezer {
     /// The encryption password (`--freezer-key`), if given.
@@ -51,7 +54,7 @@ impl Freezer {
 
 impl Format for Freezer {
     fn name(&self) -> &'static str {
-        "freezer"
+        NAME
     }
 
     fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanContext) -> Found {
@@ -709,7 +712,7 @@ fn chain_of(
 
 impl BackupSet for FreezerSet {
     fn format(&self) -> &'static str {
-        "freezer"
+        NAME
     }
 
     fn points(&self) -> Arc<dyn PointList> {

@@ -25,12 +25,15 @@ use crate::vfs::{self, Attr, BytesFile, ErrorFile, Node};
 pub use chain::{Level, parse_name};
 pub use stream::Stream;
 
+/// The format's name, as `ls` and `info.json` show it.
+pub const NAME: &str = "virtnbdbackup";
+
 /// The virtnbdbackup format.
 pub struct Virtnbd;
 
 impl Format for Virtnbd {
     fn name(&self) -> &'static str {
-        "virtnbdbackup"
+        NAME
     }
 
     fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanContext) -> Found {
@@ -365,7 +368,7 @@ fn host_zone(points: &[Arc<Point>], checkpoints: &chain::Checkpoints) -> Option<
 
 impl BackupSet for VirtnbdSet {
     fn format(&self) -> &'static str {
-        "virtnbdbackup"
+        NAME
     }
 
     fn zone(&self) -> Option<FixedOffset> {
