@@ -13,7 +13,8 @@ use std::time::Instant;
 use cln_writer::{LogWriter, bump};
 use indicatif::ProgressBar;
 use restorefs::cache::Cache;
-use restorefs::catalog::{Catalog, ScanOptions};
+use restorefs::model::ScanContext;
+use restorefs::scan::scan;
 use restorefs::vfs::{self, Node};
 
 struct Rng(u64);
@@ -167,9 +168,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(256);
-    let opts = ScanOptions::new(Cache::new(cache_mb << 20), &cache_dir);
+    let ctx = ScanContext::new(Cache::new(cache_mb << 20), &cache_dir);
     let t = Instant::now();
-    let cat = Catalog::scan(&src, &opts, &ProgressBar::hidden())?;
+    let formats = restorefs::format::all(&Default::default());
+    let cat = scan(&src, &formats, &ctx, &ProgressBar::hidden())?;
     println!(
         "scan (index the log)         {:.2} s",
         t.elapsed().as_secs_f64()
@@ -197,11 +199,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         times[10],
         times[19]
     );
-    let s = opts.cache.stats();
+    let s = ctx.cache.stats();
     println!(
         "checkpoints on disk          {} MB (bound {} MB); cache {} hits {} misses {} evictions",
-        opts.work.checkpoints().used() >> 20,
-        opts.work.checkpoints().bound() >> 20,
+        ctx.work.checkpoints().used() >> 20,
+        ctx.work.checkpoints().bound() >> 20,
         s.hits,
         s.misses,
         s.evictions

@@ -9,9 +9,10 @@ use std::time::Instant;
 use indicatif::ProgressBar;
 use restorefs::blockmap::{BlockMap, Extent};
 use restorefs::cache::Cache;
-use restorefs::catalog::{Catalog, ScanOptions};
 use restorefs::format::virtnbd::Stream;
 use restorefs::image::{Layer, LayerIndex};
+use restorefs::model::ScanContext;
+use restorefs::scan::scan;
 use restorefs::vfs::{self, Node};
 
 const DISK: u64 = 64 << 30;
@@ -117,12 +118,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(streams);
 
     let t = Instant::now();
-    let opts = ScanOptions::new(
+    let ctx = ScanContext::new(
         Cache::new(1 << 20),
         &restorefs::workdir::default_cache_dir(),
     );
     let source = dir.parent().unwrap_or(Path::new("/"));
-    let cat = Catalog::scan(source, &opts, &ProgressBar::hidden())?;
+    let formats = restorefs::format::all(&Default::default());
+    let cat = scan(source, &formats, &ctx, &ProgressBar::hidden())?;
     let scan_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let points = cat.sets()[0].set.points();

@@ -11,13 +11,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::cache::Cache;
-use crate::catalog::{self, Catalog, ScanOptions};
+use crate::catalog::Catalog;
 use crate::daemon::{self, LogTarget, Report};
 use crate::error::{Error, ErrorKind, Result};
 use crate::export;
+use crate::format::{self, FormatOptions};
 use crate::fuse::Owner;
+use crate::model::ScanContext;
 use crate::mount::{self, MountArgs};
+use crate::scan;
 use crate::timefmt;
+use crate::tree;
 use crate::vfs;
 use crate::workdir;
 
@@ -97,20 +101,27 @@ impl CacheArgs {
             .expect("the defaults of CacheArgs parse")
     }
 
-    fn options(&self) -> Result<ScanOptions> {
+    fn options(&self) -> Result<ScanSetup> {
         let dir = self
             .cache_dir
             .clone()
             .unwrap_or_else(workdir::default_cache_dir);
-        let mut opts = ScanOptions::new(Cache::new(self.cache_size), &dir);
+        let ctx = ScanContext::new(Cache::new(self.cache_size), &dir);
+        let mut formats = FormatOptions::default();
         if let Some(f) = &self.freezer_key {
             let text = std::fs::read(f).map_err(|e| Error::io(f, &e))?;
             // Like `openssl enc -pass file:`: the first line, without its newline.
             let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
-            opts.freezer_key = Some(Arc::new(line.strip_suffix(b"\r").unwrap_or(line).to_vec()));
+            formats.freezer_key = Some(Arc::new(line.strip_suffix(b"\r").unwrap_or(line).to_vec()));
         }
-        Ok(opts)
+        Ok(ScanSetup { ctx, formats })
     }
+}
+
+/// What a scan needs: the services every format shares, and each format's own settings.
+struct ScanSetup {
+    ctx: ScanContext,
+    formats: FormatOptions,
 }
 
 /// The budget of rebuilding a Core Lightning database from its log's SQL.
@@ -133,11 +144,11 @@ impl SqlArgs {
             .expect("the defaults of SqlArgs parse")
     }
 
-    /// `opts` with these limits.
-    fn apply(&self, mut opts: ScanOptions) -> ScanOptions {
-        opts.sql.timeout = self.sql_timeout;
-        opts.sql.max_db_size = self.max_db_size;
-        opts
+    /// `setup` with these limits.
+    fn apply(&self, mut setup: ScanSetup) -> ScanSetup {
+        setup.formats.sql.timeout = self.sql_timeout;
+        setup.formats.sql.max_db_size = self.max_db_size;
+        setup
     }
 }
 
@@ -614,15 +625,15 @@ fn mount_cmd(m: Mount, report: Option<&Report>) -> Result<ExitCode> {
         owner: o.owner,
     };
     mount::preflight(&args)?;
-    let opts = m.sql.apply(cache.options()?);
-    let cat = scan(&args.source, &opts)?;
+    let setup = m.sql.apply(cache.options()?);
+    let cat = scan(&args.source, &setup)?;
     let visible: Vec<_> = cat
         .sets()
         .iter()
         .map(|s| {
             let list = s.set.points();
             let as_of = args.as_of.map(|t| t.in_zone(s.set.zone()));
-            (catalog::visible(list.as_ref(), as_of), list)
+            (tree::visible(list.as_ref(), as_of), list)
         })
         .collect();
     let points: usize = visible.iter().map(|(n, _)| n).sum();
@@ -653,14 +664,20 @@ fn mount_cmd(m: Mount, report: Option<&Report>) -> Result<ExitCode> {
         }
     });
     // A signal stops running rebuilds, so that their readers let go of the mount.
-    let limits = opts.sql.clone();
+    let limits = setup.formats.sql.clone();
     let on_signal = Box::new(move || limits.cancel());
-    mount::mount(&cat, Arc::clone(&opts.cache), &args, on_signal, on_ready)?;
+    mount::mount(
+        &cat,
+        Arc::clone(&setup.ctx.cache),
+        &args,
+        on_signal,
+        on_ready,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Scans SOURCE with a spinner on the terminal.
-pub fn scan(source: &Path, opts: &ScanOptions) -> Result<Catalog> {
+fn scan(source: &Path, setup: &ScanSetup) -> Result<Catalog> {
     match std::fs::metadata(source) {
         Err(e) => {
             return Err(Error::from_errno(
@@ -677,7 +694,8 @@ pub fn scan(source: &Path, opts: &ScanOptions) -> Result<Catalog> {
         Ok(_) => {}
     }
     let bar = spinner("scanning");
-    let cat = Catalog::scan(source, opts, &bar);
+    let formats = format::all(&setup.formats);
+    let cat = scan::scan(source, &formats, &setup.ctx, &bar);
     bar.finish_and_clear();
     let cat = cat?;
     if cat.sets().is_empty() {
@@ -697,7 +715,12 @@ fn ls(source: &Path, as_json: bool, cache: &CacheArgs) -> Result<ExitCode> {
             .sets()
             .iter()
             .map(|s| {
-                let points: Vec<Value> = s.set.points().iter().map(|p| p.to_json()).collect();
+                let points: Vec<Value> = s
+                    .set
+                    .points()
+                    .iter()
+                    .map(|p| tree::point_json(&p))
+                    .collect();
                 let mut v = json!({"path": s.path, "format": s.set.format(), "points": points});
                 if let Some(e) = s.set.problem() {
                     v["error"] = json!(e.to_string());

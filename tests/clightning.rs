@@ -376,12 +376,13 @@ fn foreign_key_pragmas_hold_across_checkpoints() {
     std::fs::write(src.join("node.bkp"), w.finish(50)).unwrap();
 
     let cache_dir = scratch();
-    let opts = restorefs::catalog::ScanOptions::new(
+    let ctx = restorefs::model::ScanContext::new(
         restorefs::cache::Cache::new(64 << 20),
         cache_dir.path(),
     );
-    let cat =
-        restorefs::catalog::Catalog::scan(&src, &opts, &indicatif::ProgressBar::hidden()).unwrap();
+    let formats = restorefs::format::all(&Default::default());
+    let hidden = indicatif::ProgressBar::hidden();
+    let cat = restorefs::scan::scan(&src, &formats, &ctx, &hidden).unwrap();
     let root = cat.tree(None);
     let count = |v: u32| -> i64 {
         let node =
@@ -403,5 +404,5 @@ fn foreign_key_pragmas_hold_across_checkpoints() {
     for v in [50, 40, 47, 33, 45, 46, 2, 6] {
         assert_eq!(count(v), children[&v], "version {v}");
     }
-    assert!(opts.work.checkpoints().used() > 0, "a checkpoint was taken");
+    assert!(ctx.work.checkpoints().used() > 0, "a checkpoint was taken");
 }

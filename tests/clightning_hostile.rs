@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::cln_writer::{LogWriter, bump};
 use common::*;
-use restorefs::catalog::{Catalog, ScanOptions};
+use restorefs::catalog::Catalog;
+use restorefs::format::FormatOptions;
+use restorefs::model::ScanContext;
 use restorefs::vfs::{self, Node};
 
 fn name(v: u32) -> String {
@@ -319,10 +321,17 @@ fn an_endless_statement_stops_at_the_deadline() {
 }
 
 /// The library API with `limits`, over `src`.
-fn open(src: &Path, cache: &Path, limits: impl FnOnce(&mut ScanOptions)) -> (Catalog, ScanOptions) {
-    let mut opts = ScanOptions::new(restorefs::cache::Cache::new(64 << 20), cache);
+fn open(
+    src: &Path,
+    cache: &Path,
+    limits: impl FnOnce(&mut FormatOptions),
+) -> (Catalog, FormatOptions) {
+    let ctx = ScanContext::new(restorefs::cache::Cache::new(64 << 20), cache);
+    let mut opts = FormatOptions::default();
     limits(&mut opts);
-    let cat = Catalog::scan(src, &opts, &indicatif::ProgressBar::hidden()).unwrap();
+    let formats = restorefs::format::all(&opts);
+    let hidden = indicatif::ProgressBar::hidden();
+    let cat = restorefs::scan::scan(src, &formats, &ctx, &hidden).unwrap();
     (cat, opts)
 }
 

@@ -9,7 +9,8 @@ use std::path::Path;
 use common::writer::{Frame, StreamSpec};
 use proptest::prelude::*;
 use restorefs::cache::Cache;
-use restorefs::catalog::{Catalog, ScanOptions};
+use restorefs::model::ScanContext;
+use restorefs::scan::scan;
 use restorefs::vfs::{self, Node};
 
 /// xorshift: the test's own deterministic randomness, driven by proptest's seed.
@@ -187,8 +188,15 @@ fn check(seed: u64) {
     std::fs::create_dir(&dir).unwrap();
     let backups = generate(&mut rng, &dir);
     let cache_dir = common::scratch();
-    let opts = ScanOptions::new(Cache::new(1 << 20), cache_dir.path());
-    let cat = Catalog::scan(tmp.path(), &opts, &indicatif::ProgressBar::hidden()).unwrap();
+    let ctx = ScanContext::new(Cache::new(1 << 20), cache_dir.path());
+    let formats = restorefs::format::all(&Default::default());
+    let cat = scan(
+        tmp.path(),
+        &formats,
+        &ctx,
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
     let root = cat.tree(None);
     let points = cat.sets()[0].set.points();
     assert_eq!(points.len(), backups.len());
@@ -226,8 +234,15 @@ fn stream_version_1_reads_back() {
     spec.frames.push(Frame::Zero(4096, 4096));
     std::fs::write(dir.join("vda.full.data"), spec.to_bytes()).unwrap();
     let cache_dir = common::scratch();
-    let opts = ScanOptions::new(Cache::new(1 << 20), cache_dir.path());
-    let cat = Catalog::scan(tmp.path(), &opts, &indicatif::ProgressBar::hidden()).unwrap();
+    let ctx = ScanContext::new(Cache::new(1 << 20), cache_dir.path());
+    let formats = restorefs::format::all(&Default::default());
+    let cat = scan(
+        tmp.path(),
+        &formats,
+        &ctx,
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
     let node = vfs::resolve(&cat.tree(None), "old/latest/vda.raw").unwrap();
     let mut rng = Rng(3);
     let mut want = vec![7u8; 4096];

@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use restorefs::cache::Cache;
-use restorefs::catalog::{Catalog, ScanOptions};
+use restorefs::format::{self, FormatOptions};
+use restorefs::model::ScanContext;
+use restorefs::scan::scan;
+use restorefs::tree::point_json;
 use restorefs::vfs::{FileNode, Node};
 
 /// A small deterministic PRNG (SplitMix64): runs are reproducible from their seed.
@@ -458,16 +461,17 @@ pub fn copy_tree(from: &Path, to: &Path) {
 fn exercise(src: &Path, cache_dir: &Path, limits: &Limits, seed: u64) -> CaseStats {
     let mut stats = CaseStats::default();
     let mut rng = Rng::new(seed ^ 0x5ca7);
-    let opts = ScanOptions::new(Cache::new(limits.cache), cache_dir);
+    let ctx = ScanContext::new(Cache::new(limits.cache), cache_dir);
+    let formats = format::all(&FormatOptions::default());
     let hidden = ProgressBar::hidden();
-    let Ok(cat) = Catalog::scan(src, &opts, &hidden) else {
+    let Ok(cat) = scan(src, &formats, &ctx, &hidden) else {
         stats.errors += 1;
         return stats;
     };
     for s in cat.sets() {
         let points = s.set.points();
         for p in points.iter().take(64) {
-            let _ = p.to_json();
+            let _ = point_json(&p);
         }
         if let Some(e) = s.set.problem() {
             let _ = e.to_string();
@@ -485,8 +489,8 @@ fn exercise(src: &Path, cache_dir: &Path, limits: &Limits, seed: u64) -> CaseSta
     // Half the cases scan again, as the next `ls` or mount would: indexes now come from the
     // index cache the first scan filled, and are loaded on first use.
     if rng.one_in(2) {
-        let opts = ScanOptions::new(Cache::new(limits.cache), cache_dir);
-        if let Ok(cat) = Catalog::scan(src, &opts, &hidden) {
+        let ctx = ScanContext::new(Cache::new(limits.cache), cache_dir);
+        if let Ok(cat) = scan(src, &formats, &ctx, &hidden) {
             walk(&cat.tree(None), 0, limits, &mut rng, &mut stats);
         }
     }

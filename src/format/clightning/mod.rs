@@ -23,10 +23,10 @@ use indicatif::ProgressBar;
 use serde_json::{Map, json};
 
 use crate::cache::{self, Cache, Key};
-use crate::catalog::{
-    BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanOptions,
-};
 use crate::error::{Error, Result};
+use crate::model::{
+    BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanContext,
+};
 use crate::vfs::{Attr, FileNode, Node};
 use crate::workdir::{Rebuilt, RebuiltCell, WorkDir};
 use log::{Entry, Kind, Probe};
@@ -39,15 +39,28 @@ pub const CHECKPOINT_EVERY: u64 = 32;
 /// replaying it saves.
 const REPLAY_BYTES: u64 = 8 << 10;
 
+/// The format's name, as `ls` and `info.json` show it.
+pub const NAME: &str = "clightning";
+
 /// The Core Lightning backup-plugin format.
-pub struct Clightning;
+pub struct Clightning {
+    /// The budget of replaying a log's SQL (and its cancel flag, shared with every set).
+    limits: SqlLimits,
+}
+
+impl Clightning {
+    /// The format, rebuilding databases within `limits`.
+    pub fn new(limits: SqlLimits) -> Clightning {
+        Clightning { limits }
+    }
+}
 
 impl Format for Clightning {
     fn name(&self) -> &'static str {
-        "clightning"
+        NAME
     }
 
-    fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanOptions) -> Found {
+    fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanContext) -> Found {
         let mut found = Found::default();
         for name in dir.files {
             // A clone being built by `backup-compact` (or left over by a failed one) is not the
@@ -63,7 +76,7 @@ impl Format for Clightning {
             if matches!(probe, Probe::NotOurs) {
                 continue;
             }
-            let set = ClnSet::new(path, name.clone(), opts, probe);
+            let set = ClnSet::new(path, name.clone(), opts, self.limits.clone(), probe);
             found
                 .sets
                 .push((name.clone(), Arc::new(set) as Arc<dyn BackupSet>));
@@ -152,7 +165,13 @@ struct ClnSet {
 }
 
 impl ClnSet {
-    fn new(path: PathBuf, name: String, opts: &ScanOptions, probe: Probe) -> ClnSet {
+    fn new(
+        path: PathBuf,
+        name: String,
+        opts: &ScanContext,
+        sql: SqlLimits,
+        probe: Probe,
+    ) -> ClnSet {
         let set = ClnSet {
             path,
             name,
@@ -160,7 +179,7 @@ impl ClnSet {
             work: Arc::clone(&opts.work),
             sizes: Arc::default(),
             failures: Arc::default(),
-            sql: opts.sql.clone(),
+            sql,
             state: Mutex::new(State {
                 seen: None,
                 log: None,
@@ -410,7 +429,7 @@ fn point_name(v: u32) -> String {
 
 impl BackupSet for ClnSet {
     fn format(&self) -> &'static str {
-        "clightning"
+        NAME
     }
 
     fn points(&self) -> Arc<dyn PointList> {

@@ -26,25 +26,38 @@ use indicatif::ProgressBar;
 use serde_json::{Map, Value, json};
 
 use crate::cache::{self, Cache, Key};
-use crate::catalog::{
-    self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanOptions,
-};
 use crate::error::{Error, Result};
+use crate::model::{
+    self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanContext,
+};
 use crate::timefmt;
 use crate::vfs::{self, Attr, Directory, FileNode, Node, StaticDir, Symlink};
 use crate::workdir::{Rebuilt, RebuiltCell, WorkDir};
 use tar::Member;
 use tree::{FileId, TNode};
 
+/// The format's name, as `ls` and `info.json` show it.
+pub const NAME: &str = "freezer";
+
 /// The Freezer format.
-pub struct Freezer;
+pub struct Freezer {
+    /// The encryption password (`--freezer-key`), if given.
+    key: Option<Arc<Vec<u8>>>,
+}
+
+impl Freezer {
+    /// The format, decrypting encrypted backups with `key` (without it they are not served).
+    pub fn new(key: Option<Arc<Vec<u8>>>) -> Freezer {
+        Freezer { key }
+    }
+}
 
 impl Format for Freezer {
     fn name(&self) -> &'static str {
-        "freezer"
+        NAME
     }
 
-    fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanOptions) -> Found {
+    fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanContext) -> Found {
         let has = |n: &str| dir.dirs.iter().any(|d| d == n);
         if !has("metadata") || !has("data") {
             return Found::default();
@@ -63,7 +76,7 @@ impl Format for Freezer {
             return found;
         }
         for ((engine, hbn), list) in backups {
-            let set = FreezerSet::new(dir.path, &engine, &hbn, list, opts);
+            let set = FreezerSet::new(dir.path, &engine, &hbn, list, opts, self.key.as_ref());
             found.sets.push((
                 format!("{engine}/{hbn}"),
                 Arc::new(set) as Arc<dyn BackupSet>,
@@ -512,7 +525,8 @@ impl FreezerSet {
         engine: &str,
         hbn: &str,
         mut list: Vec<Backup>,
-        opts: &ScanOptions,
+        opts: &ScanContext,
+        key: Option<&Arc<Vec<u8>>>,
     ) -> FreezerSet {
         list.sort_by_key(|b| (b.ts, b.level, b.l0));
         let meta_dir = container.join("metadata").join(engine).join(hbn);
@@ -525,7 +539,7 @@ impl FreezerSet {
         });
         let mut levels: Vec<std::result::Result<(Arc<Level>, Value), Error>> = Vec::new();
         for b in &list {
-            levels.push(load_level(&meta_dir, &data_dir, b, opts));
+            levels.push(load_level(&meta_dir, &data_dir, b, opts, key));
         }
         let mut points = Vec::new();
         let mut chains = Vec::new();
@@ -539,7 +553,7 @@ impl FreezerSet {
                     .map_or_else(|| b.ts.to_string(), timefmt::to_name),
                 b.level
             );
-            let name = catalog::unique_name(base, &mut taken);
+            let name = model::unique_name(base, &mut taken);
             let mut ids = Map::new();
             ids.insert("level".into(), json!(b.level));
             ids.insert("timestamp".into(), json!(b.ts));
@@ -610,7 +624,8 @@ fn load_level(
     meta_dir: &Path,
     data_dir: &Path,
     b: &Backup,
-    opts: &ScanOptions,
+    opts: &ScanContext,
+    key: Option<&Arc<Vec<u8>>>,
 ) -> Result<(Arc<Level>, Value)> {
     let meta_path = meta_dir.join(&b.rel).join("metadata");
     let text = std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, &e))?;
@@ -632,7 +647,7 @@ fn load_level(
         .get("encryption")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let password = match (encrypted, &opts.freezer_key) {
+    let password = match (encrypted, key) {
         (false, _) => None,
         (true, Some(k)) => Some(Arc::clone(k)),
         (true, None) => {
@@ -695,7 +710,7 @@ fn chain_of(
 
 impl BackupSet for FreezerSet {
     fn format(&self) -> &'static str {
-        "freezer"
+        NAME
     }
 
     fn points(&self) -> Arc<dyn PointList> {

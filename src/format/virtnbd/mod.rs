@@ -14,26 +14,29 @@ use chrono::{FixedOffset, NaiveDateTime};
 use indicatif::ProgressBar;
 use serde_json::{Map, json};
 
-use crate::catalog::{
-    self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanOptions,
-};
 use crate::error::{Error, Result};
 use crate::image::{ImageFile, Layer};
+use crate::model::{
+    self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanContext,
+};
 use crate::timefmt;
 use crate::vfs::{self, Attr, BytesFile, ErrorFile, Node};
 
 pub use chain::{Level, parse_name};
 pub use stream::Stream;
 
+/// The format's name, as `ls` and `info.json` show it.
+pub const NAME: &str = "virtnbdbackup";
+
 /// The virtnbdbackup format.
 pub struct Virtnbd;
 
 impl Format for Virtnbd {
     fn name(&self) -> &'static str {
-        "virtnbdbackup"
+        NAME
     }
 
-    fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanOptions) -> Found {
+    fn scan_dir(&self, dir: &DirInfo<'_>, opts: &ScanContext) -> Found {
         let streams: Vec<&String> = dir
             .files
             .iter()
@@ -75,7 +78,7 @@ pub struct VirtnbdSet {
 
 impl VirtnbdSet {
     /// Indexes every stream in `dir` and resolves its restore points.
-    pub fn open(dir: &Path, files: &[String], opts: &ScanOptions) -> VirtnbdSet {
+    pub fn open(dir: &Path, files: &[String], opts: &ScanContext) -> VirtnbdSet {
         let mut infos = Vec::new();
         let mut streams = Vec::new();
         for name in files {
@@ -109,7 +112,7 @@ impl VirtnbdSet {
         let mut points = Vec::new();
         let mut uses = Vec::new();
         for (mut p, used, errs) in built {
-            p.name = catalog::unique_name(std::mem::take(&mut p.name), &mut taken);
+            p.name = model::unique_name(std::mem::take(&mut p.name), &mut taken);
             uses.push((p.name.clone(), used, errs));
             points.push(Arc::new(p));
         }
@@ -150,7 +153,7 @@ fn build_point(
     streams: &[(String, Result<Arc<Stream>>)],
     resolver: &chain::Resolver<'_>,
     members: &[usize],
-    opts: &ScanOptions,
+    opts: &ScanContext,
 ) -> (Point, Vec<usize>, Vec<Error>) {
     let first = &infos[members[0]];
     let headers: Vec<&chain::Header> = members
@@ -365,7 +368,7 @@ fn host_zone(points: &[Arc<Point>], checkpoints: &chain::Checkpoints) -> Option<
 
 impl BackupSet for VirtnbdSet {
     fn format(&self) -> &'static str {
-        "virtnbdbackup"
+        NAME
     }
 
     fn zone(&self) -> Option<FixedOffset> {
