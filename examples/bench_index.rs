@@ -97,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let streams: Vec<Stream> = files
         .iter()
-        .map(|f| Stream::open(f, None))
+        .map(|f| Stream::open(f, None, &restorefs::model::Io::default()))
         .collect::<Result<_, _>>()?;
     let index_s = t.elapsed().as_secs_f64();
     let indexes: Vec<&LayerIndex> = streams

@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock, RwLock, Weak};
 use crate::blockmap::{BlockMap, Extent, NO_CHUNK};
 use crate::cache::{Cache, Key};
 use crate::error::{Error, Result};
-use crate::lz4::DecodedChunk;
-use crate::source::{SMALL_READ, Source};
+use crate::lz4::{DecodedChunk, Lz4Runtime};
+use crate::storage::{SMALL_READ, Source};
 use crate::vfs::{self, Attr, Cursor, FileNode};
 
 /// One compressed chunk (an LZ4 frame) of a layer.
@@ -39,6 +39,8 @@ pub trait Layer: Send + Sync {
     fn index(&self) -> Result<&LayerIndex>;
     /// Cache owner id for its decoded chunks.
     fn cache_owner(&self) -> u64;
+    /// What its LZ4 frames decode with.
+    fn lz4(&self) -> &Arc<Lz4Runtime>;
 }
 
 /// A handle on a cached block map.
@@ -153,6 +155,7 @@ impl ImageFile {
         Ok(self.cache.get_or_insert(key, c.raw_len, || {
             DecodedChunk::new(
                 Arc::clone(layer.source()),
+                Arc::clone(layer.lz4()),
                 c.file_off,
                 c.comp_len,
                 c.raw_len,
@@ -184,7 +187,7 @@ impl ImageFile {
                 source.prefetch(at, dst.len() as u64);
             }
             dst.copy_from_slice(bytes);
-            Source::served(dst.len() as u64);
+            source.served(dst.len() as u64);
             return Ok(());
         }
         self.chunk(layer, e.chunk)?.read(at as usize, dst)
@@ -325,7 +328,7 @@ impl FileNode for ImageFile {
             source.prefetch(at, len as u64);
         }
         f(bytes);
-        Source::served(len as u64);
+        source.served(len as u64);
         Ok(true)
     }
 

@@ -23,7 +23,7 @@ pub mod model;
 pub mod mount;
 pub mod mountinfo;
 pub mod scan;
-pub mod source;
+pub mod storage;
 pub mod sync;
 pub mod sys;
 pub mod timefmt;

@@ -8,14 +8,16 @@
 use std::hash::Hasher;
 use std::io::Read;
 use std::path::Path;
+use std::sync::OnceLock;
 use std::sync::mpsc::{SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use lz4_flex::frame::FrameDecoder;
 use twox_hash::XxHash32;
 
 use crate::error::{Error, Result};
-use crate::source::Source;
+use crate::storage::Source;
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{Arc, Mutex, RwLock};
 
 const MAGIC: [u8; 4] = [0x04, 0x22, 0x4d, 0x18];
 
@@ -89,38 +91,83 @@ fn decode_error(path: &Path, offset: u64, e: &std::io::Error) -> Error {
     Error::corrupt(path, offset, format!("LZ4 frame fails to decode: {e}"))
 }
 
-/// A buffer of `len` bytes: one left by a dropped chunk when one fits closely (no page faults,
-/// no zeroing; decoded bytes overwrite it before any reader sees them), else a new one whose
-/// zeroed pages the kernel provides only when touched.
-fn buffer(len: usize) -> Vec<u8> {
-    let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
-    // Only a close fit: the cache charges `len`, so a much larger buffer would hide memory.
-    if let Some(i) = pool
-        .iter()
-        .position(|b| b.len() >= len && b.len() <= len + len / 4)
-    {
-        let mut b = pool.swap_remove(i);
-        b.truncate(len);
-        return b;
-    }
-    drop(pool);
-    vec![0u8; len]
+/// What decoding shares across frames, made once per run (no process globals): buffers left by
+/// dropped frames for reuse, and the decode-ahead worker.
+#[derive(Default)]
+pub struct Lz4Runtime {
+    /// Buffers of dropped chunks kept for reuse, `POOL_BYTES` in all at most.
+    pool: Mutex<Vec<Vec<u8>>>,
+    /// The queue of the decode-ahead thread, started on first use.
+    ahead: OnceLock<Option<SyncSender<Arc<DecodedChunk>>>>,
+    reused: AtomicU64,
 }
 
-/// Buffers of dropped chunks kept for reuse, `POOL_BYTES` in all at most.
-static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 const POOL_BYTES: usize = 16 << 20;
 
-impl Drop for DecodedChunk {
-    fn drop(&mut self) {
-        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-        let out = std::mem::take(&mut st.out);
+impl Lz4Runtime {
+    /// A runtime with an empty pool; its thread starts on the first decode-ahead.
+    pub fn new() -> Arc<Lz4Runtime> {
+        Arc::default()
+    }
+
+    /// How many frames were decoded into a reused buffer.
+    pub fn reused(&self) -> u64 {
+        self.reused.load(Ordering::Relaxed)
+    }
+
+    /// A buffer of `len` bytes: one left by a dropped chunk when one fits closely (no page
+    /// faults, no zeroing; decoded bytes overwrite it before any reader sees them), else a new
+    /// one whose zeroed pages the kernel provides only when touched.
+    fn buffer(&self, len: usize) -> Vec<u8> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        // Only a close fit: the cache charges `len`, so a much larger buffer would hide memory.
+        if let Some(i) = pool
+            .iter()
+            .position(|b| b.len() >= len && b.len() <= len + len / 4)
+        {
+            let mut b = pool.swap_remove(i);
+            b.truncate(len);
+            self.reused.fetch_add(1, Ordering::Relaxed);
+            return b;
+        }
+        drop(pool);
+        vec![0u8; len]
+    }
+
+    /// Keeps a dropped frame's buffer for reuse while the pool has room.
+    fn give_back(&self, out: Vec<u8>) {
         if out.len() >= 1 << 20 && out.len() == out.capacity() {
-            let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             if pool.iter().map(Vec::len).sum::<usize>() + out.len() <= POOL_BYTES {
                 pool.push(out);
             }
         }
+    }
+
+    /// Queues `chunk` for decoding on the decode-ahead thread; dropped when the queue is full.
+    fn decode_ahead(&self, chunk: Arc<DecodedChunk>) {
+        let queue = self.ahead.get_or_init(|| {
+            let (tx, rx) = sync_channel::<Arc<DecodedChunk>>(2);
+            std::thread::Builder::new()
+                .name("lz4-ahead".into())
+                .spawn(move || {
+                    for chunk in rx {
+                        chunk.decode_all();
+                    }
+                })
+                .ok()
+                .map(|_| tx)
+        });
+        if let Some(tx) = queue {
+            let _ = tx.try_send(chunk);
+        }
+    }
+}
+
+impl Drop for DecodedChunk {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.runtime.give_back(std::mem::take(&mut st.out));
     }
 }
 
@@ -131,6 +178,7 @@ impl Drop for DecodedChunk {
 /// reaching the end included, sticks: every later read of the frame gets the error.
 pub struct DecodedChunk {
     source: Arc<Source>,
+    runtime: Arc<Lz4Runtime>,
     offset: u64,
     comp_len: u64,
     raw_len: usize,
@@ -156,9 +204,16 @@ impl DecodedChunk {
     /// Decoding checks every block's checksum (over the stored bytes, so damage in the file is
     /// caught before its bytes are served) and, when it reaches the end of the frame, the
     /// content checksum over the decoded bytes.
-    pub fn new(source: Arc<Source>, offset: u64, comp_len: u64, raw_len: u64) -> DecodedChunk {
+    pub fn new(
+        source: Arc<Source>,
+        runtime: Arc<Lz4Runtime>,
+        offset: u64,
+        comp_len: u64,
+        raw_len: u64,
+    ) -> DecodedChunk {
         DecodedChunk {
             source,
+            runtime,
             offset,
             comp_len,
             raw_len: usize::try_from(raw_len).unwrap_or(usize::MAX),
@@ -214,22 +269,7 @@ impl DecodedChunk {
     /// Queues the frame for decoding on the background thread (sequential readers get the next
     /// frame decoded while they are served this one). Dropped when the queue is full.
     pub fn decode_ahead(self: &Arc<Self>) {
-        static QUEUE: OnceLock<Option<SyncSender<Arc<DecodedChunk>>>> = OnceLock::new();
-        let queue = QUEUE.get_or_init(|| {
-            let (tx, rx) = sync_channel::<Arc<DecodedChunk>>(2);
-            std::thread::Builder::new()
-                .name("lz4-ahead".into())
-                .spawn(move || {
-                    for chunk in rx {
-                        chunk.decode_all();
-                    }
-                })
-                .ok()
-                .map(|_| tx)
-        });
-        if let Some(tx) = queue {
-            let _ = tx.try_send(Arc::clone(self));
-        }
+        self.runtime.decode_ahead(Arc::clone(self));
     }
 
     /// Copies decoded bytes `at..at+dst.len()` into `dst`, decoding as far as needed.
@@ -291,7 +331,7 @@ impl DecodedChunk {
         }
         st.input = desc_end + 1;
         st.hasher = st.content_checksum.then(|| XxHash32::with_seed(0));
-        st.out = buffer(self.raw_len);
+        st.out = self.runtime.buffer(self.raw_len);
         Ok(())
     }
 
@@ -368,7 +408,7 @@ impl DecodedChunk {
             }
             *decoded += k;
             *input = next;
-            Source::served((next - at) as u64);
+            self.source.served((next - at) as u64);
         }
         if *decoded == self.raw_len {
             let at = *input;
@@ -410,6 +450,7 @@ impl DecodedChunk {
 mod tests {
     use super::*;
     use crate::cache::{Cache, Key};
+    use crate::storage::Mappings;
     use lz4_flex::frame::{BlockMode, FrameEncoder, FrameInfo};
     use std::io::Write;
 
@@ -425,7 +466,7 @@ mod tests {
         let bytes = enc.finish().unwrap();
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&bytes).unwrap();
-        let src = Source::open(f.path()).unwrap();
+        let src = Source::open(f.path(), &Mappings::new()).unwrap();
         (f, src, bytes.len() as u64)
     }
 
@@ -440,7 +481,7 @@ mod tests {
         let raw = data(8 << 20);
         let (_f, src, comp) = frame_file(&raw);
         assert_eq!(declared_size(src.bytes()).unwrap(), Some(raw.len() as u64));
-        let chunk = DecodedChunk::new(src, 0, comp, raw.len() as u64);
+        let chunk = DecodedChunk::new(src, Lz4Runtime::new(), 0, comp, raw.len() as u64);
         let mut buf = vec![0u8; 4096];
         chunk.read(3 << 20, &mut buf).unwrap();
         assert_eq!(buf, raw[3 << 20..(3 << 20) + 4096]);
@@ -461,7 +502,13 @@ mod tests {
                 let (cache, src, raw) = (&cache, &src, &raw);
                 s.spawn(move || {
                     let c = cache.get_or_insert(key, raw.len() as u64, || {
-                        DecodedChunk::new(Arc::clone(src), 0, comp, raw.len() as u64)
+                        DecodedChunk::new(
+                            Arc::clone(src),
+                            Lz4Runtime::new(),
+                            0,
+                            comp,
+                            raw.len() as u64,
+                        )
                     });
                     let at = t * 500_000;
                     let mut buf = vec![0u8; 100_000];
@@ -482,8 +529,8 @@ mod tests {
         let n = bytes.len();
         bytes[n / 2..n / 2 + 8].copy_from_slice(&[0x5a; 8]);
         std::fs::write(f.path(), &bytes).unwrap();
-        let src = Source::open(f.path()).unwrap();
-        let chunk = DecodedChunk::new(src, 0, comp, raw.len() as u64);
+        let src = Source::open(f.path(), &Mappings::new()).unwrap();
+        let chunk = DecodedChunk::new(src, Lz4Runtime::new(), 0, comp, raw.len() as u64);
         let mut buf = vec![0u8; raw.len()];
         let e = chunk.read(0, &mut buf).unwrap_err().to_string();
         assert!(
@@ -506,8 +553,8 @@ mod tests {
         // The content checksum is the frame's last 4 bytes; block checksums stay valid.
         bytes[n - 2] ^= 0x01;
         std::fs::write(f.path(), &bytes).unwrap();
-        let src = Source::open(f.path()).unwrap();
-        let chunk = DecodedChunk::new(src, 0, comp, raw.len() as u64);
+        let src = Source::open(f.path(), &Mappings::new()).unwrap();
+        let chunk = DecodedChunk::new(src, Lz4Runtime::new(), 0, comp, raw.len() as u64);
         let mut buf = vec![0u8; 4096];
         chunk.read(0, &mut buf).unwrap();
         assert_eq!(
@@ -527,5 +574,97 @@ mod tests {
         assert!(e.contains(&want), "{e}");
         let again = chunk.read(0, &mut buf).unwrap_err().to_string();
         assert_eq!(again, e, "the failure sticks to the frame");
+    }
+}
+
+/// The single-decode path explored under many thread schedules (`cargo test --features
+/// shuttle`): readers of one frame at different places all get the right bytes, and damage
+/// found by one is what every reader gets.
+#[cfg(all(test, feature = "shuttle"))]
+mod shuttle_tests {
+    use super::*;
+    use crate::storage::Mappings;
+    use lz4_flex::frame::{BlockMode, FrameEncoder, FrameInfo};
+    use shuttle::thread;
+    use std::io::Write;
+
+    fn frame(raw: &[u8]) -> (tempfile::NamedTempFile, u64) {
+        let info = FrameInfo::new()
+            .block_mode(BlockMode::Linked)
+            .block_checksums(true)
+            .content_checksum(true);
+        let mut enc = FrameEncoder::with_frame_info(info, Vec::new());
+        enc.write_all(raw).unwrap();
+        let bytes = enc.finish().unwrap();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&bytes).unwrap();
+        (f, bytes.len() as u64)
+    }
+
+    fn readers(path: &std::path::Path, comp: u64, raw: &Arc<Vec<u8>>) -> Vec<Result<()>> {
+        let src = Source::open(path, &Mappings::new()).unwrap();
+        let chunk = Arc::new(DecodedChunk::new(
+            src,
+            Lz4Runtime::new(),
+            0,
+            comp,
+            raw.len() as u64,
+        ));
+        let threads: Vec<_> = [10usize, (3 << 20) / 2, raw.len() - 100]
+            .into_iter()
+            .map(|at| {
+                let (chunk, raw) = (Arc::clone(&chunk), Arc::clone(raw));
+                thread::spawn(move || {
+                    let mut buf = vec![0u8; 100];
+                    chunk.read(at, &mut buf)?;
+                    assert_eq!(buf, raw[at..at + 100], "wrong bytes at {at}");
+                    Ok(())
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn shuttle_readers_of_one_frame_get_the_right_bytes() {
+        let raw: Arc<Vec<u8>> =
+            Arc::new((0..(3usize << 20)).map(|i| (i * 7 % 251) as u8).collect());
+        let (f, comp) = frame(&raw);
+        let path = f.path().to_path_buf();
+        shuttle::check_random(
+            move || {
+                for r in readers(&path, comp, &raw) {
+                    r.unwrap();
+                }
+            },
+            100,
+        );
+    }
+
+    #[test]
+    fn shuttle_damage_sticks_for_every_reader() {
+        let raw: Arc<Vec<u8>> =
+            Arc::new((0..(3usize << 20)).map(|i| (i * 7 % 251) as u8).collect());
+        let (f, comp) = frame(&raw);
+        let mut bytes = std::fs::read(f.path()).unwrap();
+        // A byte inside the first block's data: its block checksum no longer matches.
+        bytes[100] ^= 0x55;
+        std::fs::write(f.path(), &bytes).unwrap();
+        let path = f.path().to_path_buf();
+        shuttle::check_random(
+            move || {
+                let results = readers(&path, comp, &raw);
+                let errors: Vec<String> = results
+                    .iter()
+                    .map(|r| {
+                        r.as_ref()
+                            .expect_err("a reader got bytes of a damaged frame")
+                            .to_string()
+                    })
+                    .collect();
+                assert!(errors.iter().all(|e| *e == errors[0]), "{errors:?}");
+            },
+            100,
+        );
     }
 }

@@ -21,6 +21,8 @@ use serde_json::{Map, Value};
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::indexcache::IndexCache;
+use crate::lz4::Lz4Runtime;
+use crate::storage::Mappings;
 use crate::timefmt;
 use crate::vfs::Node;
 use crate::workdir::WorkDir;
@@ -34,6 +36,19 @@ pub struct ScanContext {
     pub work: Arc<WorkDir>,
     /// Where indexes of backup files are kept between runs.
     pub index: Option<Arc<IndexCache>>,
+    /// How backup files are read: mappings and their budget, LZ4 decoding.
+    pub io: Io,
+}
+
+/// The machinery of reading backup files, made once per run and passed down (no process
+/// globals): the mapped files and their resident-page budget, the LZ4 buffer pool and
+/// decode-ahead worker.
+#[derive(Clone, Default)]
+pub struct Io {
+    /// The mapped backup files.
+    pub mappings: Arc<Mappings>,
+    /// LZ4 decoding's shared buffers and worker.
+    pub lz4: Arc<Lz4Runtime>,
 }
 
 impl ScanContext {
@@ -43,6 +58,7 @@ impl ScanContext {
             cache,
             work: WorkDir::new(cache_dir, crate::workdir::CHECKPOINT_BYTES),
             index: Some(Arc::new(IndexCache::new(cache_dir))),
+            io: Io::default(),
         }
     }
 }

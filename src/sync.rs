@@ -3,6 +3,6 @@
 //! that the same code is explored under many thread schedules.
 
 #[cfg(feature = "shuttle")]
-pub use shuttle::sync::{Arc, Condvar, Mutex, MutexGuard, atomic};
+pub use shuttle::sync::{Arc, Mutex, MutexGuard, RwLock, atomic};
 #[cfg(not(feature = "shuttle"))]
-pub use std::sync::{Arc, Condvar, Mutex, MutexGuard, atomic};
+pub use std::sync::{Arc, Mutex, MutexGuard, RwLock, atomic};

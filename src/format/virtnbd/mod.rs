@@ -85,7 +85,7 @@ impl VirtnbdSet {
             let Some((disk, level)) = parse_name(name) else {
                 continue;
             };
-            let opened = Stream::open(&dir.join(name), opts.index.as_ref()).map(Arc::new);
+            let opened = Stream::open(&dir.join(name), opts.index.as_ref(), &opts.io).map(Arc::new);
             let header = opened.as_ref().map(|s| header_of(s)).map_err(Clone::clone);
             infos.push(chain::FileInfo {
                 name: name.clone(),

@@ -16,7 +16,9 @@ use crate::error::{Error, Result};
 use crate::image::{Chunk, Layer, LayerIndex};
 use crate::indexcache::{IndexCache, Reader, Writer};
 use crate::lz4;
-use crate::source::Source;
+use crate::lz4::Lz4Runtime;
+use crate::model::Io;
+use crate::storage::Source;
 use crate::sys;
 use crate::vfs;
 
@@ -28,6 +30,7 @@ pub struct Stream {
     index: OnceLock<Result<LayerIndex>>,
     cached: Option<(Arc<IndexCache>, String)>,
     owner: u64,
+    lz4: Arc<Lz4Runtime>,
 }
 
 impl Layer for Stream {
@@ -51,6 +54,9 @@ impl Layer for Stream {
     }
     fn cache_owner(&self) -> u64 {
         self.owner
+    }
+    fn lz4(&self) -> &Arc<Lz4Runtime> {
+        &self.lz4
     }
 }
 
@@ -76,9 +82,10 @@ fn parse(source: &Arc<Source>) -> Result<(Option<Meta>, LayerIndex)> {
 impl Stream {
     /// Maps the file at `path` and reads its meta header. Its index comes from `cache` when
     /// the cache holds one for the file as it is now; else the file is parsed (and checked)
-    /// whole, and the index is kept in `cache` for next time.
-    pub fn open(path: &Path, cache: Option<&Arc<IndexCache>>) -> Result<Stream> {
-        let source = Source::open(path)?;
+    /// whole, and the index is kept in `cache` for next time. The mapping counts in `io`'s
+    /// budget; LZ4 frames decode with its runtime.
+    pub fn open(path: &Path, cache: Option<&Arc<IndexCache>>, io: &Io) -> Result<Stream> {
+        let source = Source::open(path, &io.mappings)?;
         let key = cache.and_then(|_| IndexCache::key(path));
         if let (Some(ix), Some(k)) = (cache, &key)
             && ix.has(k)
@@ -94,6 +101,7 @@ impl Stream {
                 index: OnceLock::new(),
                 cached: Some((Arc::clone(ix), k.clone())),
                 owner: cache::new_owner_id(),
+                lz4: Arc::clone(&io.lz4),
             });
         }
         let (meta, index) = parse(&source)?;
@@ -109,6 +117,7 @@ impl Stream {
             index: OnceLock::from(Ok(index)),
             cached: None,
             owner: cache::new_owner_id(),
+            lz4: Arc::clone(&io.lz4),
         })
     }
 
@@ -152,8 +161,13 @@ impl Stream {
     pub fn verify(&self, progress: &ProgressBar) -> Result<()> {
         for c in &self.index()?.chunks {
             // Decoding the last byte decodes the whole frame and checks every checksum.
-            let chunk =
-                lz4::DecodedChunk::new(Arc::clone(&self.source), c.file_off, c.comp_len, c.raw_len);
+            let chunk = lz4::DecodedChunk::new(
+                Arc::clone(&self.source),
+                Arc::clone(&self.lz4),
+                c.file_off,
+                c.comp_len,
+                c.raw_len,
+            );
             if let Some(last) = c.raw_len.checked_sub(1) {
                 chunk.read(last as usize, &mut [0u8])?;
             }

@@ -1,5 +1,5 @@
-//! A backup file opened for serving: memory-mapped read-only, with bounds-checked slicing whose
-//! errors name the file and the offset.
+//! A local backup file opened for serving: memory-mapped read-only, with bounds-checked slicing
+//! whose errors name the file and the offset.
 
 use std::fs::File;
 use std::io::Read;
@@ -17,6 +17,7 @@ pub struct Source {
     path: PathBuf,
     file: File,
     map: Option<Mmap>,
+    mappings: Arc<Mappings>,
 }
 
 /// Bytes served from mappings after which every mapping's resident pages are released, so that
@@ -29,26 +30,60 @@ const FAULT_AROUND: u64 = 64 << 10;
 /// Reads shorter than this are copied with `pread` rather than through the mapping.
 pub const SMALL_READ: usize = 64 << 10;
 
-static SERVED: AtomicU64 = AtomicU64::new(0);
-static MAPPED: Mutex<Vec<Weak<Source>>> = Mutex::new(Vec::new());
+/// The mapped backup files of one run and the bytes served from them: every
+/// `RELEASE_EVERY` bytes, the resident pages of all of them are released, so that mapped
+/// backup files never hold much of the process's resident set.
+#[derive(Default)]
+pub struct Mappings {
+    served: AtomicU64,
+    releases: AtomicU64,
+    mapped: Mutex<Vec<Weak<Source>>>,
+}
 
-/// Releases the resident pages of every live mapping.
-fn release_all() {
-    let mut list = MAPPED.lock().unwrap_or_else(|p| p.into_inner());
-    list.retain(|w| match w.upgrade() {
-        Some(s) => {
-            if let Some(m) = &s.map {
-                sys::release(m);
-            }
-            true
+impl Mappings {
+    /// An empty set of mappings.
+    pub fn new() -> Arc<Mappings> {
+        Arc::default()
+    }
+
+    /// Records that `len` bytes of some mapping were handed out; releases resident pages now
+    /// and then. Each access may map a fault-around window (64 KiB) extra.
+    fn served(&self, len: u64) {
+        let len = len + FAULT_AROUND;
+        if self.served.fetch_add(len, Ordering::Relaxed) + len >= RELEASE_EVERY {
+            self.served.store(0, Ordering::Relaxed);
+            self.release_all();
         }
-        None => false,
-    });
+    }
+
+    /// Releases the resident pages of every live mapping.
+    fn release_all(&self) {
+        self.releases.fetch_add(1, Ordering::Relaxed);
+        let mut list = self.mapped.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|w| match w.upgrade() {
+            Some(s) => {
+                s.release();
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// How many times resident pages were released.
+    pub fn releases(&self) -> u64 {
+        self.releases.load(Ordering::Relaxed)
+    }
+
+    /// Number of live mapped files.
+    pub fn live(&self) -> usize {
+        let list = self.mapped.lock().unwrap_or_else(|p| p.into_inner());
+        list.iter().filter(|w| w.strong_count() > 0).count()
+    }
 }
 
 impl Source {
-    /// Opens and maps `path`.
-    pub fn open(path: &Path) -> Result<Arc<Source>> {
+    /// Opens and maps `path`, counted in `mappings`.
+    pub fn open(path: &Path, mappings: &Arc<Mappings>) -> Result<Arc<Source>> {
         let file = File::open(path).map_err(|e| Error::io(path, &e))?;
         let len = file.metadata().map_err(|e| Error::io(path, &e))?.len();
         let map = sys::map_file(&file, len).map_err(|e| Error::io(path, &e))?;
@@ -56,8 +91,10 @@ impl Source {
             path: path.to_path_buf(),
             file,
             map,
+            mappings: Arc::clone(mappings),
         });
-        MAPPED
+        mappings
+            .mapped
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Arc::downgrade(&source));
@@ -88,14 +125,9 @@ impl Source {
             .map_err(|e| Error::io(&self.path, &e).context(format!("reading at offset {offset}")))
     }
 
-    /// Records that `len` bytes of the mapping were handed out; releases resident pages now and
-    /// then (see `RELEASE_EVERY`). Each access may map a fault-around window (64 KiB) extra.
-    pub fn served(len: u64) {
-        let len = len + FAULT_AROUND;
-        if SERVED.fetch_add(len, Ordering::Relaxed) + len >= RELEASE_EVERY {
-            SERVED.store(0, Ordering::Relaxed);
-            release_all();
-        }
+    /// Records that `len` bytes of the mapping were handed out (see [`Mappings`]).
+    pub fn served(&self, len: u64) {
+        self.mappings.served(len);
     }
 
     /// The file's path, for error messages.
@@ -175,5 +207,27 @@ impl Read for SliceReader {
         buf[..n].copy_from_slice(&avail[..n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_run_counts_its_own_mappings_and_releases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
+        let (a, b) = (Mappings::new(), Mappings::new());
+        let s = Source::open(&path, &a).unwrap();
+        assert_eq!((a.live(), b.live()), (1, 0));
+        for _ in 0..(RELEASE_EVERY / (1 << 20)) {
+            s.served(1 << 20);
+        }
+        assert_eq!((a.releases(), b.releases()), (1, 0));
+        assert_eq!(s.slice(0, 4, "test").unwrap(), [7u8; 4]);
+        drop(s);
+        assert_eq!(a.live(), 0);
     }
 }
