@@ -17,10 +17,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::export;
 use crate::format::{self, FormatOptions};
 use crate::fuse::Owner;
-use crate::model::ScanContext;
+use crate::model::{Point, ScanContext};
 use crate::mount::{self, MountArgs};
 use crate::scan;
-use crate::timefmt;
+use crate::timefmt::{self, UserTime};
 use crate::tree;
 use crate::vfs;
 use crate::workdir;
@@ -403,41 +403,46 @@ fn run_command(command: Command, report: Option<&Report>) -> Result<ExitCode> {
             sql,
         } => export_cmd(&source, &point_path, &out, &cache, &sql),
         Command::Verify { source, cache, sql } => verify(&source, &cache, &sql),
-        Command::Completions { shell } => {
-            let mut out = Out::stdout();
-            let mut text = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "restorefs", &mut text);
-            out.bytes(&text)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Man { command } => {
-            let mut cli = Cli::command();
-            // Global options (-v, -q, --log-file) show on each command's page too.
-            cli.build();
-            let page = match command {
-                None => cli,
-                Some(name) => {
-                    let Some(sub) = cli.find_subcommand_mut(&name) else {
-                        return Err(Error::usage(format!(
-                            "COMMAND {name}: no such command (see `restorefs --help`)"
-                        )));
-                    };
-                    // Named like git's pages: restorefs-mount(1).
-                    let title = format!("restorefs-{name}");
-                    sub.clone()
-                        .display_name(title.clone())
-                        .bin_name(title)
-                        .version(env!("CARGO_PKG_VERSION"))
-                }
-            };
-            let mut text = Vec::new();
-            clap_mangen::Man::new(page)
-                .render(&mut text)
-                .map_err(|e| Error::io(Path::new("<man page>"), &e))?;
-            Out::stdout().bytes(&text)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Completions { shell } => completions(shell),
+        Command::Man { command } => man_page(command.as_deref()),
     }
+}
+
+/// `restorefs completions SHELL`.
+fn completions(shell: clap_complete::Shell) -> Result<ExitCode> {
+    let mut text = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "restorefs", &mut text);
+    Out::stdout().bytes(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `restorefs man [COMMAND]`: the manual page in roff.
+fn man_page(command: Option<&str>) -> Result<ExitCode> {
+    let mut cli = Cli::command();
+    // Global options (-v, -q, --log-file) show on each command's page too.
+    cli.build();
+    let page = match command {
+        None => cli,
+        Some(name) => {
+            let Some(sub) = cli.find_subcommand_mut(name) else {
+                return Err(Error::usage(format!(
+                    "COMMAND {name}: no such command (see `restorefs --help`)"
+                )));
+            };
+            // Named like git's pages: restorefs-mount(1).
+            let title = format!("restorefs-{name}");
+            sub.clone()
+                .display_name(title.clone())
+                .bin_name(title)
+                .version(env!("CARGO_PKG_VERSION"))
+        }
+    };
+    let mut text = Vec::new();
+    clap_mangen::Man::new(page)
+        .render(&mut text)
+        .map_err(|e| Error::io(Path::new("<man page>"), &e))?;
+    Out::stdout().bytes(&text)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Whether `e` says that whoever reads our stdout stopped reading (`| head`).
@@ -627,26 +632,7 @@ fn mount_cmd(m: Mount, report: Option<&Report>) -> Result<ExitCode> {
     mount::preflight(&args)?;
     let setup = m.sql.apply(cache.options()?);
     let cat = scan(&args.source, &setup)?;
-    let visible: Vec<_> = cat
-        .sets()
-        .iter()
-        .map(|s| {
-            let list = s.set.points();
-            let as_of = args.as_of.map(|t| t.in_zone(s.set.zone()));
-            (tree::visible(list.as_ref(), as_of), list)
-        })
-        .collect();
-    let points: usize = visible.iter().map(|(n, _)| n).sum();
-    if let (Some(t), 0) = (&m.as_of, points) {
-        let oldest = visible
-            .iter()
-            .filter_map(|(_, l)| (0..l.len()).find_map(|i| l.time(i)))
-            .min();
-        return Err(Error::usage(format!(
-            "--as-of {t}: hides every restore point (the oldest is from {})",
-            oldest.map_or_else(|| "an unknown time".to_owned(), |o| timefmt::to_name(&o))
-        )));
-    }
+    let points = visible_points(&cat, args.as_of, m.as_of.as_deref())?;
     let serving = format!(
         "serving {} ({}) at {}; Ctrl-C or `restorefs umount {}` unmounts",
         plural(cat.sets().len(), "backup set"),
@@ -674,6 +660,31 @@ fn mount_cmd(m: Mount, report: Option<&Report>) -> Result<ExitCode> {
         on_ready,
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How many points the mount shows at `as_of` (typed as `typed`); an error when none.
+fn visible_points(cat: &Catalog, as_of: Option<UserTime>, typed: Option<&str>) -> Result<usize> {
+    let visible: Vec<_> = cat
+        .sets()
+        .iter()
+        .map(|s| {
+            let list = s.set.points();
+            let as_of = as_of.map(|t| t.in_zone(s.set.zone()));
+            (tree::visible(list.as_ref(), as_of), list)
+        })
+        .collect();
+    let points: usize = visible.iter().map(|(n, _)| n).sum();
+    if let (Some(t), 0) = (typed, points) {
+        let oldest = visible
+            .iter()
+            .filter_map(|(_, l)| (0..l.len()).find_map(|i| l.time(i)))
+            .min();
+        return Err(Error::usage(format!(
+            "--as-of {t}: hides every restore point (the oldest is from {})",
+            oldest.map_or_else(|| "an unknown time".to_owned(), |o| timefmt::to_name(&o))
+        )));
+    }
+    Ok(points)
 }
 
 /// Scans SOURCE with a spinner on the terminal.
@@ -711,27 +722,7 @@ fn ls(source: &Path, as_json: bool, cache: &CacheArgs) -> Result<ExitCode> {
     let cat = scan(source, &cache.options()?)?;
     let mut out = Out::stdout();
     if as_json {
-        let sets: Vec<Value> = cat
-            .sets()
-            .iter()
-            .map(|s| {
-                let points: Vec<Value> = s
-                    .set
-                    .points()
-                    .iter()
-                    .map(|p| tree::point_json(&p))
-                    .collect();
-                let mut v = json!({"path": s.path, "format": s.set.format(), "points": points});
-                if let Some(e) = s.set.problem() {
-                    v["error"] = json!(e.to_string());
-                }
-                v
-            })
-            .collect();
-        let problems: Vec<String> = cat.problems().iter().map(ToString::to_string).collect();
-        let doc = json!({"source": source, "sets": sets, "problems": problems});
-        let text = serde_json::to_string_pretty(&doc).map_err(|e| stdout_error(e.into()))?;
-        out.line(&text)?;
+        ls_json(source, &cat, &mut out)?;
         return Ok(ExitCode::SUCCESS);
     }
     for s in cat.sets() {
@@ -746,35 +737,66 @@ fn ls(source: &Path, as_json: bool, cache: &CacheArgs) -> Result<ExitCode> {
             out.line(&format!("  ERROR: {e}"))?;
         }
         for p in points.iter() {
-            out.line(&format!("  {}", p.name))?;
-            match &p.content {
-                Ok(files) => {
-                    for f in files {
-                        let size = f.size.map_or_else(|| "?".to_owned(), human);
-                        let note = f
-                            .error
-                            .as_ref()
-                            .map(|e| format!("  ERROR: {e}"))
-                            .unwrap_or_default();
-                        out.line(&format!(
-                            "    {:<16} {:>10}  {}{note}",
-                            f.path,
-                            size,
-                            f.sources.join(" + ")
-                        ))?;
-                    }
-                }
-                Err(e) => out.line(&format!("    ERROR: {e}"))?,
-            }
-            for warning in &p.warnings {
-                out.line(&format!("    warning: {warning}"))?;
-            }
+            ls_point(&p, &mut out)?;
         }
     }
     for p in cat.problems() {
         out.line(&format!("problem: {p}"))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ls --json`: one document.
+fn ls_json(source: &Path, cat: &Catalog, out: &mut Out) -> Result<()> {
+    let sets: Vec<Value> = cat
+        .sets()
+        .iter()
+        .map(|s| {
+            let points: Vec<Value> = s
+                .set
+                .points()
+                .iter()
+                .map(|p| tree::point_json(&p))
+                .collect();
+            let mut v = json!({"path": s.path, "format": s.set.format(), "points": points});
+            if let Some(e) = s.set.problem() {
+                v["error"] = json!(e.to_string());
+            }
+            v
+        })
+        .collect();
+    let problems: Vec<String> = cat.problems().iter().map(ToString::to_string).collect();
+    let doc = json!({"source": source, "sets": sets, "problems": problems});
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| stdout_error(e.into()))?;
+    out.line(&text)
+}
+
+/// One point of `ls`: its files with sizes and sources, or why it cannot be served.
+fn ls_point(p: &Point, out: &mut Out) -> Result<()> {
+    out.line(&format!("  {}", p.name))?;
+    match &p.content {
+        Ok(files) => {
+            for f in files {
+                let size = f.size.map_or_else(|| "?".to_owned(), human);
+                let note = f
+                    .error
+                    .as_ref()
+                    .map(|e| format!("  ERROR: {e}"))
+                    .unwrap_or_default();
+                out.line(&format!(
+                    "    {:<16} {:>10}  {}{note}",
+                    f.path,
+                    size,
+                    f.sources.join(" + ")
+                ))?;
+            }
+        }
+        Err(e) => out.line(&format!("    ERROR: {e}"))?,
+    }
+    for warning in &p.warnings {
+        out.line(&format!("    warning: {warning}"))?;
+    }
+    Ok(())
 }
 
 /// `1.5 GiB`-style sizes.

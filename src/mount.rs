@@ -131,6 +131,38 @@ pub fn mount(
     let root = cat.tree(args.as_of);
     let fs = FuseFs::new(root, Arc::clone(&cache)).with_owner(args.owner);
     let pruner = fs.pruner();
+    let config = session_config(args);
+    let mp = &args.mountpoint;
+    let session =
+        Session::new(fs, mp, &config).map_err(|e| Error::io(mp, &e).context("mounting"))?;
+    tune_readahead(mp);
+    pruner.start(session.notifier());
+
+    let shutdown = Shutdown::new(mp, on_signal);
+    ctrlc::set_handler(move || shutdown.signal())
+        .map_err(|e| Error::usage(format!("cannot handle signals: {e}")))?;
+
+    call_when_ready(mp, on_ready)?;
+    match session.run() {
+        // The kernel ends a lazily detached mount's connection this way once it lets go.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            log::info!("the kernel ended the connection")
+        }
+        r => r.map_err(|e| Error::io(mp, &e).context("serving"))?,
+    }
+    let s = cache.stats();
+    log::info!(
+        "unmounted; cache: {} hits, {} misses, {} evictions",
+        s.hits,
+        s.misses,
+        s.evictions
+    );
+    Ok(())
+}
+
+/// The mount options: read-only, `fuse.restorefs` from `restorefs:SOURCE`, nosuid, nodev,
+/// kernel permission checks, and who may enter.
+fn session_config(args: &MountArgs) -> Config {
     let name = format!("restorefs:{}", args.source.display()).replace([',', ' '], "_");
     let mut config = Config::default();
     config.mount_options = vec![
@@ -155,43 +187,21 @@ pub fn mount(
     };
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
-    let mp = &args.mountpoint;
-    let session =
-        Session::new(fs, mp, &config).map_err(|e| Error::io(mp, &e).context("mounting"))?;
-    tune_readahead(mp);
-    pruner.start(session.notifier());
+    config
+}
 
-    let shutdown = Shutdown::new(mp, on_signal);
-    ctrlc::set_handler(move || shutdown.signal())
-        .map_err(|e| Error::usage(format!("cannot handle signals: {e}")))?;
-
-    // The first request is served once `run` below starts: asking from another thread
-    // returns when the mount answers.
-    let root = mp.clone();
-    let spawned = std::thread::Builder::new()
+/// Calls `on_ready` once the mount answers. The first request is served once the session
+/// runs: asking from another thread returns when it does.
+fn call_when_ready(mp: &Path, on_ready: Box<dyn FnOnce() + Send>) -> Result<()> {
+    let root = mp.to_path_buf();
+    std::thread::Builder::new()
         .name("ready".into())
         .spawn(move || match std::fs::metadata(&root) {
             Ok(_) => on_ready(),
             Err(e) => log::error!("{}: the new mount does not answer: {e}", root.display()),
-        });
-    if let Err(e) = spawned {
-        return Err(Error::io(mp, &e).context("starting"));
-    }
-    match session.run() {
-        // The kernel ends a lazily detached mount's connection this way once it lets go.
-        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
-            log::info!("the kernel ended the connection")
-        }
-        r => r.map_err(|e| Error::io(mp, &e).context("serving"))?,
-    }
-    let s = cache.stats();
-    log::info!(
-        "unmounted; cache: {} hits, {} misses, {} evictions",
-        s.hits,
-        s.misses,
-        s.evictions
-    );
-    Ok(())
+        })
+        .map(drop)
+        .map_err(|e| Error::io(mp, &e).context("starting"))
 }
 
 /// Raises the kernel's readahead for this mount to 4 MiB (as root; best effort). The device
