@@ -14,3 +14,9 @@ install_missing() {
     for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
     [ ${#need[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
 }
+# fio, 12 s: prints MiB/s and IOPS.
+fio_run() { # file rw bs direct jobs
+    fio --name=b --filename="$1" --rw="$2" --bs="$3" --direct="$4" --numjobs="$5" \
+        --ioengine=psync --group_reporting --readonly --runtime=12 --output-format=json 2>/dev/null |
+        python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; print(round(r["bw_bytes"]/1048576,1), round(r["iops"]))'
+}

@@ -89,13 +89,6 @@ stop() { # peak RSS (KiB) of $pid, then stop it
     wait "$pid" 2>/dev/null || true
 }
 
-# fio: prints MiB/s and IOPS.
-fio_run() { # file rw bs direct jobs
-    fio --name=b --filename="$1" --rw="$2" --bs="$3" --direct="$4" --numjobs="$5" \
-        --ioengine=psync --group_reporting --readonly --runtime=12 --output-format=json 2>/dev/null |
-        python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; print(round(r["bw_bytes"]/1048576,1), round(r["iops"]))'
-}
-
 declare -A res
 measure() { # name run start-function [source]
     local name=$1 run=$2 start=$3 src=${4:-}
