@@ -31,16 +31,26 @@ pub struct Resolved {
 /// Applies the rules to `entries` (as walked), the header's `head` version and the walk's `tail`.
 pub fn resolve(entries: &[Entry], head: u32, tail: Option<&Tail>) -> Resolved {
     let mut r = Resolved::default();
+    keep(entries, &mut r);
+    serve(entries, head, &mut r);
+    note_tail(head, tail, &mut r);
+    r
+}
+
+/// Why versions after a gap are not served.
+fn gap_note(missing: u32) -> String {
+    format!(
+        "version {missing} is missing from the log (gap); versions after it are served again from the next snapshot"
+    )
+}
+
+/// Fills `r.kept` with the entries that make up committed states; notes versions behind a gap.
+fn keep(entries: &[Entry], r: &mut Resolved) {
     // The segment being built: where its base sits in `kept` and the last kept bump version.
     let mut base: Option<usize> = None;
     let mut seg_start = 0usize;
     let mut last: u32 = 0;
     let mut gap: Option<u32> = None;
-    let gap_note = |missing: u32| {
-        format!(
-            "version {missing} is missing from the log (gap); versions after it are served again from the next snapshot"
-        )
-    };
     for (i, e) in entries.iter().enumerate() {
         if e.kind == Kind::Snapshot {
             r.kept.push(i);
@@ -69,14 +79,7 @@ pub fn resolve(entries: &[Entry], head: u32, tail: Option<&Tail>) -> Resolved {
             } else {
                 seg_start
             };
-            while r.kept.len() > keep_from
-                && r.kept
-                    .last()
-                    .and_then(|&k| entries.get(k))
-                    .is_some_and(|k| k.version >= v)
-            {
-                r.kept.pop();
-            }
+            rewind(entries, &mut r.kept, keep_from, v);
         } else if v != last.wrapping_add(1) {
             gap = Some(last.wrapping_add(1));
             r.unserved
@@ -86,7 +89,22 @@ pub fn resolve(entries: &[Entry], head: u32, tail: Option<&Tail>) -> Resolved {
         r.kept.push(i);
         last = v;
     }
-    // Kept positions of every bump and snapshot, in order; later segments win on equal versions.
+}
+
+/// Drops kept entries of version `v` or later, down to position `keep_from`.
+fn rewind(entries: &[Entry], kept: &mut Vec<usize>, keep_from: usize, v: u32) {
+    while kept.len() > keep_from
+        && kept
+            .last()
+            .and_then(|&k| entries.get(k))
+            .is_some_and(|k| k.version >= v)
+    {
+        kept.pop();
+    }
+}
+
+/// Fills `r.served` from the kept bumps and snapshots; later segments win on equal versions.
+fn serve(entries: &[Entry], head: u32, r: &mut Resolved) {
     let mut seg_base: Option<usize> = None;
     // A kept statement the sandbox refuses spoils its version and the rest of its segment.
     let mut refused: Option<(u64, String)> = None;
@@ -107,36 +125,38 @@ pub fn resolve(entries: &[Entry], head: u32, tail: Option<&Tail>) -> Resolved {
                 ),
             ));
         }
-        if e.kind == Kind::Snapshot || e.bump {
-            if e.version > head {
-                r.served.remove(&e.version);
-                r.unserved.insert(
-                    e.version,
-                    (
-                        e.offset,
-                        format!(
-                            "not committed: newer than the header's version {head} (an orphan, or an append in progress)"
-                        ),
-                    ),
-                );
-                continue;
-            }
-            if let Some(why) = &refused {
-                r.served.remove(&e.version);
-                r.unserved.insert(e.version, why.clone());
-                continue;
-            }
-            r.served.insert(
-                e.version,
-                Served {
-                    version: e.version,
-                    upto: pos,
-                    base: seg_base,
-                },
-            );
-            r.unserved.remove(&e.version);
+        if !(e.kind == Kind::Snapshot || e.bump) {
+            continue;
         }
+        let why_not = if e.version > head {
+            Some((
+                e.offset,
+                format!(
+                    "not committed: newer than the header's version {head} (an orphan, or an append in progress)"
+                ),
+            ))
+        } else {
+            refused.clone()
+        };
+        if let Some(why) = why_not {
+            r.served.remove(&e.version);
+            r.unserved.insert(e.version, why);
+            continue;
+        }
+        r.served.insert(
+            e.version,
+            Served {
+                version: e.version,
+                upto: pos,
+                base: seg_base,
+            },
+        );
+        r.unserved.remove(&e.version);
     }
+}
+
+/// Notes a damaged last entry's version, and the header's version when the log lacks it.
+fn note_tail(head: u32, tail: Option<&Tail>, r: &mut Resolved) {
     if let Some(t) = tail
         && let Some(v) = t.version
         && !r.served.contains_key(&v)
@@ -155,7 +175,6 @@ pub fn resolve(entries: &[Entry], head: u32, tail: Option<&Tail>) -> Resolved {
         // Offset 4: the header's version field.
         r.unserved.insert(head, (4, why));
     }
-    r
 }
 
 #[cfg(test)]

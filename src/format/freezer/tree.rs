@@ -246,17 +246,7 @@ impl Tree {
         match &m.kind {
             Kind::Dumpdir(records) => {
                 self.renames(level, m.header, records);
-                let keep: HashSet<&str> = records
-                    .iter()
-                    .filter_map(|r| match r {
-                        Record::Stored(n) | Record::Unchanged(n) | Record::Dir(n) => {
-                            Some(n.as_str())
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                let children = self.dir_mut(&p).map_err(left_out)?;
-                children.retain(|name, _| keep.contains(name.as_str()));
+                self.retain_listed(&p, records).map_err(left_out)?;
                 self.set_meta(&p, Meta::of(m));
             }
             Kind::Dir => {
@@ -266,30 +256,8 @@ impl Tree {
             Kind::File => self
                 .put(&p, TNode::File((level, index)))
                 .map_err(left_out)?,
-            Kind::Symlink(target) => {
-                if target.len() > PATH_MAX || target.contains('\0') || target.is_empty() {
-                    return Err(left_out(format!(
-                        "a symlink to a {}-byte target (empty, with NUL, or longer than PATH_MAX)",
-                        target.len()
-                    )));
-                }
-                self.put(&p, TNode::Symlink(Meta::of(m), target.clone()))
-                    .map_err(left_out)?;
-            }
-            Kind::Hardlink(target) => {
-                let found = parts(target).ok().and_then(|t| self.get(&t).cloned());
-                match found {
-                    Some(node @ (TNode::File(_) | TNode::Symlink(..))) => {
-                        self.put(&p, node).map_err(left_out)?;
-                    }
-                    _ => {
-                        return Err(left_out(format!(
-                            "hard link to {:?}, which is not an earlier file",
-                            shown(target)
-                        )));
-                    }
-                }
-            }
+            Kind::Symlink(target) => self.symlink(&p, m, target).map_err(left_out)?,
+            Kind::Hardlink(target) => self.hardlink(&p, target).map_err(left_out)?,
             Kind::Other(flag) => {
                 return Err(left_out(format!(
                     "member type {:?} (devices and fifos are not served)",
@@ -304,6 +272,42 @@ impl Tree {
             ));
         }
         Ok(())
+    }
+
+    /// Drops the children of folder `p` that its dumpdir `records` do not list.
+    fn retain_listed(&mut self, p: &[&str], records: &[Record]) -> Result<(), String> {
+        let keep: HashSet<&str> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Stored(n) | Record::Unchanged(n) | Record::Dir(n) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect();
+        let children = self.dir_mut(p)?;
+        children.retain(|name, _| keep.contains(name.as_str()));
+        Ok(())
+    }
+
+    fn symlink(&mut self, p: &[&str], m: &Member, target: &str) -> Result<(), String> {
+        if target.len() > PATH_MAX || target.contains('\0') || target.is_empty() {
+            return Err(format!(
+                "a symlink to a {}-byte target (empty, with NUL, or longer than PATH_MAX)",
+                target.len()
+            ));
+        }
+        self.put(p, TNode::Symlink(Meta::of(m), target.to_owned()))
+    }
+
+    /// A hard link gets the node of the earlier file or symlink it names.
+    fn hardlink(&mut self, p: &[&str], target: &str) -> Result<(), String> {
+        let found = parts(target).ok().and_then(|t| self.get(&t).cloned());
+        match found {
+            Some(node @ (TNode::File(_) | TNode::Symlink(..))) => self.put(p, node),
+            _ => Err(format!(
+                "hard link to {:?}, which is not an earlier file",
+                shown(target)
+            )),
+        }
     }
 
     fn set_meta(&mut self, p: &[&str], meta: Meta) {
