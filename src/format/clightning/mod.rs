@@ -22,13 +22,13 @@ use std::time::SystemTime;
 use indicatif::ProgressBar;
 use serde_json::{Map, json};
 
-use crate::cache::{self, Cache, Key};
+use crate::cache::{self, Built, Cache, Key, OnFailure};
 use crate::error::{Error, Result};
 use crate::model::{
     BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanContext,
 };
 use crate::vfs::{Attr, FileNode, Node};
-use crate::workdir::{Rebuilt, RebuiltCell, WorkDir};
+use crate::workdir::{Rebuilt, WorkDir};
 use log::{Entry, Kind, Probe};
 use replay::Replayer;
 
@@ -541,23 +541,21 @@ impl DbFile {
     }
 
     /// The rebuilt file, from the cache or rebuilt now.
-    fn data(&self) -> Result<Arc<RebuiltCell>> {
+    fn data(&self) -> Result<Arc<Built<Rebuilt>>> {
         let key = self.key();
-        let db = self.cache.get_or_insert(key, 0, RebuiltCell::default);
-        let built = db.once.get_or_init(|| {
+        // A failed replay is remembered (in `failures` too), never repeated.
+        let db = self.cache.get_or_build(key, OnFailure::Remember, || {
             let path = self.rebuild_file()?;
             // Databases too large for a quarter of the cache stay on disk.
-            Rebuilt::take(path, self.cache.capacity() / 4)
-        });
-        match built {
-            Ok(r) => {
-                self.cache.set_cost(key, r.cost());
-                let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
-                sizes.insert((key.owner, key.index), r.len());
-                Ok(db)
-            }
-            Err(e) => Err(e.clone()),
+            let r = Rebuilt::take(path, self.cache.capacity() / 4)?;
+            let cost = r.cost();
+            Ok((r, cost))
+        })?;
+        if let Some(r) = db.value() {
+            let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
+            sizes.insert((key.owner, key.index), r.len());
         }
+        Ok(db)
     }
 
     fn corrupt(&self, e: &Entry, msg: String) -> Error {
@@ -704,18 +702,13 @@ impl FileNode for DbFile {
             return Ok(s);
         }
         let db = self.data()?;
-        Ok(db
-            .once
-            .get()
-            .and_then(|r| r.as_ref().ok())
-            .map_or(0, Rebuilt::len))
+        Ok(db.value().map_or(0, Rebuilt::len))
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let db = self.data()?;
-        match db.once.get() {
-            Some(Ok(r)) => r.read_at(offset, buf),
-            Some(Err(e)) => Err(e.clone()),
+        match db.value() {
+            Some(r) => r.read_at(offset, buf),
             None => Err(Error::corrupt(&self.log.path, 0, "rebuild did not run")),
         }
     }

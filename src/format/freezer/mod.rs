@@ -26,14 +26,14 @@ use chrono::NaiveDateTime;
 use indicatif::ProgressBar;
 use serde_json::{Map, Value, json};
 
-use crate::cache::{self, Cache, Key};
+use crate::cache::{self, Built, Cache, Key, OnFailure};
 use crate::error::{Error, Result};
 use crate::model::{
     self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanContext,
 };
 use crate::timefmt;
 use crate::vfs::{self, Attr, Directory, FileNode, Node, StaticDir, Symlink};
-use crate::workdir::{Rebuilt, RebuiltCell, WorkDir};
+use crate::workdir::{Rebuilt, WorkDir};
 use tar::Member;
 use tree::{FileId, TNode};
 
@@ -220,26 +220,22 @@ impl Level {
     }
 
     /// The decompressed stream, from the cache or decoded now.
-    fn data(&self) -> Result<Arc<RebuiltCell>> {
+    fn data(&self) -> Result<Arc<Built<Rebuilt>>> {
         let key = Key {
             owner: self.owner,
             index: 0,
         };
-        let cell = self.cache.get_or_insert(key, 0, RebuiltCell::default);
-        let built = cell.once.get_or_init(|| {
+        // Decoding again would fail the same way, at the cost of the whole stream.
+        self.cache.get_or_build(key, OnFailure::Remember, || {
             let r = no_panic(&self.data, "decoding the level", || self.decode());
             if let Err(e) = &r {
                 let _ = self.members.set(Err(e.clone()));
             }
-            r
-        });
-        match built {
-            Ok(r) => {
-                self.cache.set_cost(key, r.cost());
-                Ok(cell)
-            }
-            Err(e) => Err(e.clone()),
-        }
+            r.map(|r| {
+                let cost = r.cost();
+                (r, cost)
+            })
+        })
     }
 
     fn decode(&self) -> Result<Rebuilt> {
@@ -288,9 +284,8 @@ impl Level {
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let cell = self.data()?;
-        match cell.once.get() {
-            Some(Ok(r)) => r.read_at(offset, buf),
-            Some(Err(e)) => Err(e.clone()),
+        match cell.value() {
+            Some(r) => r.read_at(offset, buf),
             None => Err(Error::not_found("level not decoded")),
         }
     }
