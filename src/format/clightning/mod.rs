@@ -29,7 +29,7 @@ use crate::model::{
 };
 use crate::vfs::{Attr, FileNode, Node};
 use crate::workdir::{Rebuilt, WorkDir};
-use log::{Entry, Kind, Probe};
+use log::{Entry, EntryKind, Probe};
 use replay::Replayer;
 
 /// Checkpoints are taken at least this many versions apart.
@@ -243,7 +243,7 @@ impl ClnSet {
     }
 
     /// The file's header, probed now unless `probe` already did.
-    fn valid_header(&self, probe: Option<Probe>) -> Result<log::Header> {
+    fn valid_header(&self, probe: Option<Probe>) -> Result<log::LogHeader> {
         match probe.unwrap_or_else(|| log::probe(&self.path)) {
             Probe::Valid(h) => Ok(h),
             Probe::Broken(e) => Err(e),
@@ -604,7 +604,7 @@ impl DbFile {
         if start != self.base {
             for pos in self.base.map_or(0, |b| b + 1)..first {
                 let e = plan.entry(pos);
-                if e.kind == Kind::Transaction && !e.bump {
+                if e.kind == EntryKind::Transaction && !e.bump {
                     let payload = log::payload(&self.log.file, &self.log.path, e)?;
                     r.reapply_pragmas(&payload)
                         .map_err(|m| self.corrupt(e, m))?;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::log::{Entry, Kind, Tail};
+use super::log::{Entry, EntryKind, Tail};
 
 /// One servable version: the kept entries `base..=upto` rebuild it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +52,7 @@ fn keep(entries: &[Entry], r: &mut Resolved) {
     let mut last: u32 = 0;
     let mut gap: Option<u32> = None;
     for (i, e) in entries.iter().enumerate() {
-        if e.kind == Kind::Snapshot {
+        if e.kind == EntryKind::Snapshot {
             r.kept.push(i);
             base = Some(r.kept.len() - 1);
             seg_start = r.kept.len() - 1;
@@ -110,7 +110,7 @@ fn serve(entries: &[Entry], head: u32, r: &mut Resolved) {
     let mut refused: Option<(u64, String)> = None;
     for (pos, &i) in r.kept.iter().enumerate() {
         let Some(e) = entries.get(i) else { continue };
-        if e.kind == Kind::Snapshot {
+        if e.kind == EntryKind::Snapshot {
             seg_base = Some(pos);
             refused = None;
         }
@@ -125,7 +125,7 @@ fn serve(entries: &[Entry], head: u32, r: &mut Resolved) {
                 ),
             ));
         }
-        if !(e.kind == Kind::Snapshot || e.bump) {
+        if !(e.kind == EntryKind::Snapshot || e.bump) {
             continue;
         }
         let why_not = if e.version > head {
@@ -186,7 +186,7 @@ mod tests {
             offset: 0,
             length: 1,
             version,
-            kind: Kind::Transaction,
+            kind: EntryKind::Transaction,
             bump,
             forbidden: None,
         }
@@ -194,7 +194,7 @@ mod tests {
 
     fn snap(version: u32) -> Entry {
         Entry {
-            kind: Kind::Snapshot,
+            kind: EntryKind::Snapshot,
             ..tx(version, false)
         }
     }

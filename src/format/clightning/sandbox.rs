@@ -463,7 +463,7 @@ mod tests {
     use std::collections::BTreeSet;
     use std::path::Path;
 
-    use super::super::log::{self, Kind, Probe};
+    use super::super::log::{self, EntryKind, Probe};
     use super::super::replay::{Replayer, rewrite_pre_4090, statements};
     use super::*;
 
@@ -494,7 +494,7 @@ mod tests {
             for e in &entries {
                 assert_eq!(e.forbidden, None, "{}: {e:?}", path.display());
                 let payload = log::payload(&file, &path, e).unwrap();
-                if e.kind == Kind::Snapshot {
+                if e.kind == EntryKind::Snapshot {
                     drop(conn.take());
                     std::fs::write(&db, &payload).unwrap();
                     continue;

@@ -333,7 +333,7 @@ impl FileNode for TarFile {
     }
 }
 
-fn attr_of(m: &tree::Meta) -> Attr {
+fn attr_of(m: &tree::MemberAttrs) -> Attr {
     let secs = Duration::from_secs(m.mtime.unsigned_abs());
     let mtime = if m.mtime >= 0 {
         UNIX_EPOCH.checked_add(secs)
@@ -463,7 +463,7 @@ impl TreeDir {
                     offset: m.offset,
                     size: m.size,
                     nlink: links.get(id).copied().unwrap_or(1),
-                    attr: attr_of(&tree::Meta {
+                    attr: attr_of(&tree::MemberAttrs {
                         mode: m.mode,
                         uid: m.uid,
                         gid: m.gid,
@@ -493,7 +493,7 @@ impl Directory for TreeDir {
         self.root()?.entries()
     }
 
-    fn names(&self) -> Result<Vec<(String, vfs::Kind)>> {
+    fn names(&self) -> Result<Vec<(String, vfs::NodeKind)>> {
         self.root()?.names()
     }
 

@@ -10,7 +10,7 @@ const BLOCK: usize = 512;
 
 /// What a member is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub enum MemberKind {
     /// A regular file; its data follows the header.
     File,
     /// A hard link to an earlier member of the same archive.
@@ -48,7 +48,7 @@ pub struct Member {
     /// Path as stored, `./` prefix and trailing `/` removed (`""` is the root).
     pub path: String,
     /// What it is.
-    pub kind: Kind,
+    pub kind: MemberKind,
     /// Permission bits (with setuid/setgid/sticky).
     pub mode: u32,
     /// Owner.
@@ -224,7 +224,7 @@ impl Pending {
                 let name = self.take_name(h);
                 self.long_link = None;
                 self.pax_link = None;
-                let mut m = Member::new(clean(&name), Kind::Dumpdir(dumpdir(data)), at);
+                let mut m = Member::new(clean(&name), MemberKind::Dumpdir(dumpdir(data)), at);
                 m.set_attrs(h);
                 m.offset = data_at;
                 return Some(m);
@@ -248,22 +248,22 @@ impl Pending {
             .or(self.long_link.take())
             .unwrap_or_else(|| c_string(&h[157..257]));
         let kind = match h[156] {
-            b'0' | 0 | b'7' => Kind::File,
-            b'1' => Kind::Hardlink(clean(&link)),
-            b'2' => Kind::Symlink(link),
-            b'5' => Kind::Dir,
+            b'0' | 0 | b'7' => MemberKind::File,
+            b'1' => MemberKind::Hardlink(clean(&link)),
+            b'2' => MemberKind::Symlink(link),
+            b'5' => MemberKind::Dir,
             b'S' => {
                 return Err(TarError::at(
                     at,
                     "sparse members (type S) are not supported",
                 ));
             }
-            other => Kind::Other(other),
+            other => MemberKind::Other(other),
         };
         let mut m = Member::new(clean(&name), kind, at);
         m.set_attrs(h);
         m.offset = data_at;
-        if m.kind == Kind::File {
+        if m.kind == MemberKind::File {
             m.size = stored;
         }
         Ok(m)
@@ -271,7 +271,7 @@ impl Pending {
 }
 
 impl Member {
-    fn new(path: String, kind: Kind, header: u64) -> Member {
+    fn new(path: String, kind: MemberKind, header: u64) -> Member {
         Member {
             path,
             kind,
@@ -296,8 +296,8 @@ impl Member {
     /// Estimated bytes this member takes in memory.
     fn memory(&self) -> u64 {
         let strings = match &self.kind {
-            Kind::Hardlink(s) | Kind::Symlink(s) => s.len(),
-            Kind::Dumpdir(records) => records
+            MemberKind::Hardlink(s) | MemberKind::Symlink(s) => s.len(),
+            MemberKind::Dumpdir(records) => records
                 .iter()
                 .map(|r| std::mem::size_of::<Record>() + r.name().len())
                 .sum(),
@@ -682,7 +682,7 @@ mod tests {
         assert_eq!((m[1].path.as_str(), m[1].offset, m[1].size), ("a", 1536, 5));
         assert_eq!(
             (m[2].header, &m[2].kind),
-            (2048, &Kind::Symlink(String::new()))
+            (2048, &MemberKind::Symlink(String::new()))
         );
         assert_eq!(m[1].mtime, 0o14000000000);
     }

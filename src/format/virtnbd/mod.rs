@@ -22,7 +22,7 @@ use crate::model::{
 use crate::timefmt;
 use crate::vfs::{self, Attr, BytesFile, ErrorFile, Node};
 
-pub use chain::{Level, parse_name};
+pub use chain::{BackupLevel, parse_name};
 pub use stream::Stream;
 
 /// The format's name, as `ls` and `info.json` show it.
@@ -134,16 +134,16 @@ impl VirtnbdSet {
     }
 }
 
-fn header_of(s: &Stream) -> chain::Header {
+fn header_of(s: &Stream) -> chain::StreamHeader {
     match s.meta() {
-        None => chain::Header {
+        None => chain::StreamHeader {
             raw: true,
             incremental: false,
             checkpoint: None,
             parent: None,
             date: None,
         },
-        Some(m) => chain::Header {
+        Some(m) => chain::StreamHeader {
             raw: false,
             incremental: m.incremental,
             checkpoint: m.checkpoint.clone(),
@@ -176,24 +176,28 @@ struct Disks {
 fn run_kind(
     infos: &[chain::FileInfo],
     members: &[usize],
-    headers: &[&chain::Header],
+    headers: &[&chain::StreamHeader],
 ) -> &'static str {
     let any_base = headers.iter().any(|h| !h.incremental);
     match &infos[members[0]].level {
-        Level::Full | Level::Copy if members.iter().any(|&i| infos[i].level == Level::Full) => {
+        BackupLevel::Full | BackupLevel::Copy
+            if members.iter().any(|&i| infos[i].level == BackupLevel::Full) =>
+        {
             "full"
         }
-        Level::Full | Level::Copy => "copy",
-        Level::Inc(_) | Level::Diff(_) if any_base && headers.iter().all(|h| !h.incremental) => {
+        BackupLevel::Full | BackupLevel::Copy => "copy",
+        BackupLevel::Inc(_) | BackupLevel::Diff(_)
+            if any_base && headers.iter().all(|h| !h.incremental) =>
+        {
             "full"
         }
-        Level::Inc(_) => "inc",
-        Level::Diff(_) => "diff",
+        BackupLevel::Inc(_) => "inc",
+        BackupLevel::Diff(_) => "diff",
     }
 }
 
 /// A point's ids: the checkpoint its stream meta names, and that checkpoint's parent.
-fn checkpoint_ids(stream_header: Option<&chain::Header>) -> Map<String, serde_json::Value> {
+fn checkpoint_ids(stream_header: Option<&chain::StreamHeader>) -> Map<String, serde_json::Value> {
     let mut ids = Map::new();
     ids.insert(
         "checkpoint".into(),
@@ -210,7 +214,7 @@ impl Folder<'_> {
     /// The point of one backup run (`members`: its files, one per disk).
     fn build_point(&self, members: &[usize]) -> (Point, Vec<usize>, Vec<Error>) {
         let infos = self.infos;
-        let headers: Vec<&chain::Header> = members
+        let headers: Vec<&chain::StreamHeader> = members
             .iter()
             .filter_map(|&i| infos[i].header.as_ref().ok())
             .collect();
@@ -345,7 +349,7 @@ fn run_time(
     if dated.is_some() {
         return dated;
     }
-    if let Level::Diff(id) = &infos[members[0]].level
+    if let BackupLevel::Diff(id) = &infos[members[0]].level
         && let Some(t) = id.parse().ok().and_then(timefmt::from_unix)
     {
         return Some(t);
@@ -378,13 +382,13 @@ fn vmconfig(
     dir: &Path,
     infos: &[chain::FileInfo],
     members: &[usize],
-    header: Option<&chain::Header>,
+    header: Option<&chain::StreamHeader>,
 ) -> Option<(String, Vec<u8>)> {
-    let full = members.iter().any(|&m| infos[m].level == Level::Full);
+    let full = members.iter().any(|&m| infos[m].level == BackupLevel::Full);
     let ident = match &infos[members[0]].level {
-        Level::Full | Level::Copy if full => header?.checkpoint.clone()?,
-        Level::Full | Level::Copy => "copy".into(),
-        Level::Inc(x) | Level::Diff(x) => x.clone(),
+        BackupLevel::Full | BackupLevel::Copy if full => header?.checkpoint.clone()?,
+        BackupLevel::Full | BackupLevel::Copy => "copy".into(),
+        BackupLevel::Inc(x) | BackupLevel::Diff(x) => x.clone(),
     };
     let name = format!("vmconfig.{ident}.xml");
     // The ident may come from a meta header: it must name a file of this folder, nothing else.

@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock};
 use indicatif::ProgressBar;
 use serde_json::Value;
 
-use super::frame::{self, FRAME_LEN, Kind};
-use super::meta::{self, Meta};
+use super::frame::{self, FRAME_LEN, FrameKind};
+use super::meta::{self, StreamMeta};
 use crate::blockmap::{Extent, HOLE, NO_CHUNK};
 use crate::cache;
 use crate::error::{Error, Result};
@@ -26,7 +26,7 @@ use crate::vfs;
 /// (parsed when opened, or, when the index cache holds it, loaded on first use).
 pub struct Stream {
     source: Arc<Source>,
-    meta: Option<Meta>,
+    meta: Option<StreamMeta>,
     index: OnceLock<Result<LayerIndex>>,
     cached: Option<(Arc<IndexCache>, String)>,
     owner: u64,
@@ -61,7 +61,7 @@ impl Layer for Stream {
 }
 
 /// Parses the whole file: a stream's frames, or a raw image's data runs.
-fn parse(source: &Arc<Source>) -> Result<(Option<Meta>, LayerIndex)> {
+fn parse(source: &Arc<Source>) -> Result<(Option<StreamMeta>, LayerIndex)> {
     let r = if source.bytes().starts_with(b"meta") {
         let (meta, index) = Parser::new(source).parse()?;
         (Some(meta), index)
@@ -122,7 +122,7 @@ impl Stream {
     }
 
     /// The meta header; `None` for a raw image.
-    pub fn meta(&self) -> Option<&Meta> {
+    pub fn meta(&self) -> Option<&StreamMeta> {
         self.meta.as_ref()
     }
 
@@ -360,7 +360,7 @@ impl<'a> Parser<'a> {
         Error::corrupt(self.source.path(), offset, msg)
     }
 
-    fn header(&self, pos: u64) -> Result<frame::Header> {
+    fn header(&self, pos: u64) -> Result<frame::FrameHeader> {
         let rest = self.bytes.get(pos as usize..).unwrap_or(&[]);
         if rest.len() < FRAME_LEN {
             return Err(self.err(
@@ -384,9 +384,9 @@ impl<'a> Parser<'a> {
     }
 
     /// The meta frame, and the offset of the first frame after it.
-    fn meta(&self) -> Result<(Meta, u64)> {
+    fn meta(&self) -> Result<(StreamMeta, u64)> {
         let h = self.header(0)?;
-        if h.kind != Kind::Meta {
+        if h.kind != FrameKind::Meta {
             return Err(self.err(0, "first frame is not meta"));
         }
         let json = self.source.slice(FRAME_LEN as u64, h.length, "meta JSON")?;
@@ -405,7 +405,7 @@ impl<'a> Parser<'a> {
         Ok((meta, pos + 2))
     }
 
-    fn parse(&self) -> Result<(Meta, LayerIndex)> {
+    fn parse(&self) -> Result<(StreamMeta, LayerIndex)> {
         let (meta, pos) = self.meta()?;
         let trailer = if meta.compressed {
             Some(self.trailer()?)
@@ -427,7 +427,7 @@ impl<'a> Parser<'a> {
     /// Walks the frames from `pos` up to the stop frame; returns the offset right after it.
     fn frames(
         &self,
-        meta: &Meta,
+        meta: &StreamMeta,
         trailer: Option<&Trailer>,
         mut pos: u64,
         walk: &mut FrameWalk,
@@ -441,12 +441,12 @@ impl<'a> Parser<'a> {
                 self.source.release();
             }
             let h = self.header(pos)?;
-            if matches!(h.kind, Kind::Data | Kind::Zero) {
+            if matches!(h.kind, FrameKind::Data | FrameKind::Zero) {
                 self.check_in_order(pos, h, meta.virtual_size, &mut walk.prev_end)?;
             }
             match h.kind {
-                Kind::Stop => return Ok(pos + FRAME_LEN as u64),
-                Kind::Zero => {
+                FrameKind::Stop => return Ok(pos + FRAME_LEN as u64),
+                FrameKind::Zero => {
                     walk.extents.push(Extent {
                         start: h.start,
                         len: h.length,
@@ -456,8 +456,8 @@ impl<'a> Parser<'a> {
                     });
                     pos += FRAME_LEN as u64;
                 }
-                Kind::Data => pos = self.data_frame(pos, h, trailer, walk)?,
-                Kind::Meta | Kind::Comp => {
+                FrameKind::Data => pos = self.data_frame(pos, h, trailer, walk)?,
+                FrameKind::Meta | FrameKind::Comp => {
                     return Err(self.err(
                         pos,
                         format!("unexpected {:?} frame inside the stream", h.kind),
@@ -472,7 +472,7 @@ impl<'a> Parser<'a> {
     fn check_in_order(
         &self,
         pos: u64,
-        h: frame::Header,
+        h: frame::FrameHeader,
         virtual_size: u64,
         prev_end: &mut u64,
     ) -> Result<()> {
@@ -495,7 +495,7 @@ impl<'a> Parser<'a> {
     fn data_frame(
         &self,
         pos: u64,
-        h: frame::Header,
+        h: frame::FrameHeader,
         trailer: Option<&Trailer>,
         walk: &mut FrameWalk,
     ) -> Result<u64> {
@@ -541,7 +541,7 @@ impl<'a> Parser<'a> {
     /// stop frame).
     fn check_totals(
         &self,
-        meta: &Meta,
+        meta: &StreamMeta,
         trailer: Option<&Trailer>,
         end: u64,
         walk: &FrameWalk,
@@ -582,7 +582,7 @@ impl<'a> Parser<'a> {
     fn lz4_frames(
         &self,
         pos: u64,
-        h: frame::Header,
+        h: frame::FrameHeader,
         payload: u64,
         sizes: &[u64],
         extents: &mut Vec<Extent>,
@@ -651,7 +651,7 @@ impl<'a> Parser<'a> {
         let hpos = len - FRAME_LEN as u64;
         let tail = self.bytes.get(hpos as usize..).unwrap_or_default();
         let h = frame::parse(tail).map_err(|m| missing(&m))?;
-        if h.kind != Kind::Comp {
+        if h.kind != FrameKind::Comp {
             return Err(missing("the file does not end with a comp frame"));
         }
         let start = hpos
