@@ -29,6 +29,7 @@ pub const MAX_FRAME: u64 = 256 << 20;
 const STEP: usize = 1 << 20;
 
 /// The content size an LZ4 frame header declares (`None` when the frame does not declare it).
+// A bare message: every caller wraps it at once into an `Error` with the file and offset.
 pub fn declared_size(frame: &[u8]) -> Result<Option<u64>, String> {
     let (Some(magic), Some(&flg)) = (frame.get(..4), frame.get(4)) else {
         return Err("not an LZ4 frame (bad magic)".into());

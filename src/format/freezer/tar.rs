@@ -446,6 +446,8 @@ impl Reader<'_> {
 }
 
 /// Verifies the header checksum (sum of the bytes with the checksum field read as spaces).
+// A bare message: every caller wraps it at once into a `TarError` at the header's offset,
+// which the level turns into an `Error` naming the data file.
 fn check_sum(h: &[u8; BLOCK]) -> Result<(), String> {
     let stored =
         number(&h[148..156]).map_err(|m| format!("not a tar header (checksum field: {m})"))?;
@@ -482,12 +484,15 @@ fn check_sum(h: &[u8; BLOCK]) -> Result<(), String> {
 }
 
 /// A numeric field that must not be negative: octal ASCII (space/NUL padded) or GNU base-256.
+// A bare message: every caller wraps it at once into a `TarError` at the header's offset,
+// which the level turns into an `Error` naming the data file.
 fn number(f: &[u8]) -> Result<u64, String> {
     let v = signed_wide(f)?;
     u64::try_from(v).map_err(|_| format!("{v} is out of range"))
 }
 
 /// A numeric field that may be negative (times before 1970).
+// A bare message: its caller reads an unreadable time as 0.
 fn signed(f: &[u8]) -> Result<i64, String> {
     let v = signed_wide(f)?;
     i64::try_from(v).map_err(|_| format!("{v} is out of range"))
@@ -495,6 +500,7 @@ fn signed(f: &[u8]) -> Result<i64, String> {
 
 /// Octal ASCII, or GNU base-256: leading byte 0x80 for a positive number, 0xff for a negative
 /// one in two's complement. A 12-byte field holds at most 96 bits: `i128` never overflows.
+// A bare message, reaching the callers of `number` and `signed`.
 fn signed_wide(f: &[u8]) -> Result<i128, String> {
     if let Some((&first, rest)) = f.split_first()
         && first & 0x80 != 0

@@ -30,6 +30,7 @@ pub struct FrameHeader {
 }
 
 /// Parses one header; the error says what is wrong with it (the caller adds file and offset).
+// A bare message: every caller wraps it at once into an `Error` with the file and offset.
 pub fn parse(h: &[u8]) -> Result<FrameHeader, String> {
     let Some(h) = h
         .get(..FRAME_LEN)
@@ -67,6 +68,7 @@ pub fn parse(h: &[u8]) -> Result<FrameHeader, String> {
 }
 
 /// 16 hex digits, either case (the reference reader parses with base 16).
+// A bare message, reaching the caller of `parse` (which wraps it with file and offset).
 fn hex16(digits: &[u8]) -> Result<u64, String> {
     let mut v = 0u64;
     for &d in digits {

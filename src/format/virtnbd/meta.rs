@@ -27,6 +27,7 @@ pub struct StreamMeta {
 }
 
 /// Parses the meta JSON; the error says which key is wrong.
+// A bare message: every caller wraps it at once into an `Error` with the file and offset.
 pub fn parse(json: &[u8]) -> Result<StreamMeta, String> {
     let v: Value = serde_json::from_slice(json).map_err(|e| format!("bad meta JSON: {e}"))?;
     let obj = v.as_object().ok_or("bad meta JSON: not an object")?;
