@@ -87,25 +87,7 @@ impl BlockMap {
     /// onto zeros, truncated or zero-extended to `size`. Each extent's `src` is set to the index
     /// of its layer, except holes (zero frames), which stay [`HOLE`] and still hide older layers.
     pub fn build(size: u64, layers: &[&[Extent]]) -> BlockMap {
-        // (start, layer, index) of every non-empty extent, sorted by start.
-        let mut order: Vec<(u64, u32, u32)> =
-            Vec::with_capacity(layers.iter().map(|l| l.len()).sum());
-        for (li, layer) in layers.iter().enumerate() {
-            for (ei, e) in layer.iter().enumerate() {
-                if e.len > 0 && e.start < size {
-                    order.push((e.start, li as u32, ei as u32));
-                }
-            }
-        }
-        order.sort_unstable();
-
-        let get = |li: u32, ei: u32| -> Extent {
-            let mut e = layers[li as usize][ei as usize];
-            if !e.is_hole() {
-                e.src = li;
-            }
-            e
-        };
+        let order = by_start(size, layers);
         // Active extents, newest layer on top; expired ones are dropped lazily.
         let mut active: BinaryHeap<(u32, Reverse<u64>, u32)> = BinaryHeap::new();
         let mut out = BlockMap {
@@ -123,27 +105,24 @@ impl BlockMap {
                 i += 1;
             }
             while let Some(&(li, _, ei)) = active.peek() {
-                if get(li, ei).end() <= pos {
+                if layer_extent(layers, li, ei).end() <= pos {
                     active.pop();
                 } else {
                     break;
                 }
             }
-            let next_start = order.get(i).map_or(u64::MAX, |o| o.0);
+            let end = order.get(i).map_or(u64::MAX, |o| o.0).min(size);
             let piece = match active.peek() {
-                None => {
-                    let end = next_start.min(size);
-                    Extent {
-                        start: pos,
-                        len: end - pos,
-                        off: 0,
-                        src: HOLE,
-                        chunk: NO_CHUNK,
-                    }
-                }
+                None => Extent {
+                    start: pos,
+                    len: end - pos,
+                    off: 0,
+                    src: HOLE,
+                    chunk: NO_CHUNK,
+                },
                 Some(&(li, _, ei)) => {
-                    let e = get(li, ei);
-                    e.cut(pos, e.end().min(next_start).min(size))
+                    let e = layer_extent(layers, li, ei);
+                    e.cut(pos, e.end().min(end))
                 }
             };
             pos = piece.end();
@@ -225,6 +204,29 @@ impl BlockMap {
     pub fn heap_bytes(&self) -> usize {
         self.extents.capacity() * std::mem::size_of::<Extent>() + self.holes.capacity() * 8
     }
+}
+
+/// (start, layer, index) of every non-empty extent inside `size`, sorted by start.
+fn by_start(size: u64, layers: &[&[Extent]]) -> Vec<(u64, u32, u32)> {
+    let mut order: Vec<(u64, u32, u32)> = Vec::with_capacity(layers.iter().map(|l| l.len()).sum());
+    for (li, layer) in layers.iter().enumerate() {
+        for (ei, e) in layer.iter().enumerate() {
+            if e.len > 0 && e.start < size {
+                order.push((e.start, li as u32, ei as u32));
+            }
+        }
+    }
+    order.sort_unstable();
+    order
+}
+
+/// Extent `ei` of layer `li`, its `src` set to the layer (holes stay [`HOLE`]).
+fn layer_extent(layers: &[&[Extent]], li: u32, ei: u32) -> Extent {
+    let mut e = layers[li as usize][ei as usize];
+    if !e.is_hole() {
+        e.src = li;
+    }
+    e
 }
 
 #[cfg(test)]

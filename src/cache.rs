@@ -5,11 +5,14 @@
 //! users of one key share one value. An evicted value stays alive until its last user drops it.
 
 use std::any::Any;
+use std::sync::OnceLock;
 
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{Arc, Mutex, MutexGuard};
 
 use lru::LruCache;
+
+use crate::error::Result;
 
 /// Identifies one cached value: `owner` is an id from [`new_owner_id`], `index` is the owner's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -34,6 +37,36 @@ struct Slot {
 struct Inner {
     lru: LruCache<Key, Slot>,
     used: u64,
+}
+
+/// What [`Cache::get_or_build`] does with a failed build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Keep the error in the cell: every user gets it until the cache drops the cell (for
+    /// builds that would fail the same way again, at a high cost).
+    Remember,
+    /// Drop the cell, so the next user builds again (users already waiting get the error).
+    Retry,
+}
+
+/// A cache value built once, by its first user, outside the cache's lock.
+pub struct Built<T> {
+    once: OnceLock<Result<T>>,
+}
+
+impl<T> Default for Built<T> {
+    fn default() -> Self {
+        Built {
+            once: OnceLock::new(),
+        }
+    }
+}
+
+impl<T> Built<T> {
+    /// The built value; always there in a cell [`Cache::get_or_build`] returned.
+    pub fn value(&self) -> Option<&T> {
+        self.once.get()?.as_ref().ok()
+    }
 }
 
 /// Counters of a [`Cache`], for logs and benchmarks.
@@ -103,6 +136,41 @@ impl Cache {
         inner.used += cost;
         self.evict(&mut inner, key);
         value
+    }
+
+    /// The cell under `key`, built by its first user with `build` (outside the cache's lock;
+    /// other users of the key wait for that one build) and from then on charged the cost `build`
+    /// returned. A failed build is handled as `on_failure` says.
+    pub fn get_or_build<T, F>(
+        &self,
+        key: Key,
+        on_failure: OnFailure,
+        build: F,
+    ) -> Result<Arc<Built<T>>>
+    where
+        T: Any + Send + Sync,
+        F: FnOnce() -> Result<(T, u64)>,
+    {
+        let cell = self.get_or_insert(key, 0, Built::<T>::default);
+        let mut cost = None;
+        let built = cell.once.get_or_init(|| {
+            build().map(|(value, c)| {
+                cost = Some(c);
+                value
+            })
+        });
+        if let Err(e) = built {
+            let e = e.clone();
+            if on_failure == OnFailure::Retry {
+                self.remove(key);
+            }
+            return Err(e);
+        }
+        // Only the user that built it knows the cost; the others find it charged.
+        if let Some(c) = cost {
+            self.set_cost(key, c);
+        }
+        Ok(cell)
     }
 
     /// Marks the value under `key` as recently used.
@@ -196,6 +264,39 @@ mod tests {
         assert_eq!(*big, 2);
         let s = c.stats();
         assert_eq!((s.evictions, s.used), (1, 50));
+    }
+
+    #[test]
+    fn a_value_is_built_once_and_charged_its_cost() {
+        let c = Cache::new(100);
+        let mut builds = 0;
+        for _ in 0..3 {
+            let cell = c
+                .get_or_build(key(1), OnFailure::Remember, || {
+                    builds += 1;
+                    Ok((7u32, 30))
+                })
+                .unwrap();
+            assert_eq!(cell.value(), Some(&7));
+        }
+        assert_eq!((builds, c.stats().used), (1, 30));
+    }
+
+    #[test]
+    fn failed_builds_are_remembered_or_retried_as_asked() {
+        let c = Cache::new(100);
+        let fail = || Err::<(u32, u64), _>(crate::error::Error::not_found("boom"));
+        assert!(c.get_or_build(key(1), OnFailure::Remember, fail).is_err());
+        // Remembered: the second build never runs.
+        let again = c.get_or_build(key(1), OnFailure::Remember, || Ok((1u32, 5)));
+        assert!(again.is_err());
+        assert!(c.get_or_build(key(2), OnFailure::Retry, fail).is_err());
+        // Retried: the next user builds anew.
+        let cell = c
+            .get_or_build(key(2), OnFailure::Retry, || Ok((2u32, 5)))
+            .unwrap();
+        assert_eq!(cell.value(), Some(&2));
+        assert_eq!(c.stats().used, 5);
     }
 
     #[test]

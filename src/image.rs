@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use crate::blockmap::{BlockMap, Extent, NO_CHUNK};
-use crate::cache::{Cache, Key};
+use crate::cache::{Built, Cache, Key, OnFailure};
 use crate::error::{Error, Result};
 use crate::lz4::{DecodedChunk, Lz4Runtime};
 use crate::storage::{SMALL_READ, Source};
@@ -44,7 +44,7 @@ pub trait Layer: Send + Sync {
 }
 
 /// A handle on a cached block map.
-pub struct MapRef(Arc<MapCell>);
+pub struct MapRef(Arc<Built<BlockMap>>);
 
 /// What a handle shows if its map were not built (never: handles are made only once it is).
 static NO_MAP: BlockMap = BlockMap::EMPTY;
@@ -52,7 +52,7 @@ static NO_MAP: BlockMap = BlockMap::EMPTY;
 impl std::ops::Deref for MapRef {
     type Target = BlockMap;
     fn deref(&self) -> &BlockMap {
-        self.0.map.get().unwrap_or(&NO_MAP)
+        self.0.value().unwrap_or(&NO_MAP)
     }
 }
 
@@ -70,7 +70,7 @@ pub struct ImageFile {
     cache: Arc<Cache>,
     attr: Attr,
     /// The map while the cache holds it, reached without the cache's lock on every read.
-    hot: RwLock<Weak<MapCell>>,
+    hot: RwLock<Weak<Built<BlockMap>>>,
     /// Reads since the cache was last told the map is in use (keeps its LRU place).
     reads: AtomicU64,
     /// The reading state of readers without a cursor of their own (export, verify).
@@ -81,12 +81,6 @@ pub struct ImageFile {
 const LOOKAHEAD: u64 = 32 << 20;
 /// Compressed frames starting this close ahead of sequential reading are decoded ahead.
 const DECODE_AHEAD: u64 = 8 << 20;
-
-/// The cache's value for a block map: built once, outside the cache's lock.
-#[derive(Default)]
-struct MapCell {
-    map: OnceLock<BlockMap>,
-}
 
 impl ImageFile {
     /// An image of `size` bytes made of `layers` (oldest first); the map is built on first use.
@@ -120,21 +114,19 @@ impl ImageFile {
             }
             return Ok(MapRef(cell));
         }
-        let cell = self.cache.get_or_insert(key, 0, MapCell::default);
-        if cell.map.get().is_none() {
+        // No need to keep a failure here: each layer keeps its own index error.
+        let cell = self.cache.get_or_build(key, OnFailure::Retry, || {
             let indexes: Vec<&LayerIndex> = self
                 .layers
                 .iter()
                 .map(|l| l.index())
                 .collect::<Result<_>>()?;
-            let map = cell.map.get_or_init(|| {
-                let extents: Vec<&[Extent]> =
-                    indexes.iter().map(|i| i.extents.as_slice()).collect();
-                BlockMap::build(self.size, &extents)
-            });
-            self.cache.set_cost(key, map.heap_bytes() as u64);
+            let extents: Vec<&[Extent]> = indexes.iter().map(|i| i.extents.as_slice()).collect();
+            let map = BlockMap::build(self.size, &extents);
             let _ = self.allocated.set(map.allocated());
-        }
+            let cost = map.heap_bytes() as u64;
+            Ok((map, cost))
+        })?;
         // Published only once built: the fast path above never sees an empty cell.
         *self.hot.write().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(&cell);
         Ok(MapRef(cell))

@@ -29,6 +29,7 @@ pub const MAX_FRAME: u64 = 256 << 20;
 const STEP: usize = 1 << 20;
 
 /// The content size an LZ4 frame header declares (`None` when the frame does not declare it).
+// A bare message: every caller wraps it at once into an `Error` with the file and offset.
 pub fn declared_size(frame: &[u8]) -> Result<Option<u64>, String> {
     let (Some(magic), Some(&flg)) = (frame.get(..4), frame.get(4)) else {
         return Err("not an LZ4 frame (bad magic)".into());
@@ -343,104 +344,118 @@ impl DecodedChunk {
             self.header(st, frame)?;
         }
         let target = need.div_ceil(STEP).saturating_mul(STEP).min(self.raw_len);
-        let State {
-            out,
-            decoded,
-            input,
-            ..
-        } = st;
-        while *decoded < target {
-            let at = *input;
-            let word = self.u32_at(frame, at, "a block header")?;
-            if word == 0 {
-                return Err(self.corrupt(
-                    at,
-                    format!(
-                        "LZ4 frame decodes to {decoded} bytes, expected {}",
-                        self.raw_len
-                    ),
-                ));
-            }
-            // Block sizes are below 2^31 and offsets inside the mapped frame: no overflow.
-            let n = (word & 0x7fff_ffff) as usize;
-            let data = frame
-                .get(at + 4..at + 4 + n)
-                .filter(|_| n <= st.max_block)
-                .ok_or_else(|| {
-                    self.corrupt(
-                        at,
-                        "LZ4 frame fails to decode: block larger than the frame allows",
-                    )
-                })?;
-            let mut next = at + 4 + n;
-            if st.block_checksums {
-                let want = self.u32_at(frame, next, "a block checksum")?;
-                if XxHash32::oneshot(0, data) != want {
-                    return Err(self.corrupt(at, "LZ4 frame fails to decode: BlockChecksumError"));
-                }
-                next += 4;
-            }
-            let room = (self.raw_len - *decoded).min(st.max_block);
-            let dst = out
-                .get_mut(*decoded..*decoded + room)
-                .ok_or_else(|| self.corrupt(at, "LZ4 frame decode buffer too short"))?;
-            let k = if word & 0x8000_0000 != 0 {
-                let dst = dst.get_mut(..n).ok_or_else(|| {
-                    self.corrupt(at, "LZ4 frame decodes to more than its declared size")
-                })?;
-                dst.copy_from_slice(data);
-                n
-            } else {
-                let (history, rest) = out.split_at_mut(*decoded);
-                let dict = if st.linked {
-                    history
-                        .get(history.len().saturating_sub(64 << 10)..)
-                        .unwrap_or_default()
-                } else {
-                    &[]
-                };
-                let dst = rest.get_mut(..room).unwrap_or_default();
-                lz4_flex::block::decompress_into_with_dict(data, dst, dict)
-                    .map_err(|e| self.corrupt(at, format!("LZ4 frame fails to decode: {e}")))?
-            };
-            if let (Some(h), Some(bytes)) = (st.hasher.as_mut(), out.get(*decoded..*decoded + k)) {
-                h.write(bytes);
-            }
-            *decoded += k;
-            *input = next;
-            self.source.served((next - at) as u64);
+        while st.decoded < target {
+            self.block(st, frame)?;
         }
-        if *decoded == self.raw_len {
-            let at = *input;
-            if self.u32_at(frame, at, "the end mark")? != 0 {
-                return Err(self.corrupt(at, "LZ4 frame decodes to more than its declared size"));
+        if st.decoded == self.raw_len {
+            self.end(st, frame)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes the block at `st.input` onto the decoded bytes.
+    fn block(&self, st: &mut State, frame: &[u8]) -> Result<()> {
+        let at = st.input;
+        let word = self.u32_at(frame, at, "a block header")?;
+        if word == 0 {
+            return Err(self.corrupt(
+                at,
+                format!(
+                    "LZ4 frame decodes to {} bytes, expected {}",
+                    st.decoded, self.raw_len
+                ),
+            ));
+        }
+        // Block sizes are below 2^31 and offsets inside the mapped frame: no overflow.
+        let n = (word & 0x7fff_ffff) as usize;
+        let data = frame
+            .get(at + 4..at + 4 + n)
+            .filter(|_| n <= st.max_block)
+            .ok_or_else(|| {
+                self.corrupt(
+                    at,
+                    "LZ4 frame fails to decode: block larger than the frame allows",
+                )
+            })?;
+        let mut next = at + 4 + n;
+        if st.block_checksums {
+            let want = self.u32_at(frame, next, "a block checksum")?;
+            if XxHash32::oneshot(0, data) != want {
+                return Err(self.corrupt(at, "LZ4 frame fails to decode: BlockChecksumError"));
             }
-            let mut end = at + 4;
-            if st.content_checksum {
-                let want = self.u32_at(frame, end, "the content checksum")?;
-                if let Some(got) = st.hasher.take().map(|h| h.finish_32())
-                    && got != want
-                {
-                    return Err(self.corrupt(
-                        end,
-                        format!(
-                            "content checksum of the LZ4 frame at offset {} does not match \
-                             (stored {want:#010x}, decoded bytes hash to {got:#010x})",
-                            self.offset
-                        ),
-                    ));
-                }
-                end += 4;
-            }
-            if end != frame.len() {
+            next += 4;
+        }
+        let k = self.inflate(st, at, word & 0x8000_0000 != 0, data)?;
+        let decoded = st.decoded;
+        if let (Some(h), Some(bytes)) = (st.hasher.as_mut(), st.out.get(decoded..decoded + k)) {
+            h.write(bytes);
+        }
+        st.decoded += k;
+        st.input = next;
+        self.source.served((next - at) as u64);
+        Ok(())
+    }
+
+    /// Writes one block's bytes (`stored`: kept uncompressed) after the decoded bytes; returns
+    /// how many.
+    fn inflate(&self, st: &mut State, at: usize, stored: bool, data: &[u8]) -> Result<usize> {
+        let decoded = st.decoded;
+        let room = (self.raw_len - decoded).min(st.max_block);
+        let dst = st
+            .out
+            .get_mut(decoded..decoded + room)
+            .ok_or_else(|| self.corrupt(at, "LZ4 frame decode buffer too short"))?;
+        if stored {
+            let dst = dst.get_mut(..data.len()).ok_or_else(|| {
+                self.corrupt(at, "LZ4 frame decodes to more than its declared size")
+            })?;
+            dst.copy_from_slice(data);
+            return Ok(data.len());
+        }
+        let (history, rest) = st.out.split_at_mut(decoded);
+        let dict = if st.linked {
+            history
+                .get(history.len().saturating_sub(64 << 10)..)
+                .unwrap_or_default()
+        } else {
+            &[]
+        };
+        let dst = rest.get_mut(..room).unwrap_or_default();
+        lz4_flex::block::decompress_into_with_dict(data, dst, dict)
+            .map_err(|e| self.corrupt(at, format!("LZ4 frame fails to decode: {e}")))
+    }
+
+    /// Checks the end mark, the content checksum and that the frame ends there.
+    fn end(&self, st: &mut State, frame: &[u8]) -> Result<()> {
+        let at = st.input;
+        if self.u32_at(frame, at, "the end mark")? != 0 {
+            return Err(self.corrupt(at, "LZ4 frame decodes to more than its declared size"));
+        }
+        let mut end = at + 4;
+        if st.content_checksum {
+            let want = self.u32_at(frame, end, "the content checksum")?;
+            if let Some(got) = st.hasher.take().map(|h| h.finish_32())
+                && got != want
+            {
                 return Err(self.corrupt(
                     end,
                     format!(
-                        "LZ4 frame ends {} bytes before the length the trailer gives it",
-                        frame.len().saturating_sub(end)
+                        "content checksum of the LZ4 frame at offset {} does not match \
+                         (stored {want:#010x}, decoded bytes hash to {got:#010x})",
+                        self.offset
                     ),
                 ));
             }
+            end += 4;
+        }
+        if end != frame.len() {
+            return Err(self.corrupt(
+                end,
+                format!(
+                    "LZ4 frame ends {} bytes before the length the trailer gives it",
+                    frame.len().saturating_sub(end)
+                ),
+            ));
         }
         Ok(())
     }

@@ -45,7 +45,7 @@ pub enum Node {
 
 /// What a node is, without the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub enum NodeKind {
     /// A folder.
     Dir,
     /// A regular file.
@@ -56,11 +56,11 @@ pub enum Kind {
 
 impl Node {
     /// What the node is.
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> NodeKind {
         match self {
-            Node::Dir(_) => Kind::Dir,
-            Node::File(_) => Kind::File,
-            Node::Symlink(_) => Kind::Symlink,
+            Node::Dir(_) => NodeKind::Dir,
+            Node::File(_) => NodeKind::File,
+            Node::Symlink(_) => NodeKind::Symlink,
         }
     }
 
@@ -80,7 +80,7 @@ pub trait Directory: Send + Sync {
     fn entries(&self) -> Result<Vec<(String, Node)>>;
 
     /// Listed names and what they are, without making their nodes (for large listings).
-    fn names(&self) -> Result<Vec<(String, Kind)>> {
+    fn names(&self) -> Result<Vec<(String, NodeKind)>> {
         Ok(self
             .entries()?
             .into_iter()

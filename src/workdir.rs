@@ -181,14 +181,6 @@ impl Rebuilt {
     }
 }
 
-/// The cache's value for a rebuilt file: built once, by whichever reader comes first, outside
-/// the cache's lock.
-#[derive(Default)]
-pub struct RebuiltCell {
-    /// The file, or why it could not be built.
-    pub once: OnceLock<Result<Rebuilt>>,
-}
-
 impl Drop for Rebuilt {
     fn drop(&mut self) {
         if let Rebuilt::Disk { path, .. } = self {

@@ -3,17 +3,17 @@
 use fuser::{FileAttr, FileType, INodeNo};
 
 use crate::error::{Error, Result};
-use crate::vfs::{FileNode, Kind, Node};
+use crate::vfs::{FileNode, Node, NodeKind};
 
 /// Block size `stat` reports: large, so that `cp` and friends read in big pieces.
 pub const BLKSIZE: u32 = 1 << 20;
 
 /// The kernel's file type of a node kind.
-pub fn file_type(k: Kind) -> FileType {
+pub fn file_type(k: NodeKind) -> FileType {
     match k {
-        Kind::Dir => FileType::Directory,
-        Kind::File => FileType::RegularFile,
-        Kind::Symlink => FileType::Symlink,
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::File => FileType::RegularFile,
+        NodeKind::Symlink => FileType::Symlink,
     }
 }
 

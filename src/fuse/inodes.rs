@@ -11,7 +11,7 @@ use lru::LruCache;
 
 use super::attr::file_type;
 use crate::error::{Error, Result};
-use crate::vfs::{Kind, Node};
+use crate::vfs::{Node, NodeKind};
 
 /// How long the kernel may cache names and attributes: content never changes under a name.
 const TTL: Duration = Duration::from_secs(3600);
@@ -281,7 +281,7 @@ impl Inodes {
     pub fn readdir(
         &self,
         ino: u64,
-        names: &[(String, Kind)],
+        names: &[(String, NodeKind)],
         offset: u64,
     ) -> Result<Vec<(u64, u64, FileType, String)>> {
         let dir = self.dir(ino)?;
@@ -303,7 +303,7 @@ impl Inodes {
             // Files are keyed by their node (hardlinks); folders and links by name, so a large
             // listing makes no nodes.
             let child = match k {
-                Kind::File => match dir.lookup(name)? {
+                NodeKind::File => match dir.lookup(name)? {
                     Some(node) => self.assign(ino, name, node, 0),
                     None => continue,
                 },
@@ -316,7 +316,7 @@ impl Inodes {
 }
 
 /// The names of a folder as one open of it lists them.
-pub type Listing = Arc<Vec<(String, Kind)>>;
+pub type Listing = Arc<Vec<(String, NodeKind)>>;
 
 #[cfg(test)]
 mod tests {

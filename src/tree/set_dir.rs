@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use crate::error::Result;
 use crate::model::{BackupSet, PointList};
 use crate::timefmt::UserTime;
-use crate::vfs::{Attr, Directory, Kind, Node};
+use crate::vfs::{Attr, Directory, Node, NodeKind};
 
 use super::at_dir::AtDir;
 use super::{newest_at, point_dir, symlink, visible};
@@ -78,19 +78,19 @@ impl Directory for SetDir {
         Ok(out)
     }
 
-    fn names(&self) -> Result<Vec<(String, Kind)>> {
+    fn names(&self) -> Result<Vec<(String, NodeKind)>> {
         let (list, n) = self.points();
-        let mut out: Vec<(String, Kind)> = self
+        let mut out: Vec<(String, NodeKind)> = self
             .children
             .iter()
             .map(|(c, node)| (c.clone(), node.kind()))
             .collect();
-        out.extend((0..n).map(|i| (list.name(i), Kind::Dir)));
+        out.extend((0..n).map(|i| (list.name(i), NodeKind::Dir)));
         if newest_at(list.as_ref(), n, None).is_some() {
-            out.push(("latest".to_owned(), Kind::Symlink));
+            out.push(("latest".to_owned(), NodeKind::Symlink));
         }
         if (0..n).any(|i| list.time(i).is_some()) {
-            out.push(("at".to_owned(), Kind::Dir));
+            out.push(("at".to_owned(), NodeKind::Dir));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.dedup_by(|a, b| a.0 == b.0);

@@ -24,7 +24,7 @@ const MAX_TRANSACTION: u64 = 256 << 20;
 
 /// The file header's fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Header {
+pub struct LogHeader {
     /// Must be 1.
     pub file_version: u32,
     /// data_version of the last entry the plugin believes it wrote: the committed head.
@@ -44,7 +44,7 @@ pub enum Probe {
     /// Not a backup-plugin file.
     NotOurs,
     /// A valid header.
-    Valid(Header),
+    Valid(LogHeader),
     /// Looks like a backup-plugin file but its header cannot be used.
     Broken(Error),
 }
@@ -85,7 +85,7 @@ pub fn probe(path: &Path) -> Probe {
     if padding.is_none_or(|p| p.iter().any(|&b| b != 0)) {
         return Probe::NotOurs;
     }
-    let h = Header {
+    let h = LogHeader {
         file_version: be32(&buf, 0),
         version: be32(&buf, 4),
         offset_next: be64(&buf, 8),
@@ -112,7 +112,7 @@ pub fn probe(path: &Path) -> Probe {
 
 /// Entry type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub enum EntryKind {
     /// SQL statements of one lightningd transaction.
     Transaction,
     /// A whole SQLite database file.
@@ -129,7 +129,7 @@ pub struct Entry {
     /// data_version the entry carries.
     pub version: u32,
     /// Type.
-    pub kind: Kind,
+    pub kind: EntryKind,
     /// Whether a transaction ends with the data_version bump (PRAGMA-only entries do not).
     pub bump: bool,
     /// A statement the sandbox refuses, found while walking.
@@ -187,8 +187,8 @@ pub fn walk(file: &File, from: u64, len: u64, entries: &mut Vec<Entry>) -> Optio
             u32::from_be_bytes([v0, v1, v2, v3]),
         );
         let kind = match t {
-            1 => Kind::Transaction,
-            2 => Kind::Snapshot,
+            1 => EntryKind::Transaction,
+            2 => EntryKind::Snapshot,
             t => return Some(tail(Some(version), format!("unknown entry type {t}"))),
         };
         let payload = pos.saturating_add(ENTRY_HEADER);
@@ -203,8 +203,8 @@ pub fn walk(file: &File, from: u64, len: u64, entries: &mut Vec<Entry>) -> Optio
             ));
         }
         let (bump, forbidden) = match kind {
-            Kind::Snapshot => (false, None),
-            Kind::Transaction => match inspect(file, payload, length) {
+            EntryKind::Snapshot => (false, None),
+            EntryKind::Transaction => match inspect(file, payload, length) {
                 Ok(found) => found,
                 Err(e) => return Some(tail(Some(version), format!("cannot read payload: {e}"))),
             },

@@ -22,14 +22,14 @@ use std::time::SystemTime;
 use indicatif::ProgressBar;
 use serde_json::{Map, json};
 
-use crate::cache::{self, Cache, Key};
+use crate::cache::{self, Built, Cache, Key, OnFailure};
 use crate::error::{Error, Result};
 use crate::model::{
     BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanContext,
 };
 use crate::vfs::{Attr, FileNode, Node};
-use crate::workdir::{Rebuilt, RebuiltCell, WorkDir};
-use log::{Entry, Kind, Probe};
+use crate::workdir::{Rebuilt, WorkDir};
+use log::{Entry, EntryKind, Probe};
 use replay::Replayer;
 
 /// Checkpoints are taken at least this many versions apart.
@@ -219,34 +219,17 @@ impl ClnSet {
         if st.seen == Some(seen) {
             return;
         }
-        let header = match probe.unwrap_or_else(|| log::probe(&self.path)) {
-            Probe::Valid(h) => h,
-            Probe::Broken(e) => return self.broken(st, Some(seen), e),
-            Probe::NotOurs => {
-                let e = Error::corrupt(
-                    &self.path,
-                    0,
-                    "no longer a backup-plugin file (header changed)",
-                );
-                return self.broken(st, Some(seen), e);
-            }
+        let header = match self.valid_header(probe) {
+            Ok(h) => h,
+            Err(e) => return self.broken(st, Some(seen), e),
         };
         let same_file = st
             .seen
             .is_some_and(|s| (s.0, s.1) == (seen.0, seen.1) && seen.2 >= st.walked);
-        if !same_file || st.log.is_none() {
-            let file = match File::open(&self.path) {
-                Ok(f) => f,
-                Err(e) => return self.broken(st, Some(seen), Error::io(&self.path, &e)),
-            };
-            st.log = Some(Arc::new(LogFile {
-                path: self.path.clone(),
-                file,
-                owner: cache::new_owner_id(),
-                mtime: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            }));
-            st.entries.clear();
-            st.walked = log::HEADER_LEN;
+        if (!same_file || st.log.is_none())
+            && let Err(e) = self.reopen(st, &md)
+        {
+            return self.broken(st, Some(seen), e);
         }
         st.seen = Some(seen);
         st.problem = None;
@@ -256,6 +239,38 @@ impl ClnSet {
         let tail = log::walk(&log.file, st.walked, seen.2, &mut st.entries);
         st.walked = st.entries.last().map_or(log::HEADER_LEN, Entry::end);
         let r = resolve::resolve(&st.entries, header.version, tail.as_ref());
+        st.points = Arc::new(self.points(log, &st.entries, r));
+    }
+
+    /// The file's header, probed now unless `probe` already did.
+    fn valid_header(&self, probe: Option<Probe>) -> Result<log::LogHeader> {
+        match probe.unwrap_or_else(|| log::probe(&self.path)) {
+            Probe::Valid(h) => Ok(h),
+            Probe::Broken(e) => Err(e),
+            Probe::NotOurs => Err(Error::corrupt(
+                &self.path,
+                0,
+                "no longer a backup-plugin file (header changed)",
+            )),
+        }
+    }
+
+    /// Opens the file anew (a new cache owner) and forgets what was walked.
+    fn reopen(&self, st: &mut State, md: &std::fs::Metadata) -> Result<()> {
+        let file = File::open(&self.path).map_err(|e| Error::io(&self.path, &e))?;
+        st.log = Some(Arc::new(LogFile {
+            path: self.path.clone(),
+            file,
+            owner: cache::new_owner_id(),
+            mtime: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        }));
+        st.entries.clear();
+        st.walked = log::HEADER_LEN;
+        Ok(())
+    }
+
+    /// The points of the walked `entries` as `r` resolved them, listed by version.
+    fn points(&self, log: Arc<LogFile>, entries: &[Entry], r: resolve::Resolved) -> ClnPoints {
         let mut order: Vec<(u32, Slot)> = r
             .served
             .values()
@@ -267,12 +282,12 @@ impl ClnSet {
             unserved.push((*offset, why.clone()));
         }
         order.sort_by_key(|o| o.0);
-        st.points = Arc::new(ClnPoints {
+        ClnPoints {
             set: self.name.clone(),
             path: self.path.clone(),
             log: Some(log),
             plan: Arc::new(Plan {
-                entries: st.entries.clone(),
+                entries: entries.to_vec(),
                 kept: r.kept,
             }),
             order,
@@ -282,7 +297,7 @@ impl ClnSet {
             sizes: Arc::clone(&self.sizes),
             failures: Arc::clone(&self.failures),
             sql: self.sql.clone(),
-        });
+        }
     }
 
     fn broken(&self, st: &mut State, seen: Option<(u64, u64, u64, i64)>, e: Error) {
@@ -526,23 +541,21 @@ impl DbFile {
     }
 
     /// The rebuilt file, from the cache or rebuilt now.
-    fn data(&self) -> Result<Arc<RebuiltCell>> {
+    fn data(&self) -> Result<Arc<Built<Rebuilt>>> {
         let key = self.key();
-        let db = self.cache.get_or_insert(key, 0, RebuiltCell::default);
-        let built = db.once.get_or_init(|| {
+        // A failed replay is remembered (in `failures` too), never repeated.
+        let db = self.cache.get_or_build(key, OnFailure::Remember, || {
             let path = self.rebuild_file()?;
             // Databases too large for a quarter of the cache stay on disk.
-            Rebuilt::take(path, self.cache.capacity() / 4)
-        });
-        match built {
-            Ok(r) => {
-                self.cache.set_cost(key, r.cost());
-                let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
-                sizes.insert((key.owner, key.index), r.len());
-                Ok(db)
-            }
-            Err(e) => Err(e.clone()),
+            let r = Rebuilt::take(path, self.cache.capacity() / 4)?;
+            let cost = r.cost();
+            Ok((r, cost))
+        })?;
+        if let Some(r) = db.value() {
+            let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
+            sizes.insert((key.owner, key.index), r.len());
         }
+        Ok(db)
     }
 
     fn corrupt(&self, e: &Entry, msg: String) -> Error {
@@ -579,27 +592,7 @@ impl DbFile {
             .map_err(|e| Error::io(&self.log.path, &e))?
             .len();
         let budget = self.sql.budget(log_len);
-        let store = self.work.checkpoints();
-        let lo = self.base.map_or(0, |b| plan.entry(b).offset);
-        let from = store.nearest(owner, lo..=target.offset, |off| {
-            plan.position(off).is_some()
-        });
-        let start: Option<usize> = match from {
-            Some((off, mut f)) => {
-                let mut w = File::create(out).map_err(|e| Error::io(out, &e))?;
-                std::io::copy(&mut f, &mut w).map_err(|e| Error::io(out, &e))?;
-                plan.position(off)
-            }
-            None => {
-                match self.base {
-                    Some(b) => {
-                        log::copy_payload(&self.log.file, &self.log.path, plan.entry(b), out)?
-                    }
-                    None => std::fs::write(out, b"").map_err(|e| Error::io(out, &e))?,
-                }
-                self.base
-            }
-        };
+        let start = self.start_from(out)?;
         let first = start.map_or(0, |s| s + 1);
         if first > self.upto {
             return Ok(());
@@ -611,17 +604,53 @@ impl DbFile {
         if start != self.base {
             for pos in self.base.map_or(0, |b| b + 1)..first {
                 let e = plan.entry(pos);
-                if e.kind == Kind::Transaction && !e.bump {
+                if e.kind == EntryKind::Transaction && !e.bump {
                     let payload = log::payload(&self.log.file, &self.log.path, e)?;
                     r.reapply_pragmas(&payload)
                         .map_err(|m| self.corrupt(e, m))?;
                 }
             }
         }
+        self.replay(&mut r, first, out)?;
+        r.finish().map_err(|m| self.failed(target, m))
+    }
+
+    /// Writes the state to replay from into `out`: the nearest checkpoint, else the segment's
+    /// snapshot, else an empty database. Returns the plan position that state is at.
+    fn start_from(&self, out: &Path) -> Result<Option<usize>> {
+        let plan = &self.plan;
+        let lo = self.base.map_or(0, |b| plan.entry(b).offset);
+        let hi = plan.entry(self.upto).offset;
+        let from = self
+            .work
+            .checkpoints()
+            .nearest(self.log.owner, lo..=hi, |off| plan.position(off).is_some());
+        match from {
+            Some((off, mut f)) => {
+                let mut w = File::create(out).map_err(|e| Error::io(out, &e))?;
+                std::io::copy(&mut f, &mut w).map_err(|e| Error::io(out, &e))?;
+                Ok(plan.position(off))
+            }
+            None => {
+                match self.base {
+                    Some(b) => {
+                        log::copy_payload(&self.log.file, &self.log.path, plan.entry(b), out)?
+                    }
+                    None => std::fs::write(out, b"").map_err(|e| Error::io(out, &e))?,
+                }
+                Ok(self.base)
+            }
+        }
+    }
+
+    /// Replays the kept entries `first..=upto` into `out`, leaving checkpoints on the way.
+    fn replay(&self, r: &mut Replayer, first: usize, out: &Path) -> Result<()> {
+        let owner = self.log.owner;
+        let store = self.work.checkpoints();
         let every = self.checkpoint_spacing(out);
         let seg_start = self.base.map_or(0, |b| b + 1);
         for pos in first..=self.upto {
-            let e = plan.entry(pos);
+            let e = self.plan.entry(pos);
             let payload = log::payload(&self.log.file, &self.log.path, e)?;
             r.apply(&payload, e.bump)
                 .map_err(|m| self.failed(e, format!("replaying version {}: {m}", e.version)))?;
@@ -631,7 +660,7 @@ impl DbFile {
                 store.put(&self.work, owner, e.offset, out)?;
             }
         }
-        r.finish().map_err(|m| self.failed(target, m))
+        Ok(())
     }
 
     /// The error of replaying entry `e`, remembered for every version replaying through it
@@ -673,18 +702,13 @@ impl FileNode for DbFile {
             return Ok(s);
         }
         let db = self.data()?;
-        Ok(db
-            .once
-            .get()
-            .and_then(|r| r.as_ref().ok())
-            .map_or(0, Rebuilt::len))
+        Ok(db.value().map_or(0, Rebuilt::len))
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let db = self.data()?;
-        match db.once.get() {
-            Some(Ok(r)) => r.read_at(offset, buf),
-            Some(Err(e)) => Err(e.clone()),
+        match db.value() {
+            Some(r) => r.read_at(offset, buf),
             None => Err(Error::corrupt(&self.log.path, 0, "rebuild did not run")),
         }
     }

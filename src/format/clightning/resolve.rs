@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::log::{Entry, Kind, Tail};
+use super::log::{Entry, EntryKind, Tail};
 
 /// One servable version: the kept entries `base..=upto` rebuild it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,18 +31,28 @@ pub struct Resolved {
 /// Applies the rules to `entries` (as walked), the header's `head` version and the walk's `tail`.
 pub fn resolve(entries: &[Entry], head: u32, tail: Option<&Tail>) -> Resolved {
     let mut r = Resolved::default();
+    keep(entries, &mut r);
+    serve(entries, head, &mut r);
+    note_tail(head, tail, &mut r);
+    r
+}
+
+/// Why versions after a gap are not served.
+fn gap_note(missing: u32) -> String {
+    format!(
+        "version {missing} is missing from the log (gap); versions after it are served again from the next snapshot"
+    )
+}
+
+/// Fills `r.kept` with the entries that make up committed states; notes versions behind a gap.
+fn keep(entries: &[Entry], r: &mut Resolved) {
     // The segment being built: where its base sits in `kept` and the last kept bump version.
     let mut base: Option<usize> = None;
     let mut seg_start = 0usize;
     let mut last: u32 = 0;
     let mut gap: Option<u32> = None;
-    let gap_note = |missing: u32| {
-        format!(
-            "version {missing} is missing from the log (gap); versions after it are served again from the next snapshot"
-        )
-    };
     for (i, e) in entries.iter().enumerate() {
-        if e.kind == Kind::Snapshot {
+        if e.kind == EntryKind::Snapshot {
             r.kept.push(i);
             base = Some(r.kept.len() - 1);
             seg_start = r.kept.len() - 1;
@@ -69,14 +79,7 @@ pub fn resolve(entries: &[Entry], head: u32, tail: Option<&Tail>) -> Resolved {
             } else {
                 seg_start
             };
-            while r.kept.len() > keep_from
-                && r.kept
-                    .last()
-                    .and_then(|&k| entries.get(k))
-                    .is_some_and(|k| k.version >= v)
-            {
-                r.kept.pop();
-            }
+            rewind(entries, &mut r.kept, keep_from, v);
         } else if v != last.wrapping_add(1) {
             gap = Some(last.wrapping_add(1));
             r.unserved
@@ -86,13 +89,28 @@ pub fn resolve(entries: &[Entry], head: u32, tail: Option<&Tail>) -> Resolved {
         r.kept.push(i);
         last = v;
     }
-    // Kept positions of every bump and snapshot, in order; later segments win on equal versions.
+}
+
+/// Drops kept entries of version `v` or later, down to position `keep_from`.
+fn rewind(entries: &[Entry], kept: &mut Vec<usize>, keep_from: usize, v: u32) {
+    while kept.len() > keep_from
+        && kept
+            .last()
+            .and_then(|&k| entries.get(k))
+            .is_some_and(|k| k.version >= v)
+    {
+        kept.pop();
+    }
+}
+
+/// Fills `r.served` from the kept bumps and snapshots; later segments win on equal versions.
+fn serve(entries: &[Entry], head: u32, r: &mut Resolved) {
     let mut seg_base: Option<usize> = None;
     // A kept statement the sandbox refuses spoils its version and the rest of its segment.
     let mut refused: Option<(u64, String)> = None;
     for (pos, &i) in r.kept.iter().enumerate() {
         let Some(e) = entries.get(i) else { continue };
-        if e.kind == Kind::Snapshot {
+        if e.kind == EntryKind::Snapshot {
             seg_base = Some(pos);
             refused = None;
         }
@@ -107,36 +125,38 @@ pub fn resolve(entries: &[Entry], head: u32, tail: Option<&Tail>) -> Resolved {
                 ),
             ));
         }
-        if e.kind == Kind::Snapshot || e.bump {
-            if e.version > head {
-                r.served.remove(&e.version);
-                r.unserved.insert(
-                    e.version,
-                    (
-                        e.offset,
-                        format!(
-                            "not committed: newer than the header's version {head} (an orphan, or an append in progress)"
-                        ),
-                    ),
-                );
-                continue;
-            }
-            if let Some(why) = &refused {
-                r.served.remove(&e.version);
-                r.unserved.insert(e.version, why.clone());
-                continue;
-            }
-            r.served.insert(
-                e.version,
-                Served {
-                    version: e.version,
-                    upto: pos,
-                    base: seg_base,
-                },
-            );
-            r.unserved.remove(&e.version);
+        if !(e.kind == EntryKind::Snapshot || e.bump) {
+            continue;
         }
+        let why_not = if e.version > head {
+            Some((
+                e.offset,
+                format!(
+                    "not committed: newer than the header's version {head} (an orphan, or an append in progress)"
+                ),
+            ))
+        } else {
+            refused.clone()
+        };
+        if let Some(why) = why_not {
+            r.served.remove(&e.version);
+            r.unserved.insert(e.version, why);
+            continue;
+        }
+        r.served.insert(
+            e.version,
+            Served {
+                version: e.version,
+                upto: pos,
+                base: seg_base,
+            },
+        );
+        r.unserved.remove(&e.version);
     }
+}
+
+/// Notes a damaged last entry's version, and the header's version when the log lacks it.
+fn note_tail(head: u32, tail: Option<&Tail>, r: &mut Resolved) {
     if let Some(t) = tail
         && let Some(v) = t.version
         && !r.served.contains_key(&v)
@@ -155,7 +175,6 @@ pub fn resolve(entries: &[Entry], head: u32, tail: Option<&Tail>) -> Resolved {
         // Offset 4: the header's version field.
         r.unserved.insert(head, (4, why));
     }
-    r
 }
 
 #[cfg(test)]
@@ -167,7 +186,7 @@ mod tests {
             offset: 0,
             length: 1,
             version,
-            kind: Kind::Transaction,
+            kind: EntryKind::Transaction,
             bump,
             forbidden: None,
         }
@@ -175,7 +194,7 @@ mod tests {
 
     fn snap(version: u32) -> Entry {
         Entry {
-            kind: Kind::Snapshot,
+            kind: EntryKind::Snapshot,
             ..tx(version, false)
         }
     }

@@ -299,35 +299,13 @@ fn authorize(ctx: &AuthContext<'_>) -> Result<(), String> {
             "main" => Ok(()),
             other => Err(format!("ALTER TABLE in the database {other:?} (only main)")),
         },
-        AuthAction::Function { function_name } => {
-            if FUNCTIONS
-                .iter()
-                .any(|f| f.eq_ignore_ascii_case(function_name))
-            {
-                Ok(())
-            } else {
-                Err(format!("the SQL function {function_name}()"))
-            }
-        }
+        AuthAction::Function { function_name } => function(function_name),
         AuthAction::Pragma {
             pragma_name,
             pragma_value,
         } => {
             on_main()?;
-            let name_ok = PRAGMAS.iter().any(|p| p.eq_ignore_ascii_case(pragma_name));
-            let value_ok = pragma_value.is_none_or(|v| {
-                ["on", "off", "0", "1", "true", "false", "yes", "no"]
-                    .iter()
-                    .any(|ok| ok.eq_ignore_ascii_case(v.trim_matches(['\'', '"'])))
-            });
-            if name_ok && value_ok {
-                Ok(())
-            } else {
-                Err(format!(
-                    "PRAGMA {pragma_name}{} (only foreign_keys ON/OFF)",
-                    pragma_value.map(|v| format!(" = {v}")).unwrap_or_default()
-                ))
-            }
+            pragma(pragma_name, pragma_value)
         }
         AuthAction::Attach { filename } => Err(format!("ATTACH of {filename:?}")),
         AuthAction::Detach { database_name } => Err(format!("DETACH of {database_name:?}")),
@@ -336,6 +314,33 @@ fn authorize(ctx: &AuthContext<'_>) -> Result<(), String> {
             Err("a transaction statement (the replayer commits as lightningd did)".to_owned())
         }
         other => Err(action_name(&other)),
+    }
+}
+
+/// Whether a log statement may call the SQL function `name`.
+fn function(name: &str) -> Result<(), String> {
+    if FUNCTIONS.iter().any(|f| f.eq_ignore_ascii_case(name)) {
+        Ok(())
+    } else {
+        Err(format!("the SQL function {name}()"))
+    }
+}
+
+/// Whether a log statement may run `PRAGMA name [= value]` (on main).
+fn pragma(name: &str, value: Option<&str>) -> Result<(), String> {
+    let name_ok = PRAGMAS.iter().any(|p| p.eq_ignore_ascii_case(name));
+    let value_ok = value.is_none_or(|v| {
+        ["on", "off", "0", "1", "true", "false", "yes", "no"]
+            .iter()
+            .any(|ok| ok.eq_ignore_ascii_case(v.trim_matches(['\'', '"'])))
+    });
+    if name_ok && value_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "PRAGMA {name}{} (only foreign_keys ON/OFF)",
+            value.map(|v| format!(" = {v}")).unwrap_or_default()
+        ))
     }
 }
 
@@ -458,7 +463,7 @@ mod tests {
     use std::collections::BTreeSet;
     use std::path::Path;
 
-    use super::super::log::{self, Kind, Probe};
+    use super::super::log::{self, EntryKind, Probe};
     use super::super::replay::{Replayer, rewrite_pre_4090, statements};
     use super::*;
 
@@ -489,7 +494,7 @@ mod tests {
             for e in &entries {
                 assert_eq!(e.forbidden, None, "{}: {e:?}", path.display());
                 let payload = log::payload(&file, &path, e).unwrap();
-                if e.kind == Kind::Snapshot {
+                if e.kind == EntryKind::Snapshot {
                     drop(conn.take());
                     std::fs::write(&db, &payload).unwrap();
                     continue;

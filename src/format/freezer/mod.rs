@@ -22,17 +22,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chrono::NaiveDateTime;
 use indicatif::ProgressBar;
 use serde_json::{Map, Value, json};
 
-use crate::cache::{self, Cache, Key};
+use crate::cache::{self, Built, Cache, Key, OnFailure};
 use crate::error::{Error, Result};
 use crate::model::{
     self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanContext,
 };
 use crate::timefmt;
 use crate::vfs::{self, Attr, Directory, FileNode, Node, StaticDir, Symlink};
-use crate::workdir::{Rebuilt, RebuiltCell, WorkDir};
+use crate::workdir::{Rebuilt, WorkDir};
 use tar::Member;
 use tree::{FileId, TNode};
 
@@ -219,26 +220,22 @@ impl Level {
     }
 
     /// The decompressed stream, from the cache or decoded now.
-    fn data(&self) -> Result<Arc<RebuiltCell>> {
+    fn data(&self) -> Result<Arc<Built<Rebuilt>>> {
         let key = Key {
             owner: self.owner,
             index: 0,
         };
-        let cell = self.cache.get_or_insert(key, 0, RebuiltCell::default);
-        let built = cell.once.get_or_init(|| {
+        // Decoding again would fail the same way, at the cost of the whole stream.
+        self.cache.get_or_build(key, OnFailure::Remember, || {
             let r = no_panic(&self.data, "decoding the level", || self.decode());
             if let Err(e) = &r {
                 let _ = self.members.set(Err(e.clone()));
             }
-            r
-        });
-        match built {
-            Ok(r) => {
-                self.cache.set_cost(key, r.cost());
-                Ok(cell)
-            }
-            Err(e) => Err(e.clone()),
-        }
+            r.map(|r| {
+                let cost = r.cost();
+                (r, cost)
+            })
+        })
     }
 
     fn decode(&self) -> Result<Rebuilt> {
@@ -287,9 +284,8 @@ impl Level {
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let cell = self.data()?;
-        match cell.once.get() {
-            Some(Ok(r)) => r.read_at(offset, buf),
-            Some(Err(e)) => Err(e.clone()),
+        match cell.value() {
+            Some(r) => r.read_at(offset, buf),
             None => Err(Error::not_found("level not decoded")),
         }
     }
@@ -337,7 +333,7 @@ impl FileNode for TarFile {
     }
 }
 
-fn attr_of(m: &tree::Meta) -> Attr {
+fn attr_of(m: &tree::MemberAttrs) -> Attr {
     let secs = Duration::from_secs(m.mtime.unsigned_abs());
     let mtime = if m.mtime >= 0 {
         UNIX_EPOCH.checked_add(secs)
@@ -467,7 +463,7 @@ impl TreeDir {
                     offset: m.offset,
                     size: m.size,
                     nlink: links.get(id).copied().unwrap_or(1),
-                    attr: attr_of(&tree::Meta {
+                    attr: attr_of(&tree::MemberAttrs {
                         mode: m.mode,
                         uid: m.uid,
                         gid: m.gid,
@@ -497,7 +493,7 @@ impl Directory for TreeDir {
         self.root()?.entries()
     }
 
-    fn names(&self) -> Result<Vec<(String, vfs::Kind)>> {
+    fn names(&self) -> Result<Vec<(String, vfs::NodeKind)>> {
         self.root()?.names()
     }
 
@@ -537,69 +533,29 @@ impl FreezerSet {
                 format!("engine {engine:?}: restorefs serves Freezer's tar engine only"),
             )
         });
-        let mut levels: Vec<std::result::Result<(Arc<Level>, Value), Error>> = Vec::new();
-        for b in &list {
-            levels.push(load_level(&meta_dir, &data_dir, b, opts, key));
-        }
+        let levels: Vec<LoadedLevel> = list
+            .iter()
+            .map(|b| load_level(&meta_dir, &data_dir, b, opts, key))
+            .collect();
+        let data_rel = format!("data/{engine}/{hbn}");
         let mut points = Vec::new();
         let mut chains = Vec::new();
         let mut taken = HashSet::new();
         let mut size = 0;
         for (i, b) in list.iter().enumerate() {
             let time = timefmt::from_unix(b.ts);
-            let base = format!(
-                "{}_level{}",
-                time.as_ref()
-                    .map_or_else(|| b.ts.to_string(), timefmt::to_name),
-                b.level
-            );
-            let name = model::unique_name(base, &mut taken);
-            let mut ids = Map::new();
-            ids.insert("level".into(), json!(b.level));
-            ids.insert("timestamp".into(), json!(b.ts));
-            ids.insert("level0_timestamp".into(), json!(b.l0));
+            let name = model::unique_name(point_name(b, time.as_ref()), &mut taken);
             let chain = match &problem {
                 Some(p) => Err(p.clone()),
                 None => chain_of(&list, &levels, i, &meta_dir),
             };
             let content = chain.map(|c| {
-                let sources: Vec<String> = c
-                    .iter()
-                    .map(|&j| format!("data/{engine}/{hbn}/{}/data", list[j].rel))
-                    .collect();
-                let chain: Vec<Arc<Level>> = c
-                    .iter()
-                    // `chain_of` checked that every level of the chain loaded.
-                    .filter_map(|&j| levels.get(j)?.as_ref().ok().map(|l| Arc::clone(&l.0)))
-                    .collect();
-                size += chain
-                    .iter()
-                    .map(|l| std::fs::metadata(&l.data).map_or(0, |m| m.len()))
-                    .sum::<u64>();
-                let mtime = time
-                    .as_ref()
-                    .map_or(SystemTime::UNIX_EPOCH, timefmt::to_system_time);
-                let dir = Arc::new(TreeDir {
-                    chain,
-                    fallback: Attr::read_only(true, mtime),
-                    root: OnceLock::new(),
-                });
-                chains.push((name.clone(), Arc::clone(&dir)));
-                vec![Exposed {
-                    path: "files".into(),
-                    node: Node::Dir(dir),
-                    size: None,
-                    sources,
-                    error: None,
-                }]
+                let (dir, exposed, bytes) = files_of(&c, &list, &levels, &data_rel, time.as_ref());
+                size += bytes;
+                chains.push((name.clone(), dir));
+                exposed
             });
-            if let Ok((_, meta)) = &levels[i] {
-                for k in ["compression", "encryption", "engine_name"] {
-                    if let Some(v) = meta.get(k) {
-                        ids.insert(k.into(), v.clone());
-                    }
-                }
-            }
+            let ids = point_ids(b, levels[i].as_ref().ok().map(|l| &l.1));
             let kind = format!("level{}", b.level);
             points.push(Arc::new(Point::new(
                 name,
@@ -617,6 +573,73 @@ impl FreezerSet {
             size,
         }
     }
+}
+
+/// A backup's level and its metadata JSON, or why it could not be loaded.
+type LoadedLevel = Result<(Arc<Level>, Value)>;
+
+/// The `files` folder of a point whose level chain is `c` (positions in `list`, all loaded);
+/// with the bytes of the chain's data files. `data_rel`: the set's data folder in the container.
+fn files_of(
+    c: &[usize],
+    list: &[Backup],
+    levels: &[LoadedLevel],
+    data_rel: &str,
+    time: Option<&NaiveDateTime>,
+) -> (Arc<TreeDir>, Vec<Exposed>, u64) {
+    let sources: Vec<String> = c
+        .iter()
+        .map(|&j| format!("{data_rel}/{}/data", list[j].rel))
+        .collect();
+    let chain: Vec<Arc<Level>> = c
+        .iter()
+        // `chain_of` checked that every level of the chain loaded.
+        .filter_map(|&j| levels.get(j)?.as_ref().ok().map(|l| Arc::clone(&l.0)))
+        .collect();
+    let size = chain
+        .iter()
+        .map(|l| std::fs::metadata(&l.data).map_or(0, |m| m.len()))
+        .sum::<u64>();
+    let mtime = time.map_or(SystemTime::UNIX_EPOCH, timefmt::to_system_time);
+    let dir = Arc::new(TreeDir {
+        chain,
+        fallback: Attr::read_only(true, mtime),
+        root: OnceLock::new(),
+    });
+    let exposed = vec![Exposed {
+        path: "files".into(),
+        node: Node::Dir(Arc::clone(&dir) as Arc<dyn Directory>),
+        size: None,
+        sources,
+        error: None,
+    }];
+    (dir, exposed, size)
+}
+
+/// A point's name: its time (or Unix time) and level.
+fn point_name(b: &Backup, time: Option<&NaiveDateTime>) -> String {
+    format!(
+        "{}_level{}",
+        time.map_or_else(|| b.ts.to_string(), timefmt::to_name),
+        b.level
+    )
+}
+
+/// A point's ids: its level and timestamps, and what its metadata says of compression,
+/// encryption and engine.
+fn point_ids(b: &Backup, meta: Option<&Value>) -> Map<String, Value> {
+    let mut ids = Map::new();
+    ids.insert("level".into(), json!(b.level));
+    ids.insert("timestamp".into(), json!(b.ts));
+    ids.insert("level0_timestamp".into(), json!(b.l0));
+    if let Some(meta) = meta {
+        for k in ["compression", "encryption", "engine_name"] {
+            if let Some(v) = meta.get(k) {
+                ids.insert(k.into(), v.clone());
+            }
+        }
+    }
+    ids
 }
 
 /// A backup's level, from its `metadata` JSON.
@@ -675,7 +698,7 @@ fn load_level(
 /// the same level-0 chain with a smaller timestamp (never Freezer's last-listed-wins).
 fn chain_of(
     list: &[Backup],
-    levels: &[std::result::Result<(Arc<Level>, Value), Error>],
+    levels: &[LoadedLevel],
     i: usize,
     meta_dir: &Path,
 ) -> Result<Vec<usize>> {

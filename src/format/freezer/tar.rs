@@ -10,7 +10,7 @@ const BLOCK: usize = 512;
 
 /// What a member is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub enum MemberKind {
     /// A regular file; its data follows the header.
     File,
     /// A hard link to an earlier member of the same archive.
@@ -48,7 +48,7 @@ pub struct Member {
     /// Path as stored, `./` prefix and trailing `/` removed (`""` is the root).
     pub path: String,
     /// What it is.
-    pub kind: Kind,
+    pub kind: MemberKind,
     /// Permission bits (with setuid/setgid/sticky).
     pub mode: u32,
     /// Owner.
@@ -112,10 +112,7 @@ pub fn index(
     };
     let mut members = Vec::new();
     let mut memory = 0u64;
-    let mut long_name: Option<String> = None;
-    let mut long_link: Option<String> = None;
-    let mut pax_path: Option<String> = None;
-    let mut pax_link: Option<String> = None;
+    let mut pending = Pending::default();
     loop {
         let at = r.pos;
         let Some(h) = r.block()? else {
@@ -133,98 +130,18 @@ pub fn index(
         // unknown types carry data; links, folders, devices and fifos do not.
         let stored = if matches!(flag, b'1'..=b'6') { 0 } else { size };
         let data_at = r.pos;
-        let end = stored
-            .checked_next_multiple_of(BLOCK as u64)
-            .and_then(|p| data_at.checked_add(p));
-        match end {
-            Some(end) if end <= limits.stream => {}
-            Some(_) if stored <= limits.stream => return Err(over_stream(at, limits.stream)),
-            _ => {
-                return Err(TarError::at(
-                    at,
-                    format!(
-                        "member {:?} declares {size} bytes of data, more than a level's stream \
-                         may hold ({} bytes): damaged header (or raise --cache-size)",
-                        header_name(&h),
-                        limits.stream
-                    ),
-                ));
-            }
-        }
-        let attrs = |m: &mut Member| {
-            m.mode = field(&h[100..108]) & 0o7777;
-            m.uid = field(&h[108..116]);
-            m.gid = field(&h[116..124]);
-            m.mtime = signed(&h[136..148]).unwrap_or(0);
-        };
-        let member = match flag {
-            b'L' | b'K' | b'x' | b'g' | b'D' => {
-                let data = r.data(size, at)?;
-                match flag {
-                    b'L' => long_name = Some(c_string(&data)),
-                    b'K' => long_link = Some(c_string(&data)),
-                    b'x' => {
-                        for (k, v) in pax_records(&data) {
-                            match k.as_str() {
-                                "path" => pax_path = Some(v),
-                                "linkpath" => pax_link = Some(v),
-                                _ => {}
-                            }
-                        }
-                    }
-                    b'g' => {}
-                    _ => {
-                        let name = pax_path
-                            .take()
-                            .or(long_name.take())
-                            .unwrap_or_else(|| header_name(&h));
-                        long_link = None;
-                        pax_link = None;
-                        let mut m = Member::new(clean(&name), Kind::Dumpdir(dumpdir(&data)), at);
-                        attrs(&mut m);
-                        m.offset = data_at;
-                        members.push(m);
-                    }
-                }
-                None
-            }
-            _ => {
-                let name = pax_path
-                    .take()
-                    .or(long_name.take())
-                    .unwrap_or_else(|| header_name(&h));
-                let link = pax_link
-                    .take()
-                    .or(long_link.take())
-                    .unwrap_or_else(|| c_string(&h[157..257]));
-                let kind = match flag {
-                    b'0' | 0 | b'7' => Kind::File,
-                    b'1' => Kind::Hardlink(clean(&link)),
-                    b'2' => Kind::Symlink(link),
-                    b'5' => Kind::Dir,
-                    b'S' => {
-                        return Err(TarError::at(
-                            at,
-                            "sparse members (type S) are not supported",
-                        ));
-                    }
-                    other => Kind::Other(other),
-                };
-                let mut m = Member::new(clean(&name), kind, at);
-                attrs(&mut m);
-                m.offset = data_at;
-                if m.kind == Kind::File {
-                    m.size = stored;
-                }
-                r.skip(stored, at)?;
-                Some(m)
-            }
+        check_fits(&h, at, size, stored, data_at, limits.stream)?;
+        let member = if matches!(flag, b'L' | b'K' | b'x' | b'g' | b'D') {
+            let data = r.data(size, at)?;
+            pending.special(&h, at, data_at, &data)
+        } else {
+            let m = pending.entry(&h, at, data_at, stored)?;
+            r.skip(stored, at)?;
+            Some(m)
         };
         if let Some(m) = member {
-            members.push(m);
-        }
-        if let Some(m) = members.last().filter(|m| m.header == at) {
             memory = memory.saturating_add(m.memory());
+            members.push(m);
             if memory > limits.memory {
                 return Err(TarError {
                     offset: at,
@@ -243,8 +160,118 @@ pub fn index(
     Ok(members)
 }
 
+/// Checks that a member's data (`stored` bytes from `data_at`, padded) fits the level's stream.
+fn check_fits(
+    h: &[u8; BLOCK],
+    at: u64,
+    size: u64,
+    stored: u64,
+    data_at: u64,
+    bound: u64,
+) -> Result<(), TarError> {
+    let end = stored
+        .checked_next_multiple_of(BLOCK as u64)
+        .and_then(|p| data_at.checked_add(p));
+    match end {
+        Some(end) if end <= bound => Ok(()),
+        Some(_) if stored <= bound => Err(over_stream(at, bound)),
+        _ => Err(TarError::at(
+            at,
+            format!(
+                "member {:?} declares {size} bytes of data, more than a level's stream \
+                 may hold ({bound} bytes): damaged header (or raise --cache-size)",
+                header_name(h),
+            ),
+        )),
+    }
+}
+
+/// Names that GNU long-name (`L`, `K`) and pax (`x`) members set for the next member.
+#[derive(Default)]
+struct Pending {
+    long_name: Option<String>,
+    long_link: Option<String>,
+    pax_path: Option<String>,
+    pax_link: Option<String>,
+}
+
+impl Pending {
+    /// The next member's name: pax, then GNU long name, then the header's own.
+    fn take_name(&mut self, h: &[u8; BLOCK]) -> String {
+        self.pax_path
+            .take()
+            .or(self.long_name.take())
+            .unwrap_or_else(|| header_name(h))
+    }
+
+    /// Takes in a member whose data is read into memory (`L`, `K`, `x`, `g`, `D`); only a
+    /// dumpdir (`D`) is a member of its own.
+    fn special(&mut self, h: &[u8; BLOCK], at: u64, data_at: u64, data: &[u8]) -> Option<Member> {
+        match h[156] {
+            b'L' => self.long_name = Some(c_string(data)),
+            b'K' => self.long_link = Some(c_string(data)),
+            b'x' => {
+                for (k, v) in pax_records(data) {
+                    match k.as_str() {
+                        "path" => self.pax_path = Some(v),
+                        "linkpath" => self.pax_link = Some(v),
+                        _ => {}
+                    }
+                }
+            }
+            b'g' => {}
+            _ => {
+                let name = self.take_name(h);
+                self.long_link = None;
+                self.pax_link = None;
+                let mut m = Member::new(clean(&name), MemberKind::Dumpdir(dumpdir(data)), at);
+                m.set_attrs(h);
+                m.offset = data_at;
+                return Some(m);
+            }
+        }
+        None
+    }
+
+    /// The member a plain header (file, link, folder, other) describes.
+    fn entry(
+        &mut self,
+        h: &[u8; BLOCK],
+        at: u64,
+        data_at: u64,
+        stored: u64,
+    ) -> Result<Member, TarError> {
+        let name = self.take_name(h);
+        let link = self
+            .pax_link
+            .take()
+            .or(self.long_link.take())
+            .unwrap_or_else(|| c_string(&h[157..257]));
+        let kind = match h[156] {
+            b'0' | 0 | b'7' => MemberKind::File,
+            b'1' => MemberKind::Hardlink(clean(&link)),
+            b'2' => MemberKind::Symlink(link),
+            b'5' => MemberKind::Dir,
+            b'S' => {
+                return Err(TarError::at(
+                    at,
+                    "sparse members (type S) are not supported",
+                ));
+            }
+            other => MemberKind::Other(other),
+        };
+        let mut m = Member::new(clean(&name), kind, at);
+        m.set_attrs(h);
+        m.offset = data_at;
+        if m.kind == MemberKind::File {
+            m.size = stored;
+        }
+        Ok(m)
+    }
+}
+
 impl Member {
-    fn new(path: String, kind: Kind, header: u64) -> Member {
+    fn new(path: String, kind: MemberKind, header: u64) -> Member {
         Member {
             path,
             kind,
@@ -258,11 +285,19 @@ impl Member {
         }
     }
 
+    /// Sets mode, owner and mtime from the header.
+    fn set_attrs(&mut self, h: &[u8; BLOCK]) {
+        self.mode = field(&h[100..108]) & 0o7777;
+        self.uid = field(&h[108..116]);
+        self.gid = field(&h[116..124]);
+        self.mtime = signed(&h[136..148]).unwrap_or(0);
+    }
+
     /// Estimated bytes this member takes in memory.
     fn memory(&self) -> u64 {
         let strings = match &self.kind {
-            Kind::Hardlink(s) | Kind::Symlink(s) => s.len(),
-            Kind::Dumpdir(records) => records
+            MemberKind::Hardlink(s) | MemberKind::Symlink(s) => s.len(),
+            MemberKind::Dumpdir(records) => records
                 .iter()
                 .map(|r| std::mem::size_of::<Record>() + r.name().len())
                 .sum(),
@@ -411,6 +446,8 @@ impl Reader<'_> {
 }
 
 /// Verifies the header checksum (sum of the bytes with the checksum field read as spaces).
+// A bare message: every caller wraps it at once into a `TarError` at the header's offset,
+// which the level turns into an `Error` naming the data file.
 fn check_sum(h: &[u8; BLOCK]) -> Result<(), String> {
     let stored =
         number(&h[148..156]).map_err(|m| format!("not a tar header (checksum field: {m})"))?;
@@ -447,12 +484,15 @@ fn check_sum(h: &[u8; BLOCK]) -> Result<(), String> {
 }
 
 /// A numeric field that must not be negative: octal ASCII (space/NUL padded) or GNU base-256.
+// A bare message: every caller wraps it at once into a `TarError` at the header's offset,
+// which the level turns into an `Error` naming the data file.
 fn number(f: &[u8]) -> Result<u64, String> {
     let v = signed_wide(f)?;
     u64::try_from(v).map_err(|_| format!("{v} is out of range"))
 }
 
 /// A numeric field that may be negative (times before 1970).
+// A bare message: its caller reads an unreadable time as 0.
 fn signed(f: &[u8]) -> Result<i64, String> {
     let v = signed_wide(f)?;
     i64::try_from(v).map_err(|_| format!("{v} is out of range"))
@@ -460,6 +500,7 @@ fn signed(f: &[u8]) -> Result<i64, String> {
 
 /// Octal ASCII, or GNU base-256: leading byte 0x80 for a positive number, 0xff for a negative
 /// one in two's complement. A 12-byte field holds at most 96 bits: `i128` never overflows.
+// A bare message, reaching the callers of `number` and `signed`.
 fn signed_wide(f: &[u8]) -> Result<i128, String> {
     if let Some((&first, rest)) = f.split_first()
         && first & 0x80 != 0
@@ -647,7 +688,7 @@ mod tests {
         assert_eq!((m[1].path.as_str(), m[1].offset, m[1].size), ("a", 1536, 5));
         assert_eq!(
             (m[2].header, &m[2].kind),
-            (2048, &Kind::Symlink(String::new()))
+            (2048, &MemberKind::Symlink(String::new()))
         );
         assert_eq!(m[1].mtime, 0o14000000000);
     }

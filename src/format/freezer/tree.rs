@@ -5,11 +5,11 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet};
 
-use super::tar::{Kind, Member, Record, clean};
+use super::tar::{Member, MemberKind, Record, clean};
 
 /// Ownership, permissions and time from a member header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Meta {
+pub struct MemberAttrs {
     /// Permission bits.
     pub mode: u32,
     /// Owner.
@@ -20,9 +20,9 @@ pub struct Meta {
     pub mtime: i64,
 }
 
-impl Meta {
-    fn of(m: &Member) -> Meta {
-        Meta {
+impl MemberAttrs {
+    fn of(m: &Member) -> MemberAttrs {
+        MemberAttrs {
             mode: m.mode,
             uid: m.uid,
             gid: m.gid,
@@ -39,11 +39,11 @@ pub type FileId = (usize, usize);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TNode {
     /// A folder.
-    Dir(Meta, BTreeMap<String, TNode>),
+    Dir(MemberAttrs, BTreeMap<String, TNode>),
     /// A file, by the member that stored it.
     File(FileId),
     /// A symlink and its target.
-    Symlink(Meta, String),
+    Symlink(MemberAttrs, String),
 }
 
 /// Something said about one member: the level it is in, its header's offset, what.
@@ -73,7 +73,7 @@ const NODE_BYTES: u64 = 128;
 /// not served (devices, fifos) are left out and reported.
 pub fn build(levels: &[&[Member]], max_bytes: u64) -> Result<(TNode, Vec<Note>), Note> {
     let mut t = Tree {
-        root: TNode::Dir(Meta::default(), BTreeMap::new()),
+        root: TNode::Dir(MemberAttrs::default(), BTreeMap::new()),
         temp: None,
         notes: Vec::new(),
         bytes: 0,
@@ -181,11 +181,11 @@ impl Tree {
                 Entry::Occupied(o) => o.into_mut(),
                 Entry::Vacant(v) => {
                     charge(&mut self.bytes, self.max_bytes, p.len() as u64)?;
-                    v.insert(TNode::Dir(Meta::default(), BTreeMap::new()))
+                    v.insert(TNode::Dir(MemberAttrs::default(), BTreeMap::new()))
                 }
             };
             if !matches!(child, TNode::Dir(..)) {
-                *child = TNode::Dir(Meta::default(), BTreeMap::new());
+                *child = TNode::Dir(MemberAttrs::default(), BTreeMap::new());
             }
             cur = child;
         }
@@ -244,53 +244,21 @@ impl Tree {
         let left_out = |why: String| format!("left out {:?}: {why}", shown(&m.path));
         let p = parts(&m.path).map_err(left_out)?;
         match &m.kind {
-            Kind::Dumpdir(records) => {
+            MemberKind::Dumpdir(records) => {
                 self.renames(level, m.header, records);
-                let keep: HashSet<&str> = records
-                    .iter()
-                    .filter_map(|r| match r {
-                        Record::Stored(n) | Record::Unchanged(n) | Record::Dir(n) => {
-                            Some(n.as_str())
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                let children = self.dir_mut(&p).map_err(left_out)?;
-                children.retain(|name, _| keep.contains(name.as_str()));
-                self.set_meta(&p, Meta::of(m));
+                self.retain_listed(&p, records).map_err(left_out)?;
+                self.set_meta(&p, MemberAttrs::of(m));
             }
-            Kind::Dir => {
+            MemberKind::Dir => {
                 self.dir_mut(&p).map_err(left_out)?;
-                self.set_meta(&p, Meta::of(m));
+                self.set_meta(&p, MemberAttrs::of(m));
             }
-            Kind::File => self
+            MemberKind::File => self
                 .put(&p, TNode::File((level, index)))
                 .map_err(left_out)?,
-            Kind::Symlink(target) => {
-                if target.len() > PATH_MAX || target.contains('\0') || target.is_empty() {
-                    return Err(left_out(format!(
-                        "a symlink to a {}-byte target (empty, with NUL, or longer than PATH_MAX)",
-                        target.len()
-                    )));
-                }
-                self.put(&p, TNode::Symlink(Meta::of(m), target.clone()))
-                    .map_err(left_out)?;
-            }
-            Kind::Hardlink(target) => {
-                let found = parts(target).ok().and_then(|t| self.get(&t).cloned());
-                match found {
-                    Some(node @ (TNode::File(_) | TNode::Symlink(..))) => {
-                        self.put(&p, node).map_err(left_out)?;
-                    }
-                    _ => {
-                        return Err(left_out(format!(
-                            "hard link to {:?}, which is not an earlier file",
-                            shown(target)
-                        )));
-                    }
-                }
-            }
-            Kind::Other(flag) => {
+            MemberKind::Symlink(target) => self.symlink(&p, m, target).map_err(left_out)?,
+            MemberKind::Hardlink(target) => self.hardlink(&p, target).map_err(left_out)?,
+            MemberKind::Other(flag) => {
                 return Err(left_out(format!(
                     "member type {:?} (devices and fifos are not served)",
                     *flag as char
@@ -306,7 +274,43 @@ impl Tree {
         Ok(())
     }
 
-    fn set_meta(&mut self, p: &[&str], meta: Meta) {
+    /// Drops the children of folder `p` that its dumpdir `records` do not list.
+    fn retain_listed(&mut self, p: &[&str], records: &[Record]) -> Result<(), String> {
+        let keep: HashSet<&str> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Stored(n) | Record::Unchanged(n) | Record::Dir(n) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect();
+        let children = self.dir_mut(p)?;
+        children.retain(|name, _| keep.contains(name.as_str()));
+        Ok(())
+    }
+
+    fn symlink(&mut self, p: &[&str], m: &Member, target: &str) -> Result<(), String> {
+        if target.len() > PATH_MAX || target.contains('\0') || target.is_empty() {
+            return Err(format!(
+                "a symlink to a {}-byte target (empty, with NUL, or longer than PATH_MAX)",
+                target.len()
+            ));
+        }
+        self.put(p, TNode::Symlink(MemberAttrs::of(m), target.to_owned()))
+    }
+
+    /// A hard link gets the node of the earlier file or symlink it names.
+    fn hardlink(&mut self, p: &[&str], target: &str) -> Result<(), String> {
+        let found = parts(target).ok().and_then(|t| self.get(&t).cloned());
+        match found {
+            Some(node @ (TNode::File(_) | TNode::Symlink(..))) => self.put(p, node),
+            _ => Err(format!(
+                "hard link to {:?}, which is not an earlier file",
+                shown(target)
+            )),
+        }
+    }
+
+    fn set_meta(&mut self, p: &[&str], meta: MemberAttrs) {
         let mut cur = &mut self.root;
         for c in p {
             let TNode::Dir(_, children) = cur else { return };
@@ -404,7 +408,7 @@ impl Tree {
 mod tests {
     use super::*;
 
-    fn m(path: &str, kind: Kind) -> Member {
+    fn m(path: &str, kind: MemberKind) -> Member {
         Member {
             path: path.into(),
             kind,
@@ -433,7 +437,7 @@ mod tests {
                 }
             })
             .collect();
-        m(path, Kind::Dumpdir(records))
+        m(path, MemberKind::Dumpdir(records))
     }
 
     fn paths(n: &TNode, prefix: &str, out: &mut Vec<String>) {
@@ -463,10 +467,10 @@ mod tests {
             dd("b", &["Yc"]),
             dd("d", &["Dold"]),
             dd("d/old", &["Yf"]),
-            m("a", Kind::File),
-            m("x", Kind::File),
-            m("b/c", Kind::File),
-            m("d/old/f", Kind::File),
+            m("a", MemberKind::File),
+            m("x", MemberKind::File),
+            m("b/c", MemberKind::File),
+            m("d/old/f", MemberKind::File),
         ];
         let l1 = vec![
             // a unchanged, x deleted, b/c replaced by a folder, d/old renamed to d/new.
@@ -475,7 +479,7 @@ mod tests {
             dd("b/c", &["Yinner"]),
             dd("d", &["Dnew"]),
             dd("d/new", &["Nf"]),
-            m("b/c/inner", Kind::File),
+            m("b/c/inner", MemberKind::File),
         ];
         let (t, notes) = build(&[&l0, &l1], u64::MAX).unwrap();
         assert!(notes.is_empty());
@@ -497,10 +501,10 @@ mod tests {
     fn hardlinks_share_the_member_and_unsafe_paths_are_left_out() {
         let l0 = vec![
             dd("", &["Ya", "Yb", "Ys"]),
-            m("a", Kind::File),
-            m("b", Kind::Hardlink("a".into())),
-            m("s", Kind::Symlink("a".into())),
-            m("../escape", Kind::File),
+            m("a", MemberKind::File),
+            m("b", MemberKind::Hardlink("a".into())),
+            m("s", MemberKind::Symlink("a".into())),
+            m("../escape", MemberKind::File),
         ];
         let (t, notes) = build(&[&l0], u64::MAX).unwrap();
         assert_eq!(list(&t), ["a=0.1", "b=0.1", "s->a"]);
@@ -513,8 +517,8 @@ mod tests {
             dd("", &["Dp", "Dq"]),
             dd("p", &["Y1"]),
             dd("q", &["Y2"]),
-            m("p/1", Kind::File),
-            m("q/2", Kind::File),
+            m("p/1", MemberKind::File),
+            m("q/2", MemberKind::File),
         ];
         // Swap p and q: p -> temp, q -> p, temp -> q.
         let l1 = vec![
@@ -529,7 +533,7 @@ mod tests {
         assert_eq!(list(&t), ["p/", "p/2=0.4", "q/", "q/1=0.3"]);
     }
 
-    fn at(path: &str, kind: Kind, header: u64) -> Member {
+    fn at(path: &str, kind: MemberKind, header: u64) -> Member {
         Member {
             header,
             ..m(path, kind)
@@ -540,20 +544,20 @@ mod tests {
     fn members_naming_the_root_are_left_out_and_the_root_stays_a_folder() {
         // `.`, `./` and `//` all clean to "" (the root): as a file, symlink or hard link each
         // once reached `unreachable!`.
-        let mut l0 = vec![dd("", &["Ya"]), m("a", Kind::File)];
+        let mut l0 = vec![dd("", &["Ya"]), m("a", MemberKind::File)];
         for (i, kind) in [
-            Kind::File,
-            Kind::Symlink("a".into()),
-            Kind::Hardlink("a".into()),
-            Kind::Hardlink("".into()),
+            MemberKind::File,
+            MemberKind::Symlink("a".into()),
+            MemberKind::Hardlink("a".into()),
+            MemberKind::Hardlink("".into()),
         ]
         .into_iter()
         .enumerate()
         {
             l0.push(at("", kind, 512 * (10 + i as u64)));
         }
-        l0.push(m("b/c", Kind::File));
-        let l1 = vec![dd("", &["Na", "Db"]), at("", Kind::File, 4096)];
+        l0.push(m("b/c", MemberKind::File));
+        let l1 = vec![dd("", &["Na", "Db"]), at("", MemberKind::File, 4096)];
         let (t, notes) = build(&[&l0, &l1], u64::MAX).unwrap();
         assert_eq!(list(&t), ["a=0.1", "b/", "b/c=0.6"]);
         let got: Vec<(usize, u64)> = notes.iter().map(|n| (n.level, n.header)).collect();
@@ -567,21 +571,21 @@ mod tests {
         let huge = "y/".repeat(2100);
         let l0 = vec![
             dd("", &["Dok"]),
-            m("..", Kind::File),
-            m("a/../../b", Kind::File),
-            m("ok/..", Kind::Dumpdir(Vec::new())),
-            m("nul\0name", Kind::File),
-            m(&long, Kind::File),
-            m(&format!("ok/{long}/f"), Kind::File),
-            m(&deep, Kind::File),
-            m(&huge, Kind::File),
-            m("ok/s", Kind::Symlink("x\0y".into())),
-            m("ok/t", Kind::Symlink(String::new())),
-            m("ok/u", Kind::Symlink("z".repeat(5000))),
-            m("ok/fine", Kind::File),
+            m("..", MemberKind::File),
+            m("a/../../b", MemberKind::File),
+            m("ok/..", MemberKind::Dumpdir(Vec::new())),
+            m("nul\0name", MemberKind::File),
+            m(&long, MemberKind::File),
+            m(&format!("ok/{long}/f"), MemberKind::File),
+            m(&deep, MemberKind::File),
+            m(&huge, MemberKind::File),
+            m("ok/s", MemberKind::Symlink("x\0y".into())),
+            m("ok/t", MemberKind::Symlink(String::new())),
+            m("ok/u", MemberKind::Symlink("z".repeat(5000))),
+            m("ok/fine", MemberKind::File),
             // tar strips a leading `/` and says so.
-            m("/ok/abs", Kind::File),
-            m("ok/fifo", Kind::Other(b'6')),
+            m("/ok/abs", MemberKind::File),
+            m("ok/fifo", MemberKind::Other(b'6')),
         ];
         let (t, notes) = build(&[&l0], u64::MAX).unwrap();
         assert_eq!(list(&t), ["ok/", "ok/abs=0.13", "ok/fine=0.12"]);
@@ -599,22 +603,22 @@ mod tests {
                     "Ya", "Yself", "Ymissing", "Ylater", "Yc1", "Yc2", "Yd", "Ydl",
                 ],
             ),
-            m("a", Kind::File),
-            m("self", Kind::Hardlink("self".into())),
-            m("missing", Kind::Hardlink("nowhere".into())),
-            m("early", Kind::Hardlink("later".into())),
-            m("later", Kind::File),
-            m("c1", Kind::Hardlink("c2".into())),
-            m("c2", Kind::Hardlink("c1".into())),
-            m("d", Kind::Dir),
-            m("dl", Kind::Hardlink("d".into())),
-            m("up", Kind::Hardlink("../a".into())),
+            m("a", MemberKind::File),
+            m("self", MemberKind::Hardlink("self".into())),
+            m("missing", MemberKind::Hardlink("nowhere".into())),
+            m("early", MemberKind::Hardlink("later".into())),
+            m("later", MemberKind::File),
+            m("c1", MemberKind::Hardlink("c2".into())),
+            m("c2", MemberKind::Hardlink("c1".into())),
+            m("d", MemberKind::Dir),
+            m("dl", MemberKind::Hardlink("d".into())),
+            m("up", MemberKind::Hardlink("../a".into())),
             // A link to an earlier file, and a link to itself once it exists: kept.
-            m("a2", Kind::Hardlink("/a".into())),
-            m("a", Kind::Hardlink("a".into())),
+            m("a2", MemberKind::Hardlink("/a".into())),
+            m("a", MemberKind::Hardlink("a".into())),
             // Symlink loops are data: served, never followed.
-            m("l1", Kind::Symlink("l2".into())),
-            m("l2", Kind::Symlink("l1".into())),
+            m("l1", MemberKind::Symlink("l2".into())),
+            m("l2", MemberKind::Symlink("l1".into())),
         ];
         let (t, notes) = build(&[&l0], u64::MAX).unwrap();
         assert_eq!(
@@ -630,7 +634,7 @@ mod tests {
             dd("", &["Dp", "Dq"]),
             dd("p", &["Yf"]),
             dd("q", &[]),
-            m("p/f", Kind::File),
+            m("p/f", MemberKind::File),
         ];
         let l1 = vec![
             dd(
@@ -662,8 +666,8 @@ mod tests {
         // A rename may not make the tree deeper than MAX_DEPTH.
         let deep = vec![
             dd("", &["Da", "Db"]),
-            m(&("a/".repeat(MAX_DEPTH - 1) + "f"), Kind::File),
-            m(&("b/".repeat(MAX_DEPTH - 1) + "f"), Kind::File),
+            m(&("a/".repeat(MAX_DEPTH - 1) + "f"), MemberKind::File),
+            m(&("b/".repeat(MAX_DEPTH - 1) + "f"), MemberKind::File),
         ];
         let up = vec![dd("", &["Da", "R./a", "T./b/b"])];
         let (t, notes) = build(&[&deep, &up], u64::MAX).unwrap();
@@ -674,7 +678,13 @@ mod tests {
     #[test]
     fn memory_is_bounded() {
         let l0: Vec<Member> = (0..1000)
-            .map(|i| at(&format!("d{i}/{}", "x/".repeat(100)), Kind::Dir, i * 512))
+            .map(|i| {
+                at(
+                    &format!("d{i}/{}", "x/".repeat(100)),
+                    MemberKind::Dir,
+                    i * 512,
+                )
+            })
             .collect();
         let err = build(&[&l0], 1 << 20).unwrap_err();
         assert!(err.msg.contains("memory"), "{err:?}");
@@ -686,7 +696,7 @@ mod tests {
         let names: Vec<String> = (0..100_000).map(|i| format!("Yf{i}")).collect();
         let recs: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut l0 = vec![dd("", &recs)];
-        l0.extend((0..100_000).map(|i| m(&format!("f{i}"), Kind::File)));
+        l0.extend((0..100_000).map(|i| m(&format!("f{i}"), MemberKind::File)));
         let keep: Vec<&str> = recs.iter().copied().step_by(2).collect();
         let l1 = vec![dd("", &keep)];
         let start = std::time::Instant::now();

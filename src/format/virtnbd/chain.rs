@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 /// What a file name says about its backup level.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Level {
+pub enum BackupLevel {
     /// `<disk>.full.data`
     Full,
     /// `<disk>.copy.data`
@@ -21,29 +21,29 @@ pub enum Level {
     Diff(String),
 }
 
-impl Level {
+impl BackupLevel {
     /// Key of the backup run that wrote the file: files of one run share it across disks.
     /// A full run saves raw disks as `.copy.data`, so full and copy are one run.
     pub fn run_key(&self) -> String {
         match self {
-            Level::Full | Level::Copy => "base".into(),
-            Level::Inc(x) => format!("inc.{x}"),
-            Level::Diff(x) => format!("diff.{x}"),
+            BackupLevel::Full | BackupLevel::Copy => "base".into(),
+            BackupLevel::Inc(x) => format!("inc.{x}"),
+            BackupLevel::Diff(x) => format!("diff.{x}"),
         }
     }
 }
 
 /// Splits `<disk>.<level>.data` into disk and level; `None` for names virtnbdbackup does not
 /// write (so an unrelated `foo.data` does not make a folder a backup set).
-pub fn parse_name(name: &str) -> Option<(String, Level)> {
+pub fn parse_name(name: &str) -> Option<(String, BackupLevel)> {
     let base = name.strip_suffix(".data")?;
     let (disk, rest) = base.split_once('.').unwrap_or((base, ""));
     let level = match rest {
-        "full" => Level::Full,
-        "copy" => Level::Copy,
+        "full" => BackupLevel::Full,
+        "copy" => BackupLevel::Copy,
         _ => match rest.split_once('.') {
-            Some(("inc", cp)) if !cp.is_empty() => Level::Inc(cp.into()),
-            Some(("diff", id)) if !id.is_empty() => Level::Diff(id.into()),
+            Some(("inc", cp)) if !cp.is_empty() => BackupLevel::Inc(cp.into()),
+            Some(("diff", id)) if !id.is_empty() => BackupLevel::Diff(id.into()),
             _ => return None,
         },
     };
@@ -52,7 +52,7 @@ pub fn parse_name(name: &str) -> Option<(String, Level)> {
 
 /// The parts of a stream's meta the chain depends on.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Header {
+pub struct StreamHeader {
     /// A plain raw image (no stream header).
     pub raw: bool,
     /// meta `incremental`.
@@ -65,7 +65,7 @@ pub struct Header {
     pub date: Option<NaiveDateTime>,
 }
 
-impl Header {
+impl StreamHeader {
     /// An offline incremental: no checkpoint created, `checkpointName == parentCheckpoint`.
     pub fn offline(&self) -> bool {
         self.incremental && self.checkpoint.is_some() && self.checkpoint == self.parent
@@ -78,10 +78,10 @@ pub struct FileInfo {
     pub name: String,
     /// Disk, from the file name.
     pub disk: String,
-    /// Level, from the file name.
-    pub level: Level,
+    /// Backup level, from the file name.
+    pub level: BackupLevel,
     /// Its header, or why it cannot be read.
-    pub header: Result<Header>,
+    pub header: Result<StreamHeader>,
 }
 
 /// The checkpoint tree as `checkpoints/*.xml` and `<domain>.cpt` record it: child → parent.
@@ -206,15 +206,15 @@ impl<'a> Resolver<'a> {
         let mut creators = HashMap::new();
         for (i, f) in files.iter().enumerate() {
             let created: Option<&str> = match (&f.header, &f.level) {
-                (Ok(h), Level::Copy) if !h.incremental => None,
+                (Ok(h), BackupLevel::Copy) if !h.incremental => None,
                 (Ok(h), _) if h.raw => None,
                 (Ok(h), _) if !h.incremental => h.checkpoint.as_deref(),
-                (Ok(h), Level::Inc(_)) if !h.offline() => h.checkpoint.as_deref(),
+                (Ok(h), BackupLevel::Inc(_)) if !h.offline() => h.checkpoint.as_deref(),
                 (Ok(_), _) => None,
                 // A damaged file still claims what its name says, so that its dependents
                 // report the damage instead of a missing parent.
-                (Err(_), Level::Full) => Some("virtnbdbackup.0"),
-                (Err(_), Level::Inc(cp)) => Some(cp.as_str()),
+                (Err(_), BackupLevel::Full) => Some("virtnbdbackup.0"),
+                (Err(_), BackupLevel::Inc(cp)) => Some(cp.as_str()),
                 (Err(_), _) => None,
             };
             if let Some(cp) = created {
@@ -297,7 +297,7 @@ impl<'a> Resolver<'a> {
     fn without_creator(
         &self,
         idx: usize,
-        h: &Header,
+        h: &StreamHeader,
         parent: &str,
         visiting: &mut HashSet<usize>,
         warnings: &mut Vec<String>,
@@ -315,11 +315,11 @@ impl<'a> Resolver<'a> {
         let offline_on = |cp: &str| {
             self.files.iter().position(|o| {
                 o.disk == f.disk
-                    && o.level == Level::Inc(cp.to_owned())
-                    && o.header.as_ref().is_ok_and(Header::offline)
+                    && o.level == BackupLevel::Inc(cp.to_owned())
+                    && o.header.as_ref().is_ok_and(StreamHeader::offline)
             })
         };
-        let collided = h.offline() && f.level == Level::Inc(parent.to_owned());
+        let collided = h.offline() && f.level == BackupLevel::Inc(parent.to_owned());
         if !collided {
             // A later backup on top of the overwritten checkpoint: the offline incremental on
             // it stands in (its own resolution carries the warning).
@@ -354,7 +354,7 @@ impl<'a> Resolver<'a> {
 mod tests {
     use super::*;
 
-    fn file(name: &str, h: Header) -> FileInfo {
+    fn file(name: &str, h: StreamHeader) -> FileInfo {
         let (disk, level) = parse_name(name).unwrap();
         FileInfo {
             name: name.into(),
@@ -364,8 +364,8 @@ mod tests {
         }
     }
 
-    fn hdr(incremental: bool, cp: &str, parent: &str) -> Header {
-        Header {
+    fn hdr(incremental: bool, cp: &str, parent: &str) -> StreamHeader {
+        StreamHeader {
             raw: false,
             incremental,
             checkpoint: (!cp.is_empty()).then(|| cp.to_owned()),
@@ -386,15 +386,15 @@ mod tests {
     fn names_parse() {
         assert_eq!(
             parse_name("vda.full.data"),
-            Some(("vda".into(), Level::Full))
+            Some(("vda".into(), BackupLevel::Full))
         );
         assert_eq!(
             parse_name("sda.inc.virtnbdbackup.3.data"),
-            Some(("sda".into(), Level::Inc("virtnbdbackup.3".into())))
+            Some(("sda".into(), BackupLevel::Inc("virtnbdbackup.3".into())))
         );
         assert_eq!(
             parse_name("vda.diff.1795313044.data"),
-            Some(("vda".into(), Level::Diff("1795313044".into())))
+            Some(("vda".into(), BackupLevel::Diff("1795313044".into())))
         );
         assert_eq!(parse_name("vda.full.data.partial"), None);
         assert_eq!(parse_name("notes.data"), None);

@@ -5,7 +5,7 @@ pub const FRAME_LEN: usize = 40;
 
 /// What a frame holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub enum FrameKind {
     /// The JSON metadata, first in the file.
     Meta,
     /// Guest bytes (raw or LZ4 frames) follow the header.
@@ -20,9 +20,9 @@ pub enum Kind {
 
 /// A parsed frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Header {
+pub struct FrameHeader {
     /// Frame kind.
-    pub kind: Kind,
+    pub kind: FrameKind,
     /// Guest offset (data, zero) or 0.
     pub start: u64,
     /// Guest length (data, zero), JSON length (meta, comp) or 0.
@@ -30,7 +30,8 @@ pub struct Header {
 }
 
 /// Parses one header; the error says what is wrong with it (the caller adds file and offset).
-pub fn parse(h: &[u8]) -> Result<Header, String> {
+// A bare message: every caller wraps it at once into an `Error` with the file and offset.
+pub fn parse(h: &[u8]) -> Result<FrameHeader, String> {
     let Some(h) = h
         .get(..FRAME_LEN)
         .and_then(|h| <&[u8; FRAME_LEN]>::try_from(h).ok())
@@ -41,11 +42,11 @@ pub fn parse(h: &[u8]) -> Result<Header, String> {
         ));
     };
     let kind = match &h[0..4] {
-        b"meta" => Kind::Meta,
-        b"data" => Kind::Data,
-        b"zero" => Kind::Zero,
-        b"stop" => Kind::Stop,
-        b"comp" => Kind::Comp,
+        b"meta" => FrameKind::Meta,
+        b"data" => FrameKind::Data,
+        b"zero" => FrameKind::Zero,
+        b"stop" => FrameKind::Stop,
+        b"comp" => FrameKind::Comp,
         other => {
             return Err(format!(
                 "garbage frame header: kind {:?} is not meta/data/zero/stop/comp",
@@ -59,7 +60,7 @@ pub fn parse(h: &[u8]) -> Result<Header, String> {
             String::from_utf8_lossy(h)
         ));
     }
-    Ok(Header {
+    Ok(FrameHeader {
         kind,
         start: hex16(&h[5..21])?,
         length: hex16(&h[22..38])?,
@@ -67,6 +68,7 @@ pub fn parse(h: &[u8]) -> Result<Header, String> {
 }
 
 /// 16 hex digits, either case (the reference reader parses with base 16).
+// A bare message, reaching the caller of `parse` (which wraps it with file and offset).
 fn hex16(digits: &[u8]) -> Result<u64, String> {
     let mut v = 0u64;
     for &d in digits {
@@ -95,10 +97,10 @@ mod tests {
         let h = parse(b"data 0000000001800000 0000000002400000\r\n").unwrap();
         assert_eq!(
             (h.kind, h.start, h.length),
-            (Kind::Data, 0x1800000, 0x2400000)
+            (FrameKind::Data, 0x1800000, 0x2400000)
         );
         let h = parse(b"meta 0000000000000000 000000000000014F\r\n").unwrap();
-        assert_eq!((h.kind, h.length), (Kind::Meta, 0x14f));
+        assert_eq!((h.kind, h.length), (FrameKind::Meta, 0x14f));
     }
 
     #[test]

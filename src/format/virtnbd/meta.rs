@@ -7,7 +7,7 @@ use crate::timefmt;
 
 /// The fields restorefs uses; missing optional keys are `None` (old writers omit some).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Meta {
+pub struct StreamMeta {
     /// Virtual disk size at backup time.
     pub virtual_size: u64,
     /// Sum of the uncompressed lengths of all data frames.
@@ -27,7 +27,8 @@ pub struct Meta {
 }
 
 /// Parses the meta JSON; the error says which key is wrong.
-pub fn parse(json: &[u8]) -> Result<Meta, String> {
+// A bare message: every caller wraps it at once into an `Error` with the file and offset.
+pub fn parse(json: &[u8]) -> Result<StreamMeta, String> {
     let v: Value = serde_json::from_slice(json).map_err(|e| format!("bad meta JSON: {e}"))?;
     let obj = v.as_object().ok_or("bad meta JSON: not an object")?;
     let uint = |k: &str| -> Result<u64, String> {
@@ -64,7 +65,7 @@ pub fn parse(json: &[u8]) -> Result<Meta, String> {
             "meta 'virtualSize' {virtual_size} is beyond any disk"
         ));
     }
-    Ok(Meta {
+    Ok(StreamMeta {
         virtual_size,
         data_size: uint("dataSize")?,
         date: obj

@@ -22,7 +22,7 @@ use crate::model::{
 use crate::timefmt;
 use crate::vfs::{self, Attr, BytesFile, ErrorFile, Node};
 
-pub use chain::{Level, parse_name};
+pub use chain::{BackupLevel, parse_name};
 pub use stream::Stream;
 
 /// The format's name, as `ls` and `info.json` show it.
@@ -103,9 +103,17 @@ impl VirtnbdSet {
         for (i, f) in infos.iter().enumerate() {
             runs.entry(f.level.run_key()).or_default().push(i);
         }
+        let folder = Folder {
+            dir,
+            files,
+            infos: &infos,
+            streams: &streams,
+            resolver: &resolver,
+            opts,
+        };
         let mut built: Vec<(Point, Vec<usize>, Vec<Error>)> = runs
             .values()
-            .map(|members| build_point(dir, files, &infos, &streams, &resolver, members, opts))
+            .map(|members| folder.build_point(members))
             .collect();
         built.sort_by(|a, b| (a.0.time, &a.0.name).cmp(&(b.0.time, &b.0.name)));
         let mut taken = HashSet::new();
@@ -126,16 +134,16 @@ impl VirtnbdSet {
     }
 }
 
-fn header_of(s: &Stream) -> chain::Header {
+fn header_of(s: &Stream) -> chain::StreamHeader {
     match s.meta() {
-        None => chain::Header {
+        None => chain::StreamHeader {
             raw: true,
             incremental: false,
             checkpoint: None,
             parent: None,
             date: None,
         },
-        Some(m) => chain::Header {
+        Some(m) => chain::StreamHeader {
             raw: false,
             incremental: m.incremental,
             checkpoint: m.checkpoint.clone(),
@@ -145,36 +153,51 @@ fn header_of(s: &Stream) -> chain::Header {
     }
 }
 
-/// The point of one backup run (`members`: its files, one per disk).
-fn build_point(
-    dir: &Path,
-    files: &[String],
+/// What every point of one folder is built from.
+struct Folder<'a> {
+    dir: &'a Path,
+    files: &'a [String],
+    infos: &'a [chain::FileInfo],
+    streams: &'a [(String, Result<Arc<Stream>>)],
+    resolver: &'a chain::Resolver<'a>,
+    opts: &'a ScanContext,
+}
+
+/// The disk images of one point as they are built: exposed files, the streams they read and
+/// the errors met.
+#[derive(Default)]
+struct Disks {
+    exposed: Vec<Exposed>,
+    used: Vec<usize>,
+    errors: Vec<Error>,
+}
+
+/// What a run is: `full` when a full backup (or only base streams) is among its files.
+fn run_kind(
     infos: &[chain::FileInfo],
-    streams: &[(String, Result<Arc<Stream>>)],
-    resolver: &chain::Resolver<'_>,
     members: &[usize],
-    opts: &ScanContext,
-) -> (Point, Vec<usize>, Vec<Error>) {
-    let first = &infos[members[0]];
-    let headers: Vec<&chain::Header> = members
-        .iter()
-        .filter_map(|&i| infos[i].header.as_ref().ok())
-        .collect();
+    headers: &[&chain::StreamHeader],
+) -> &'static str {
     let any_base = headers.iter().any(|h| !h.incremental);
-    let kind = match &first.level {
-        Level::Full | Level::Copy if members.iter().any(|&i| infos[i].level == Level::Full) => {
+    match &infos[members[0]].level {
+        BackupLevel::Full | BackupLevel::Copy
+            if members.iter().any(|&i| infos[i].level == BackupLevel::Full) =>
+        {
             "full"
         }
-        Level::Full | Level::Copy => "copy",
-        Level::Inc(_) | Level::Diff(_) if any_base && headers.iter().all(|h| !h.incremental) => {
+        BackupLevel::Full | BackupLevel::Copy => "copy",
+        BackupLevel::Inc(_) | BackupLevel::Diff(_)
+            if any_base && headers.iter().all(|h| !h.incremental) =>
+        {
             "full"
         }
-        Level::Inc(_) => "inc",
-        Level::Diff(_) => "diff",
-    };
-    let mut warnings = Vec::new();
-    let time = run_time(dir, files, infos, members, kind, &mut warnings);
-    let stream_header = headers.iter().find(|h| !h.raw);
+        BackupLevel::Inc(_) => "inc",
+        BackupLevel::Diff(_) => "diff",
+    }
+}
+
+/// A point's ids: the checkpoint its stream meta names, and that checkpoint's parent.
+fn checkpoint_ids(stream_header: Option<&chain::StreamHeader>) -> Map<String, serde_json::Value> {
     let mut ids = Map::new();
     ids.insert(
         "checkpoint".into(),
@@ -184,27 +207,79 @@ fn build_point(
         "parent_checkpoint".into(),
         json!(stream_header.and_then(|h| h.parent.clone())),
     );
+    ids
+}
 
-    let mtime = time
-        .as_ref()
-        .map_or(std::time::UNIX_EPOCH, timefmt::to_system_time);
-    let attr = Attr::read_only(false, mtime);
-    let mut exposed = Vec::new();
-    let mut used = Vec::new();
-    let mut errors = Vec::new();
-    let mut by_disk: Vec<usize> = members.to_vec();
-    by_disk.sort_by(|&a, &b| infos[a].disk.cmp(&infos[b].disk));
-    for &m in &by_disk {
-        let info = &infos[m];
+impl Folder<'_> {
+    /// The point of one backup run (`members`: its files, one per disk).
+    fn build_point(&self, members: &[usize]) -> (Point, Vec<usize>, Vec<Error>) {
+        let infos = self.infos;
+        let headers: Vec<&chain::StreamHeader> = members
+            .iter()
+            .filter_map(|&i| infos[i].header.as_ref().ok())
+            .collect();
+        let kind = run_kind(infos, members, &headers);
+        let mut warnings = Vec::new();
+        let time = run_time(self.dir, self.files, infos, members, kind, &mut warnings);
+        let stream_header = headers.iter().find(|h| !h.raw).copied();
+        let ids = checkpoint_ids(stream_header);
+        let mtime = time
+            .as_ref()
+            .map_or(std::time::UNIX_EPOCH, timefmt::to_system_time);
+        let attr = Attr::read_only(false, mtime);
+        let mut disks = Disks::default();
+        let mut by_disk: Vec<usize> = members.to_vec();
+        by_disk.sort_by(|&a, &b| infos[a].disk.cmp(&infos[b].disk));
+        for &m in &by_disk {
+            self.expose_disk(m, attr, &mut disks, &mut warnings);
+        }
+        let Disks {
+            mut exposed,
+            mut used,
+            errors,
+        } = disks;
+        let all_failed = !exposed.is_empty() && exposed.iter().all(|e| e.error.is_some());
+        let content = if let (true, Some(first)) = (all_failed, errors.first()) {
+            Err(first.clone())
+        } else {
+            if let Some(xml) = vmconfig(self.dir, infos, members, stream_header) {
+                exposed.push(Exposed {
+                    path: "vmconfig.xml".into(),
+                    size: Some(xml.1.len() as u64),
+                    node: Node::File(BytesFile::new(xml.1, attr)),
+                    sources: vec![xml.0],
+                    error: None,
+                });
+            }
+            Ok(exposed)
+        };
+        let name = format!(
+            "{}_{kind}",
+            time.as_ref()
+                .map_or_else(|| "unknown-time".to_owned(), timefmt::to_name)
+        );
+        used.sort_unstable();
+        used.dedup();
+        (
+            Point::new(name, time, kind, ids, content, warnings),
+            used,
+            errors,
+        )
+    }
+
+    /// Adds the image of stream `m`'s disk to `disks` (a failing file when its chain does not
+    /// resolve); disks whose name is not a usable file name are left out with a warning.
+    fn expose_disk(&self, m: usize, attr: Attr, disks: &mut Disks, warnings: &mut Vec<String>) {
+        let info = &self.infos[m];
         let file_name = format!("{}.raw", info.disk);
         if !vfs::is_safe_name(&info.disk) || !vfs::is_safe_name(&file_name) {
             warnings.push(format!(
                 "{}: disk name not usable as a file name, not exposed",
                 info.name
             ));
-            continue;
+            return;
         }
-        if let Ok(s) = &streams[m].1
+        if let Ok(s) = &self.streams[m].1
             && let Some(meta_name) = s.meta().and_then(|m| m.disk_name.as_deref())
             && meta_name != info.disk
         {
@@ -213,36 +288,28 @@ fn build_point(
                 info.name, info.disk
             ));
         }
-        let resolved = resolver.resolve(m);
+        let resolved = self.resolver.resolve(m);
         warnings.extend(resolved.warnings);
-        let size = streams[m].1.as_ref().map_or(0, |s| s.virtual_size());
-        // A resolved sequence holds only files whose header was read, so all are open.
-        let layers = resolved.sequence.and_then(|seq| {
-            let layers = seq
-                .iter()
-                .map(|&i| match &streams[i].1 {
-                    Ok(s) => Ok(Arc::clone(s) as Arc<dyn Layer>),
-                    Err(e) => Err(e.clone()),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok((seq, layers))
-        });
-        match layers {
+        let size = self.streams[m].1.as_ref().map_or(0, |s| s.virtual_size());
+        match resolved
+            .sequence
+            .and_then(|seq| self.layers(&seq).map(|layers| (seq, layers)))
+        {
             Ok((seq, layers)) => {
-                used.extend(&seq);
-                let image = ImageFile::new(size, layers, Arc::clone(&opts.cache), attr);
-                exposed.push(Exposed {
+                disks.used.extend(&seq);
+                let image = ImageFile::new(size, layers, Arc::clone(&self.opts.cache), attr);
+                disks.exposed.push(Exposed {
                     path: file_name,
                     node: Node::File(Arc::new(image)),
                     size: Some(size),
-                    sources: seq.iter().map(|&i| infos[i].name.clone()).collect(),
+                    sources: seq.iter().map(|&i| self.infos[i].name.clone()).collect(),
                     error: None,
                 });
             }
             Err(e) => {
                 log::warn!("{e}");
-                errors.push(e.clone());
-                exposed.push(Exposed {
+                disks.errors.push(e.clone());
+                disks.exposed.push(Exposed {
                     path: file_name,
                     node: Node::File(ErrorFile::new(size, e.clone(), attr)),
                     size: Some(size),
@@ -252,33 +319,17 @@ fn build_point(
             }
         }
     }
-    let all_failed = !exposed.is_empty() && exposed.iter().all(|e| e.error.is_some());
-    let content = if let (true, Some(first)) = (all_failed, errors.first()) {
-        Err(first.clone())
-    } else {
-        if let Some(xml) = vmconfig(dir, infos, members, stream_header.copied()) {
-            exposed.push(Exposed {
-                path: "vmconfig.xml".into(),
-                size: Some(xml.1.len() as u64),
-                node: Node::File(BytesFile::new(xml.1, attr)),
-                sources: vec![xml.0],
-                error: None,
-            });
-        }
-        Ok(exposed)
-    };
-    let name = format!(
-        "{}_{kind}",
-        time.as_ref()
-            .map_or_else(|| "unknown-time".to_owned(), timefmt::to_name)
-    );
-    used.sort_unstable();
-    used.dedup();
-    (
-        Point::new(name, time, kind, ids, content, warnings),
-        used,
-        errors,
-    )
+
+    /// The open streams of a resolved sequence, as image layers.
+    fn layers(&self, seq: &[usize]) -> Result<Vec<Arc<dyn Layer>>> {
+        // A resolved sequence holds only files whose header was read, so all are open.
+        seq.iter()
+            .map(|&i| match &self.streams[i].1 {
+                Ok(s) => Ok(Arc::clone(s) as Arc<dyn Layer>),
+                Err(e) => Err(e.clone()),
+            })
+            .collect()
+    }
 }
 
 /// When a run happened: the earliest meta date of its streams; for runs of raw images only, the
@@ -298,7 +349,7 @@ fn run_time(
     if dated.is_some() {
         return dated;
     }
-    if let Level::Diff(id) = &infos[members[0]].level
+    if let BackupLevel::Diff(id) = &infos[members[0]].level
         && let Some(t) = id.parse().ok().and_then(timefmt::from_unix)
     {
         return Some(t);
@@ -331,13 +382,13 @@ fn vmconfig(
     dir: &Path,
     infos: &[chain::FileInfo],
     members: &[usize],
-    header: Option<&chain::Header>,
+    header: Option<&chain::StreamHeader>,
 ) -> Option<(String, Vec<u8>)> {
-    let full = members.iter().any(|&m| infos[m].level == Level::Full);
+    let full = members.iter().any(|&m| infos[m].level == BackupLevel::Full);
     let ident = match &infos[members[0]].level {
-        Level::Full | Level::Copy if full => header?.checkpoint.clone()?,
-        Level::Full | Level::Copy => "copy".into(),
-        Level::Inc(x) | Level::Diff(x) => x.clone(),
+        BackupLevel::Full | BackupLevel::Copy if full => header?.checkpoint.clone()?,
+        BackupLevel::Full | BackupLevel::Copy => "copy".into(),
+        BackupLevel::Inc(x) | BackupLevel::Diff(x) => x.clone(),
     };
     let name = format!("vmconfig.{ident}.xml");
     // The ident may come from a meta header: it must name a file of this folder, nothing else.

@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock};
 use indicatif::ProgressBar;
 use serde_json::Value;
 
-use super::frame::{self, FRAME_LEN, Kind};
-use super::meta::{self, Meta};
+use super::frame::{self, FRAME_LEN, FrameKind};
+use super::meta::{self, StreamMeta};
 use crate::blockmap::{Extent, HOLE, NO_CHUNK};
 use crate::cache;
 use crate::error::{Error, Result};
@@ -26,7 +26,7 @@ use crate::vfs;
 /// (parsed when opened, or, when the index cache holds it, loaded on first use).
 pub struct Stream {
     source: Arc<Source>,
-    meta: Option<Meta>,
+    meta: Option<StreamMeta>,
     index: OnceLock<Result<LayerIndex>>,
     cached: Option<(Arc<IndexCache>, String)>,
     owner: u64,
@@ -61,7 +61,7 @@ impl Layer for Stream {
 }
 
 /// Parses the whole file: a stream's frames, or a raw image's data runs.
-fn parse(source: &Arc<Source>) -> Result<(Option<Meta>, LayerIndex)> {
+fn parse(source: &Arc<Source>) -> Result<(Option<StreamMeta>, LayerIndex)> {
     let r = if source.bytes().starts_with(b"meta") {
         let (meta, index) = Parser::new(source).parse()?;
         (Some(meta), index)
@@ -122,7 +122,7 @@ impl Stream {
     }
 
     /// The meta header; `None` for a raw image.
-    pub fn meta(&self) -> Option<&Meta> {
+    pub fn meta(&self) -> Option<&StreamMeta> {
         self.meta.as_ref()
     }
 
@@ -327,6 +327,21 @@ fn raw_extents(source: &Source) -> Result<Vec<Extent>> {
     Ok(out)
 }
 
+/// The compression trailer: per data frame the compressed sizes of its LZ4 frames, and the
+/// trailer's file offset.
+type Trailer = (Vec<Vec<u64>>, u64);
+
+/// What the frame walk has gathered so far.
+#[derive(Default)]
+struct FrameWalk {
+    extents: Vec<Extent>,
+    chunks: Vec<Chunk>,
+    data_frames: usize,
+    data_sum: u64,
+    /// The end of the last data or zero frame: frames must not go back.
+    prev_end: u64,
+}
+
 /// Walks a stream's frames once.
 struct Parser<'a> {
     source: &'a Arc<Source>,
@@ -345,7 +360,7 @@ impl<'a> Parser<'a> {
         Error::corrupt(self.source.path(), offset, msg)
     }
 
-    fn header(&self, pos: u64) -> Result<frame::Header> {
+    fn header(&self, pos: u64) -> Result<frame::FrameHeader> {
         let rest = self.bytes.get(pos as usize..).unwrap_or(&[]);
         if rest.len() < FRAME_LEN {
             return Err(self.err(
@@ -369,9 +384,9 @@ impl<'a> Parser<'a> {
     }
 
     /// The meta frame, and the offset of the first frame after it.
-    fn meta(&self) -> Result<(Meta, u64)> {
+    fn meta(&self) -> Result<(StreamMeta, u64)> {
         let h = self.header(0)?;
-        if h.kind != Kind::Meta {
+        if h.kind != FrameKind::Meta {
             return Err(self.err(0, "first frame is not meta"));
         }
         let json = self.source.slice(FRAME_LEN as u64, h.length, "meta JSON")?;
@@ -390,20 +405,34 @@ impl<'a> Parser<'a> {
         Ok((meta, pos + 2))
     }
 
-    fn parse(&self) -> Result<(Meta, LayerIndex)> {
-        let (meta, mut pos) = self.meta()?;
+    fn parse(&self) -> Result<(StreamMeta, LayerIndex)> {
+        let (meta, pos) = self.meta()?;
         let trailer = if meta.compressed {
             Some(self.trailer()?)
         } else {
             None
         };
+        let mut walk = FrameWalk::default();
+        let end = self.frames(&meta, trailer.as_ref(), pos, &mut walk)?;
+        self.check_totals(&meta, trailer.as_ref(), end, &walk)?;
+        Ok((
+            meta,
+            LayerIndex {
+                extents: walk.extents,
+                chunks: walk.chunks,
+            },
+        ))
+    }
 
-        let mut extents = Vec::new();
-        let mut chunks = Vec::new();
+    /// Walks the frames from `pos` up to the stop frame; returns the offset right after it.
+    fn frames(
+        &self,
+        meta: &StreamMeta,
+        trailer: Option<&Trailer>,
+        mut pos: u64,
+        walk: &mut FrameWalk,
+    ) -> Result<u64> {
         let mut frames_seen = 0u64;
-        let mut data_frames = 0usize;
-        let mut data_sum = 0u64;
-        let mut prev_end = 0u64;
         loop {
             // Page faults map 64 KiB around each header: release them as we go, so indexing
             // a big file does not make it resident.
@@ -412,28 +441,13 @@ impl<'a> Parser<'a> {
                 self.source.release();
             }
             let h = self.header(pos)?;
-            let frame_end = h.start.checked_add(h.length);
-            if matches!(h.kind, Kind::Data | Kind::Zero) {
-                match frame_end {
-                    Some(end) if h.start >= prev_end && end <= meta.virtual_size => prev_end = end,
-                    _ => {
-                        return Err(self.err(
-                            pos,
-                            format!(
-                                "frame {:#x}+{:#x} overlaps the previous frame or leaves the {}-byte disk",
-                                h.start, h.length, meta.virtual_size
-                            ),
-                        ));
-                    }
-                }
+            if matches!(h.kind, FrameKind::Data | FrameKind::Zero) {
+                self.check_in_order(pos, h, meta.virtual_size, &mut walk.prev_end)?;
             }
             match h.kind {
-                Kind::Stop => {
-                    pos += FRAME_LEN as u64;
-                    break;
-                }
-                Kind::Zero => {
-                    extents.push(Extent {
+                FrameKind::Stop => return Ok(pos + FRAME_LEN as u64),
+                FrameKind::Zero => {
+                    walk.extents.push(Extent {
                         start: h.start,
                         len: h.length,
                         off: 0,
@@ -442,47 +456,8 @@ impl<'a> Parser<'a> {
                     });
                     pos += FRAME_LEN as u64;
                 }
-                Kind::Data => {
-                    let payload = pos + FRAME_LEN as u64;
-                    let stored = match &trailer {
-                        None => {
-                            self.source.slice(payload, h.length, "data payload")?;
-                            extents.push(Extent {
-                                start: h.start,
-                                len: h.length,
-                                off: payload,
-                                src: 0,
-                                chunk: NO_CHUNK,
-                            });
-                            h.length
-                        }
-                        Some((entries, _)) => {
-                            let sizes = entries.get(data_frames).ok_or_else(|| {
-                                self.err(
-                                    pos,
-                                    format!(
-                                        "compression trailer lists {} data frames, this is data frame #{}",
-                                        entries.len(),
-                                        data_frames + 1
-                                    ),
-                                )
-                            })?;
-                            self.lz4_frames(pos, h, payload, sizes, &mut extents, &mut chunks)?
-                        }
-                    };
-                    let end = payload + stored;
-                    let what = match trailer {
-                        None => "data payload",
-                        Some(_) => {
-                            "the LZ4 frames the compression trailer lists (trailer inconsistent?)"
-                        }
-                    };
-                    self.expect_crlf(end, what)?;
-                    pos = end + 2;
-                    data_frames += 1;
-                    data_sum += h.length;
-                }
-                Kind::Meta | Kind::Comp => {
+                FrameKind::Data => pos = self.data_frame(pos, h, trailer, walk)?,
+                FrameKind::Meta | FrameKind::Comp => {
                     return Err(self.err(
                         pos,
                         format!("unexpected {:?} frame inside the stream", h.kind),
@@ -490,42 +465,124 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        if data_sum != meta.data_size {
-            return Err(self.err(
+    }
+
+    /// Checks that a data or zero frame starts at or after the previous one's end and stays
+    /// inside the disk.
+    fn check_in_order(
+        &self,
+        pos: u64,
+        h: frame::FrameHeader,
+        virtual_size: u64,
+        prev_end: &mut u64,
+    ) -> Result<()> {
+        match h.start.checked_add(h.length) {
+            Some(end) if h.start >= *prev_end && end <= virtual_size => {
+                *prev_end = end;
+                Ok(())
+            }
+            _ => Err(self.err(
                 pos,
                 format!(
-                    "meta says dataSize {}, the data frames hold {data_sum} bytes",
-                    meta.data_size
+                    "frame {:#x}+{:#x} overlaps the previous frame or leaves the {}-byte disk",
+                    h.start, h.length, virtual_size
+                ),
+            )),
+        }
+    }
+
+    /// Indexes one data frame at `pos`; returns the offset of the next frame.
+    fn data_frame(
+        &self,
+        pos: u64,
+        h: frame::FrameHeader,
+        trailer: Option<&Trailer>,
+        walk: &mut FrameWalk,
+    ) -> Result<u64> {
+        let payload = pos + FRAME_LEN as u64;
+        let stored = match trailer {
+            None => {
+                self.source.slice(payload, h.length, "data payload")?;
+                walk.extents.push(Extent {
+                    start: h.start,
+                    len: h.length,
+                    off: payload,
+                    src: 0,
+                    chunk: NO_CHUNK,
+                });
+                h.length
+            }
+            Some((entries, _)) => {
+                let sizes = entries.get(walk.data_frames).ok_or_else(|| {
+                    self.err(
+                        pos,
+                        format!(
+                            "compression trailer lists {} data frames, this is data frame #{}",
+                            entries.len(),
+                            walk.data_frames + 1
+                        ),
+                    )
+                })?;
+                self.lz4_frames(pos, h, payload, sizes, &mut walk.extents, &mut walk.chunks)?
+            }
+        };
+        let end = payload + stored;
+        let what = match trailer {
+            None => "data payload",
+            Some(_) => "the LZ4 frames the compression trailer lists (trailer inconsistent?)",
+        };
+        self.expect_crlf(end, what)?;
+        walk.data_frames += 1;
+        walk.data_sum += h.length;
+        Ok(end + 2)
+    }
+
+    /// Checks the frames against the meta's `dataSize` and the trailer (`end`: right after the
+    /// stop frame).
+    fn check_totals(
+        &self,
+        meta: &StreamMeta,
+        trailer: Option<&Trailer>,
+        end: u64,
+        walk: &FrameWalk,
+    ) -> Result<()> {
+        if walk.data_sum != meta.data_size {
+            return Err(self.err(
+                end,
+                format!(
+                    "meta says dataSize {}, the data frames hold {} bytes",
+                    meta.data_size, walk.data_sum
                 ),
             ));
         }
-        if let Some((entries, start)) = &trailer {
-            if entries.len() != data_frames {
+        if let Some((entries, start)) = trailer {
+            if entries.len() != walk.data_frames {
                 return Err(self.err(
                     *start,
                     format!(
-                        "compression trailer lists {} data frames, the stream has {data_frames}",
-                        entries.len()
+                        "compression trailer lists {} data frames, the stream has {}",
+                        entries.len(),
+                        walk.data_frames
                     ),
                 ));
             }
-            if *start != pos {
+            if *start != end {
                 return Err(self.err(
-                    pos,
+                    end,
                     format!(
                         "compression trailer starts at {start}, expected right after the stop frame"
                     ),
                 ));
             }
         }
-        Ok((meta, LayerIndex { extents, chunks }))
+        Ok(())
     }
 
     /// Indexes the LZ4 frames of one data payload; returns their total compressed size.
     fn lz4_frames(
         &self,
         pos: u64,
-        h: frame::Header,
+        h: frame::FrameHeader,
         payload: u64,
         sizes: &[u64],
         extents: &mut Vec<Extent>,
@@ -585,7 +642,7 @@ impl<'a> Parser<'a> {
 
     /// Reads the compression trailer: per data frame the compressed sizes of its LZ4 frames.
     /// Returns them with the trailer's file offset.
-    fn trailer(&self) -> Result<(Vec<Vec<u64>>, u64)> {
+    fn trailer(&self) -> Result<Trailer> {
         let len = self.bytes.len() as u64;
         let missing = |what: &str| self.err(len, format!("compression trailer missing: {what}"));
         if len < FRAME_LEN as u64 + 2 {
@@ -594,7 +651,7 @@ impl<'a> Parser<'a> {
         let hpos = len - FRAME_LEN as u64;
         let tail = self.bytes.get(hpos as usize..).unwrap_or_default();
         let h = frame::parse(tail).map_err(|m| missing(&m))?;
-        if h.kind != Kind::Comp {
+        if h.kind != FrameKind::Comp {
             return Err(missing("the file does not end with a comp frame"));
         }
         let start = hpos
