@@ -3,7 +3,8 @@
 # anything slower? Runs alternate before/after so that drift of this (shared, noisy) machine
 # hits both; the spread of each side's runs is the noise to compare the difference with.
 #
-#   scripts/bench-compare.sh BEFORE_BINARY [AFTER_BINARY]   # RUNS (default 3), BENCH_DIR
+#   scripts/bench-compare.sh BEFORE_BINARY [AFTER_BINARY]   # RUNS (default 3), BENCH_DIR,
+#                                                           # SOURCES (default "plain lz4")
 #
 # AFTER_BINARY defaults to this tree's release build. Needs root (FUSE, drop_caches) and fio.
 set -euo pipefail
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/.."
 before=$(realpath "$1")
 dir=${BENCH_DIR:-/var/tmp/restorefs-bench}
 runs=${RUNS:-3}
+sources=${SOURCES:-plain lz4}
 cargo build --release -q
 cargo build --release -q --example gen_chain
 after=$(realpath "${2:-target/release/restorefs}")
@@ -62,7 +64,7 @@ stats() { # name metric: median min max
 
 echo "measuring ($runs runs each, alternating before/after)..."
 for run in $(seq "$runs"); do
-    for src in plain lz4; do
+    for src in $sources; do
         measure "before-$src" "$run" "$before" "$dir/$src"
         measure "after-$src" "$run" "$after" "$dir/$src"
     done
@@ -74,7 +76,7 @@ row() { # label metric unit src
     printf "| %-40s | %10s (%s–%s) | %10s (%s–%s) | %6s |\n" "$1 ($3)" "$b" "$bmin" "$bmax" "$a" "$amin" "$amax" \
         "$(python3 -c "print(round($a/$b,2) if $b else '-')")"
 }
-for src in plain lz4; do
+for src in $sources; do
     echo
     echo "| 4 GiB chain, $src (median (min–max) of $runs) | before | after | after/before |"
     echo "|---|---|---|---|"

@@ -5,7 +5,6 @@
 //! in the middle of a 32 MiB frame decodes from the start up to that read, and the decoded prefix
 //! stays in the shared cache for the next reader.
 
-use std::hash::Hasher;
 use std::io::Read;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -196,7 +195,6 @@ struct State {
     block_checksums: bool,
     content_checksum: bool,
     max_block: usize,
-    hasher: Option<XxHash32>,
     failed: Option<Error>,
 }
 
@@ -331,7 +329,6 @@ impl DecodedChunk {
             ));
         }
         st.input = desc_end + 1;
-        st.hasher = st.content_checksum.then(|| XxHash32::with_seed(0));
         st.out = self.runtime.buffer(self.raw_len);
         Ok(())
     }
@@ -386,10 +383,6 @@ impl DecodedChunk {
             next += 4;
         }
         let k = self.inflate(st, at, word & 0x8000_0000 != 0, data)?;
-        let decoded = st.decoded;
-        if let (Some(h), Some(bytes)) = (st.hasher.as_mut(), st.out.get(decoded..decoded + k)) {
-            h.write(bytes);
-        }
         st.decoded += k;
         st.input = next;
         self.source.served((next - at) as u64);
@@ -434,9 +427,10 @@ impl DecodedChunk {
         let mut end = at + 4;
         if st.content_checksum {
             let want = self.u32_at(frame, end, "the content checksum")?;
-            if let Some(got) = st.hasher.take().map(|h| h.finish_32())
-                && got != want
-            {
+            // Hashed once the frame is decoded to its end (one pass), so that reads that decode
+            // only a prefix (random reads) pay nothing for it.
+            let got = XxHash32::oneshot(0, st.out.get(..self.raw_len).unwrap_or_default());
+            if got != want {
                 return Err(self.corrupt(
                     end,
                     format!(
