@@ -107,15 +107,3 @@ fn cases_repeat_from_their_seed() {
         );
     }
 }
-
-#[test]
-#[ignore = "debugging aid: RESTOREFS_FUZZ_REPLAY=FORMAT:SEED"]
-fn replay() {
-    let v = std::env::var("RESTOREFS_FUZZ_REPLAY").unwrap();
-    let (f, s) = v.split_once(':').unwrap();
-    let format = Format::parse(f).unwrap();
-    let seed = u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
-    let case = fuzzing::prepare(format, seed);
-    eprintln!("{:?} in {}", case.mutations, case.source().display());
-    std::mem::forget(case);
-}
