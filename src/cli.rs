@@ -497,7 +497,7 @@ fn byte_bar(total: u64, msg: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template(
-            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+            "{prefix}{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
         )
         .expect("static template")
         .progress_chars("=> "),
@@ -890,7 +890,9 @@ fn verify(source: &Path, cache: &CacheArgs, sql: &SqlArgs) -> Result<ExitCode> {
     let mut out = Out::stdout();
     let mut closed = false;
     for s in cat.sets() {
-        bar.set_message(format!("verifying {}", s.path));
+        // The set here, the file or point being read by the format in the message.
+        bar.set_prefix(format!("verifying {} ", s.path));
+        bar.set_message(String::new());
         let mut lines = Vec::new();
         let points = s.set.points();
         if let Some(e) = s.set.problem() {

@@ -494,6 +494,7 @@ impl BackupSet for ClnSet {
         }
         if let Some(head) = points.head() {
             let name = point_name(head.plan.entry(head.upto).version);
+            progress.set_message(format!("{name} (rebuilding the newest version)"));
             let problems = match head.rebuild_file() {
                 Ok(path) => {
                     let r = replay::integrity_check(&path).map_err(|m| {

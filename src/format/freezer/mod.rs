@@ -749,6 +749,7 @@ impl BackupSet for FreezerSet {
         self.points
             .iter()
             .map(|p| {
+                progress.set_message(p.name.clone());
                 let mut problems: Vec<Error> =
                     p.content.as_ref().err().cloned().into_iter().collect();
                 if let Some((_, tree)) = self.chains.iter().find(|c| c.0 == p.name) {

@@ -433,7 +433,8 @@ impl BackupSet for VirtnbdSet {
     fn verify(&self, progress: &ProgressBar) -> Vec<Check> {
         let needed: HashSet<usize> = self.uses.iter().flat_map(|u| u.1.iter().copied()).collect();
         let mut results: Vec<Option<Error>> = vec![None; self.streams.len()];
-        for (i, (_, s)) in self.streams.iter().enumerate() {
+        for (i, (name, s)) in self.streams.iter().enumerate() {
+            progress.set_message(name.clone());
             results[i] = match s {
                 Err(e) => Some(e.clone()),
                 Ok(s) if needed.contains(&i) => s.verify(progress).err(),
