@@ -93,14 +93,6 @@ struct CacheArgs {
 }
 
 impl CacheArgs {
-    /// The values without any flag (for the mount.fuse3 form, which takes `-o` only).
-    fn defaults() -> CacheArgs {
-        use clap::{Args, FromArgMatches};
-        let cmd = CacheArgs::augment_args(clap::Command::new("restorefs"));
-        CacheArgs::from_arg_matches(&cmd.get_matches_from(["restorefs"]))
-            .expect("the defaults of CacheArgs parse")
-    }
-
     fn options(&self) -> Result<ScanSetup> {
         let dir = self
             .cache_dir
@@ -116,6 +108,13 @@ impl CacheArgs {
         }
         Ok(ScanSetup { ctx, formats })
     }
+}
+
+/// The values of a group of flags when none is given (for the mount.fuse3 form, which takes
+/// `-o` only).
+fn clap_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let cmd = T::augment_args(clap::Command::new("restorefs"));
+    T::from_arg_matches(&cmd.get_matches_from(["restorefs"])).expect("flag defaults parse")
 }
 
 /// What a scan needs: the services every format shares, and each format's own settings.
@@ -136,14 +135,6 @@ struct SqlArgs {
 }
 
 impl SqlArgs {
-    /// The values clap gives when no flag is given (for the `mount.fuse3` form).
-    fn defaults() -> SqlArgs {
-        use clap::{Args, FromArgMatches};
-        let cmd = SqlArgs::augment_args(clap::Command::new("restorefs"));
-        SqlArgs::from_arg_matches(&cmd.get_matches_from(["restorefs"]))
-            .expect("the defaults of SqlArgs parse")
-    }
-
     /// `setup` with these limits.
     fn apply(&self, mut setup: ScanSetup) -> ScanSetup {
         setup.formats.sql.timeout = self.sql_timeout;
@@ -321,8 +312,8 @@ pub fn run() -> ExitCode {
                 Mount {
                     source,
                     mountpoint,
-                    cache: CacheArgs::defaults(),
-                    sql: SqlArgs::defaults(),
+                    cache: clap_defaults(),
+                    sql: clap_defaults(),
                     threads: None,
                     as_of: None,
                     allow_other: false,
@@ -990,9 +981,14 @@ mod tests {
 
     #[test]
     fn the_mount_fuse3_form_gets_the_documented_defaults() {
-        let d = CacheArgs::defaults();
+        let d: CacheArgs = clap_defaults();
         assert_eq!(d.cache_size, 256 << 20);
         assert_eq!((d.cache_dir, d.freezer_key), (None, None));
+        let s: SqlArgs = clap_defaults();
+        assert_eq!(
+            (s.sql_timeout, s.max_db_size),
+            (Duration::from_secs(60), None)
+        );
     }
 
     #[test]
