@@ -285,10 +285,7 @@ impl Filesystem for FuseFs {
         mut reply: ReplyDirectory,
     ) {
         guard("readdir", || {
-            let names = match self.dirs.get(fh.0) {
-                Some(n) => Ok(n),
-                None => self.inodes.list(ino.0),
-            };
+            let names = self.dirs.listing(fh.0, || self.inodes.list(ino.0));
             match names.and_then(|n| self.inodes.readdir(ino.0, &n, offset)) {
                 Ok(list) => {
                     for (child, next, k, name) in list {
@@ -306,18 +303,16 @@ impl Filesystem for FuseFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         guard("opendir", || {
             let opened = self.inodes.node(ino.0).and_then(|n| match n {
-                Node::Dir(d) => Ok((d.live(), self.inodes.list(ino.0)?)),
+                Node::Dir(d) => Ok(d.live()),
                 _ => Err(Error::from_errno(libc::ENOTDIR, "not a folder")),
             });
             match opened {
                 // A folder that cannot change may be listed from the kernel's cache.
-                Ok((false, names)) => reply.opened(
-                    FileHandle(self.dirs.open(names)),
+                Ok(false) => reply.opened(
+                    FileHandle(self.dirs.open()),
                     FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
                 ),
-                Ok((true, names)) => {
-                    reply.opened(FileHandle(self.dirs.open(names)), FopenFlags::empty())
-                }
+                Ok(true) => reply.opened(FileHandle(self.dirs.open()), FopenFlags::empty()),
                 Err(e) => reply.error(self.fail("opendir", ino.0, &e)),
             }
         });
