@@ -157,39 +157,7 @@ fn parse_seconds(s: &str) -> std::result::Result<Duration, String> {
 enum Command {
     /// Mount every restore point under SOURCE read-only at MOUNTPOINT (in the foreground;
     /// `--daemon` returns once mounted).
-    Mount {
-        /// Folder holding backups (searched at any depth).
-        source: PathBuf,
-        /// An empty folder to mount on.
-        mountpoint: PathBuf,
-        #[command(flatten)]
-        cache: CacheArgs,
-        #[command(flatten)]
-        sql: SqlArgs,
-        /// FUSE worker threads (default: the number of CPUs).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Hide restore points newer than TIME (ISO 8601, e.g. 2026-11-20T10:00).
-        #[arg(long, value_name = "TIME")]
-        as_of: Option<String>,
-        /// Let other users read the mount (root, or `user_allow_other` in /etc/fuse.conf).
-        #[arg(long)]
-        allow_other: bool,
-        /// Mount options, comma separated, as FUSE file systems take them: allow_other,
-        /// default_permissions, ro, uid=N, gid=N (owner shown for every node),
-        /// cache_size=SIZE, cache_dir=DIR, threads=N, freezer_key=FILE. mount(8)/fstab options
-        /// (defaults, noauto, nofail, _netdev, user, users, nodev, nosuid, noexec, noatime,
-        /// x-systemd.*, ...) are ignored; rw is refused.
-        #[arg(short = 'o', value_name = "OPTIONS")]
-        options: Vec<String>,
-        /// Stay in the foreground (the default; for FUSE habits).
-        #[arg(short = 'f', long, conflicts_with = "daemon")]
-        foreground: bool,
-        /// Return once the mount answers and keep serving in the background; logs go to
-        /// --log-file or syslog.
-        #[arg(long)]
-        daemon: bool,
-    },
+    Mount(Mount),
     /// Unmount, also a mount whose daemon died.
     Umount {
         /// Where restorefs is mounted.
@@ -318,9 +286,10 @@ pub fn run() -> ExitCode {
                     as_of: None,
                     allow_other: false,
                     options: cli.options,
+                    foreground: cli.foreground,
                     daemon: !cli.foreground,
-                    helper: true,
                 },
+                true,
                 report.as_ref(),
             ),
             _ => Err(Error::usage(
@@ -354,32 +323,7 @@ fn fail(e: &Error, report: Option<&Report>, log_it: bool) -> ExitCode {
 
 fn run_command(command: Command, report: Option<&Report>) -> Result<ExitCode> {
     match command {
-        Command::Mount {
-            source,
-            mountpoint,
-            cache,
-            sql,
-            threads,
-            as_of,
-            allow_other,
-            options,
-            foreground: _,
-            daemon,
-        } => mount_cmd(
-            Mount {
-                source,
-                mountpoint,
-                cache,
-                sql,
-                threads,
-                as_of,
-                allow_other,
-                options,
-                daemon,
-                helper: false,
-            },
-            report,
-        ),
+        Command::Mount(m) => mount_cmd(m, false, report),
         Command::Umount { mountpoint } => mount::umount(&mountpoint).map(|()| ExitCode::SUCCESS),
         Command::Ls {
             source,
@@ -498,18 +442,39 @@ fn byte_bar(total: u64, msg: &str) -> ProgressBar {
 }
 
 /// What `mount` and the `mount.fuse3` form were given.
+#[derive(clap::Args, Debug)]
 struct Mount {
+    /// Folder holding backups (searched at any depth).
     source: PathBuf,
+    /// An empty folder to mount on.
     mountpoint: PathBuf,
+    #[command(flatten)]
     cache: CacheArgs,
+    #[command(flatten)]
     sql: SqlArgs,
+    /// FUSE worker threads (default: the number of CPUs).
+    #[arg(long)]
     threads: Option<usize>,
+    /// Hide restore points newer than TIME (ISO 8601, e.g. 2026-11-20T10:00).
+    #[arg(long, value_name = "TIME")]
     as_of: Option<String>,
+    /// Let other users read the mount (root, or `user_allow_other` in /etc/fuse.conf).
+    #[arg(long)]
     allow_other: bool,
+    /// Mount options, comma separated, as FUSE file systems take them: allow_other,
+    /// default_permissions, ro, uid=N, gid=N (owner shown for every node),
+    /// cache_size=SIZE, cache_dir=DIR, threads=N, freezer_key=FILE. mount(8)/fstab options
+    /// (defaults, noauto, nofail, _netdev, user, users, nodev, nosuid, noexec, noatime,
+    /// x-systemd.*, ...) are ignored; rw is refused.
+    #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
+    /// Stay in the foreground (the default; for FUSE habits).
+    #[arg(short = 'f', long, conflicts_with = "daemon")]
+    foreground: bool,
+    /// Return once the mount answers and keep serving in the background; logs go to
+    /// --log-file or syslog.
+    #[arg(long)]
     daemon: bool,
-    /// Run by mount.fuse3, which adds `rw` (mount(8)'s default) and `dev,suid` by itself.
-    helper: bool,
 }
 
 /// What `-o` asked for, on top of the flags.
@@ -599,8 +564,9 @@ fn parse_mount_options(lists: &[String], helper: bool) -> Result<MountOptions> {
     Ok(o)
 }
 
-fn mount_cmd(m: Mount, report: Option<&Report>) -> Result<ExitCode> {
-    let o = parse_mount_options(&m.options, m.helper)?;
+/// `helper`: run by mount.fuse3, which adds `rw` (mount(8)'s default) and `dev,suid` itself.
+fn mount_cmd(m: Mount, helper: bool, report: Option<&Report>) -> Result<ExitCode> {
+    let o = parse_mount_options(&m.options, helper)?;
     let as_of = m.as_of.as_deref().map(timefmt::parse_user).transpose()?;
     if m.daemon && report.is_none() {
         return daemon::spawn_and_wait();

@@ -241,7 +241,14 @@ impl Inodes {
     /// asked for again at once.
     pub fn excess_held(&self, keep: usize) -> Vec<(u64, String)> {
         // Asked every 200 ms: no write lock (which stalls lookups) while under the bound.
-        if self.table.read().unwrap_or_else(|p| p.into_inner()).held.len() <= keep {
+        if self
+            .table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .held
+            .len()
+            <= keep
+        {
             return Vec::new();
         }
         let mut guard = self.table.write().unwrap_or_else(|p| p.into_inner());
