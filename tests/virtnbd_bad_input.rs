@@ -457,11 +457,7 @@ fn lz4_content_checksum_mismatch_fails_export_reads_and_verify() {
 
     // What a mount read gets: the error, as EIO, for every read of that frame.
     let cache = scratch();
-    let ctx =
-        restorefs::model::ScanContext::new(restorefs::cache::Cache::new(16 << 20), cache.path());
-    let formats = restorefs::format::all(&Default::default());
-    let cat =
-        restorefs::scan::scan(source, &formats, &ctx, &indicatif::ProgressBar::hidden()).unwrap();
+    let cat = scan_in_process(source, 16 << 20, cache.path());
     let node =
         restorefs::vfs::resolve(&cat.tree(None), &format!("v1-lz4/{}/vda.raw", pts[0])).unwrap();
     let restorefs::vfs::Node::File(image) = node else {

@@ -8,9 +8,6 @@ use std::path::Path;
 
 use common::writer::{Frame, StreamSpec};
 use proptest::prelude::*;
-use restorefs::cache::Cache;
-use restorefs::model::ScanContext;
-use restorefs::scan::scan;
 use restorefs::vfs::{self, Node};
 
 /// xorshift: the test's own deterministic randomness, driven by proptest's seed.
@@ -188,15 +185,7 @@ fn check(seed: u64) {
     std::fs::create_dir(&dir).unwrap();
     let backups = generate(&mut rng, &dir);
     let cache_dir = common::scratch();
-    let ctx = ScanContext::new(Cache::new(1 << 20), cache_dir.path());
-    let formats = restorefs::format::all(&Default::default());
-    let cat = scan(
-        tmp.path(),
-        &formats,
-        &ctx,
-        &indicatif::ProgressBar::hidden(),
-    )
-    .unwrap();
+    let cat = common::scan_in_process(tmp.path(), 1 << 20, cache_dir.path());
     let root = cat.tree(None);
     let points = cat.sets()[0].set.points();
     assert_eq!(points.len(), backups.len());
@@ -234,15 +223,7 @@ fn stream_version_1_reads_back() {
     spec.frames.push(Frame::Zero(4096, 4096));
     std::fs::write(dir.join("vda.full.data"), spec.to_bytes()).unwrap();
     let cache_dir = common::scratch();
-    let ctx = ScanContext::new(Cache::new(1 << 20), cache_dir.path());
-    let formats = restorefs::format::all(&Default::default());
-    let cat = scan(
-        tmp.path(),
-        &formats,
-        &ctx,
-        &indicatif::ProgressBar::hidden(),
-    )
-    .unwrap();
+    let cat = common::scan_in_process(tmp.path(), 1 << 20, cache_dir.path());
     let node = vfs::resolve(&cat.tree(None), "old/latest/vda.raw").unwrap();
     let mut rng = Rng(3);
     let mut want = vec![7u8; 4096];

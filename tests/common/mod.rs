@@ -524,3 +524,16 @@ pub fn cln_manifest() -> Vec<ClnRow> {
 pub fn mount_with_env(source: &Path, args: &[&str], env: &[(&str, &str)]) -> Mounted {
     Mounted::with_env(source, args, env)
 }
+
+/// Scans `source` in-process with every format at its defaults, a cache of `cache_bytes` and
+/// the scratch folder `cache_dir`, as the command line does.
+pub fn scan_in_process(
+    source: &Path,
+    cache_bytes: u64,
+    cache_dir: &Path,
+) -> restorefs::catalog::Catalog {
+    let ctx =
+        restorefs::model::ScanContext::new(restorefs::cache::Cache::new(cache_bytes), cache_dir);
+    let formats = restorefs::format::all(&Default::default());
+    restorefs::scan::scan(source, &formats, &ctx, &indicatif::ProgressBar::hidden()).unwrap()
+}

@@ -861,7 +861,7 @@ fn virtnbd_case(rng: &mut Rng, case: &mut Case) {
             9 if !data.is_empty() => {
                 // A `.chksum` next to a stream: right, wrong, garbage or huge.
                 let f = (*rng.pick(&data)).clone();
-                let sum = adler32(&std::fs::read(&f).unwrap_or_default());
+                let sum = adler2::adler32_slice(&std::fs::read(&f).unwrap_or_default());
                 let text = match rng.below(4) {
                     0 => sum.to_string(),
                     1 => sum.wrapping_add(1).to_string(),
@@ -899,10 +899,12 @@ fn virtnbd_case(rng: &mut Rng, case: &mut Case) {
                 let _ = std::fs::create_dir_all(&cps);
                 let a = format!("virtnbdbackup.{}", rng.below(5));
                 let b = format!("virtnbdbackup.{}", rng.below(5));
+                // Its creation time (from which the backup host's zone is learned) too.
+                let created = pick_text(rng);
                 let _ = std::fs::write(
                     cps.join(format!("{a}.xml")),
                     format!(
-                        "<domaincheckpoint><name>{a}</name><parent><name>{b}</name></parent></domaincheckpoint>"
+                        "<domaincheckpoint><name>{a}</name><creationTime>{created}</creationTime><parent><name>{b}</name></parent></domaincheckpoint>"
                     ),
                 );
                 let _ = std::fs::write(
@@ -917,20 +919,11 @@ fn virtnbd_case(rng: &mut Rng, case: &mut Case) {
                 if let Some(cpt) = cpt {
                     let _ = std::fs::write(cpt, format!("[\"{a}\", \"{b}\", \"{a}\"]"));
                 }
-                format!("checkpoint loop {a} <-> {b}")
+                format!("checkpoint loop {a} <-> {b}, {a} created at {created}")
             }
         };
         case.mutations.push(what);
     }
-}
-
-fn adler32(data: &[u8]) -> u32 {
-    let (mut a, mut b) = (1u32, 0u32);
-    for &x in data {
-        a = (a + u32::from(x)) % 65521;
-        b = (b + a) % 65521;
-    }
-    (b << 16) | a
 }
 
 fn hostile_side_file(rng: &mut Rng, data: &mut Vec<u8>) -> String {
