@@ -19,6 +19,7 @@ use crate::format::{self, FormatOptions};
 use crate::fuse::Owner;
 use crate::model::{Point, ScanContext};
 use crate::mount::{self, MountArgs};
+use crate::nbd;
 use crate::scan;
 use crate::timefmt::{self, UserTime};
 use crate::tree;
@@ -158,6 +159,9 @@ enum Command {
     /// Mount every restore point under SOURCE read-only at MOUNTPOINT (in the foreground;
     /// `--daemon` returns once mounted).
     Mount(Mount),
+    /// Serve every file of the mount tree (disk images of restore points) over NBD, read-only,
+    /// until Ctrl-C or SIGTERM: `qemu-img info 'nbd+unix:///vm1/latest/vda.raw?socket=PATH'`.
+    Serve(Serve),
     /// Unmount, also a mount whose daemon died.
     Umount {
         /// Where restorefs is mounted.
@@ -205,7 +209,7 @@ enum Command {
     /// Print the manual page (roff): `restorefs man | man -l -`; `restorefs man mount` for a
     /// command's own page.
     Man {
-        /// A command (mount, umount, ls, export, verify, completions).
+        /// A command (mount, serve, umount, ls, export, verify, completions).
         command: Option<String>,
     },
 }
@@ -288,6 +292,7 @@ pub fn run() -> ExitCode {
                     options: cli.options,
                     foreground: cli.foreground,
                     daemon: !cli.foreground,
+                    nbd: None,
                 },
                 true,
                 report.as_ref(),
@@ -324,6 +329,7 @@ fn fail(e: &Error, report: Option<&Report>, log_it: bool) -> ExitCode {
 fn run_command(command: Command, report: Option<&Report>) -> Result<ExitCode> {
     match command {
         Command::Mount(m) => mount_cmd(m, false, report),
+        Command::Serve(s) => serve_cmd(s),
         Command::Umount { mountpoint } => mount::umount(&mountpoint).map(|()| ExitCode::SUCCESS),
         Command::Ls {
             source,
@@ -475,6 +481,29 @@ struct Mount {
     /// --log-file or syslog.
     #[arg(long)]
     daemon: bool,
+    /// Serve the mount's files over NBD too, from the same index and cache: unix:PATH or
+    /// HOST[:PORT] (see `restorefs serve --help`).
+    #[arg(long, value_name = "ADDR")]
+    nbd: Option<String>,
+}
+
+/// What `serve` was given.
+#[derive(clap::Args, Debug)]
+struct Serve {
+    /// Folder holding backups (searched at any depth).
+    source: PathBuf,
+    /// Where to listen: unix:PATH, or HOST[:PORT] (port 10809 when left out, loopback when
+    /// the host is). NBD has no authentication here: anyone who can connect reads every
+    /// point, so use a unix socket or a private network.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10809")]
+    nbd: String,
+    #[command(flatten)]
+    cache: CacheArgs,
+    #[command(flatten)]
+    sql: SqlArgs,
+    /// Hide restore points newer than TIME (ISO 8601, e.g. 2026-11-20T10:00).
+    #[arg(long, value_name = "TIME")]
+    as_of: Option<String>,
 }
 
 /// What `-o` asked for, on top of the flags.
@@ -587,11 +616,16 @@ fn mount_cmd(m: Mount, helper: bool, report: Option<&Report>) -> Result<ExitCode
         owner: o.owner,
     };
     mount::preflight(&args)?;
+    let listener = m.nbd.as_deref().map(bind_nbd).transpose()?;
     let setup = m.sql.apply(cache.options()?);
     let cat = scan(&args.source, &setup)?;
     let points = visible_points(&cat, args.as_of, m.as_of.as_deref())?;
+    let also = listener
+        .as_ref()
+        .map(|l| format!(" and over NBD at {}", l.address()))
+        .unwrap_or_default();
     let serving = format!(
-        "serving {} ({}) at {}; Ctrl-C or `restorefs umount {}` unmounts",
+        "serving {} ({}) at {}{also}; Ctrl-C or `restorefs umount {}` unmounts",
         plural(cat.sets().len(), "backup set"),
         plural(points, "restore point"),
         args.mountpoint.display(),
@@ -613,9 +647,56 @@ fn mount_cmd(m: Mount, helper: bool, report: Option<&Report>) -> Result<ExitCode
         &cat,
         Arc::clone(&setup.ctx.cache),
         &args,
+        listener,
         on_signal,
         on_ready,
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Binds the NBD address `addr` (before the scan, so that a taken address fails at once).
+fn bind_nbd(addr: &str) -> Result<nbd::Listener> {
+    nbd::Listener::bind(&nbd::Address::parse(addr)?)
+}
+
+/// `restorefs serve`: NBD until Ctrl-C or SIGTERM.
+fn serve_cmd(s: Serve) -> Result<ExitCode> {
+    let as_of = s.as_of.as_deref().map(timefmt::parse_user).transpose()?;
+    let listener = bind_nbd(&s.nbd)?;
+    let setup = s.sql.apply(s.cache.options()?);
+    let cat = scan(&s.source, &setup)?;
+    let points = visible_points(&cat, as_of, s.as_of.as_deref())?;
+    let exports = nbd::Exports::new(&cat, cat.tree(as_of), as_of);
+    let mut example = None;
+    let _ = exports.list(&mut |name: &str| {
+        example = Some(name.to_owned());
+        Err(())
+    });
+    let server = listener.start(exports)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let limits = setup.formats.sql.clone();
+    ctrlc::set_handler(move || {
+        // Running rebuilds stop, so that their readers let go.
+        limits.cancel();
+        let _ = tx.send(());
+    })
+    .map_err(|e| Error::usage(format!("cannot handle signals: {e}")))?;
+    let serving = format!(
+        "serving {} ({}) over NBD at {}{}; Ctrl-C stops",
+        plural(cat.sets().len(), "backup set"),
+        plural(points, "restore point"),
+        server.address(),
+        example
+            .map(|e| format!(", e.g. qemu-img info '{}'", server.address().uri(&e)))
+            .unwrap_or_default()
+    );
+    log::info!("{serving}");
+    if !quiet() {
+        eprintln!("restorefs: {serving}");
+    }
+    let _ = rx.recv();
+    log::info!("signal received: stopping the NBD server");
+    server.stop();
     Ok(ExitCode::SUCCESS)
 }
 

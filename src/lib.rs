@@ -22,6 +22,7 @@ pub mod lz4;
 pub mod model;
 pub mod mount;
 pub mod mountinfo;
+pub mod nbd;
 pub mod scan;
 pub mod storage;
 pub mod sync;

@@ -12,6 +12,7 @@ use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::fuse::{FuseFs, Owner};
 use crate::mountinfo;
+use crate::nbd;
 use crate::sys;
 use crate::timefmt::UserTime;
 
@@ -118,17 +119,19 @@ pub fn check_allow_other(conf: &Path) -> Result<()> {
     )))
 }
 
-/// Mounts the catalog's tree and serves it until unmounted, Ctrl-C or SIGTERM;
-/// `on_signal` runs first at each Ctrl-C or SIGTERM (to interrupt long work), `on_ready` once
-/// the mount answers requests.
+/// Mounts the catalog's tree and serves it until unmounted, Ctrl-C or SIGTERM, and over NBD
+/// on `nbd` (the same tree) until then; `on_signal` runs first at each Ctrl-C or SIGTERM (to
+/// interrupt long work), `on_ready` once the mount answers requests.
 pub fn mount(
     cat: &Catalog,
     cache: Arc<Cache>,
     args: &MountArgs,
+    nbd: Option<nbd::Listener>,
     on_signal: Box<dyn Fn() + Send + Sync>,
     on_ready: Box<dyn FnOnce() + Send>,
 ) -> Result<()> {
     let root = cat.tree(args.as_of);
+    let exports = nbd::Exports::new(cat, root.clone(), args.as_of);
     let fs = FuseFs::new(root, Arc::clone(&cache)).with_owner(args.owner);
     let pruner = fs.pruner();
     let config = session_config(args);
@@ -142,8 +145,13 @@ pub fn mount(
     ctrlc::set_handler(move || shutdown.signal())
         .map_err(|e| Error::usage(format!("cannot handle signals: {e}")))?;
 
+    let server = nbd.map(|l| l.start(exports)).transpose()?;
     call_when_ready(mp, on_ready)?;
-    match session.run() {
+    let served = session.run();
+    if let Some(server) = server {
+        server.stop();
+    }
+    match served {
         // The kernel ends a lazily detached mount's connection this way once it lets go.
         Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
             log::info!("the kernel ended the connection")
