@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use nbd_client::{Served, tool};
+use nbd_client::{Served, model_data_ranges, tool};
 
 fn source() -> PathBuf {
     data_dir().join("virtnbd")
@@ -68,67 +68,6 @@ fn every_reference_point_copies_to_its_expected_image() {
             mp.disk
         );
     }
-}
-
-/// Frames of an uncompressed stream by the spec's grammar (independent of restorefs): each
-/// `(is_data, start, len)`.
-fn frames(stream: &Path) -> Vec<(bool, u64, u64)> {
-    let d = std::fs::read(stream).unwrap();
-    let hex = |b: &[u8]| u64::from_str_radix(std::str::from_utf8(b).unwrap(), 16).unwrap();
-    let mut pos = 40 + hex(&d[22..38]) as usize + 2;
-    let mut out = Vec::new();
-    loop {
-        let (kind, start, len) = (
-            &d[pos..pos + 4],
-            hex(&d[pos + 5..pos + 21]),
-            hex(&d[pos + 22..pos + 38]),
-        );
-        match kind {
-            b"data" => {
-                out.push((true, start, len));
-                pos += 40 + len as usize + 2;
-            }
-            b"zero" => {
-                out.push((false, start, len));
-                pos += 40;
-            }
-            _ => break,
-        }
-    }
-    out
-}
-
-/// Data ranges after applying the streams in order (data frames add, zero frames punch).
-fn model_data_ranges(streams: &[PathBuf]) -> Vec<(u64, u64)> {
-    let mut data: BTreeSet<(u64, u64)> = BTreeSet::new();
-    let punch = |set: &mut BTreeSet<(u64, u64)>, s: u64, e: u64| {
-        let hit: Vec<_> = set.iter().copied().filter(|r| r.0 < e && s < r.1).collect();
-        for r in hit {
-            set.remove(&r);
-            if r.0 < s {
-                set.insert((r.0, s));
-            }
-            if e < r.1 {
-                set.insert((e, r.1));
-            }
-        }
-    };
-    for stream in streams {
-        for (is_data, start, len) in frames(stream) {
-            punch(&mut data, start, start + len);
-            if is_data {
-                data.insert((start, start + len));
-            }
-        }
-    }
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (s, e) in data {
-        match merged.last_mut() {
-            Some(last) if last.1 == s => last.1 = e,
-            _ => merged.push((s, e)),
-        }
-    }
-    merged
 }
 
 /// The data ranges `qemu-img map --output=json` reports for an export.

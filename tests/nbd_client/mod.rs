@@ -3,7 +3,7 @@
 //! protocol, pipelines requests and checks every reply's framing.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -91,6 +91,11 @@ impl Served {
     /// `nbd+unix:///EXPORT?socket=...` for qemu and libnbd tools.
     pub fn uri(&self, export: &str) -> String {
         format!("nbd+unix:///{export}?socket={}", self.socket.display())
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the server still runs.
@@ -315,6 +320,18 @@ impl Client {
         }
     }
 
+    /// A client on a connection already in transmission.
+    pub fn from_stream(s: UnixStream, size: u64, flags: u16, structured: bool) -> Client {
+        Client {
+            s,
+            size,
+            flags,
+            structured,
+            pending: HashMap::new(),
+            partial: HashMap::new(),
+        }
+    }
+
     /// Sends a request (and a write's payload).
     pub fn send(
         &mut self,
@@ -454,4 +471,65 @@ fn parse_chunk(kind: u16, p: &[u8]) -> Chunk {
         }
         k => panic!("unknown chunk type {k}"),
     }
+}
+
+/// Frames of an uncompressed stream by the spec's grammar (independent of restorefs): each
+/// `(is_data, start, len)`.
+pub fn frames(stream: &Path) -> Vec<(bool, u64, u64)> {
+    let d = std::fs::read(stream).unwrap();
+    let hex = |b: &[u8]| u64::from_str_radix(std::str::from_utf8(b).unwrap(), 16).unwrap();
+    let mut pos = 40 + hex(&d[22..38]) as usize + 2;
+    let mut out = Vec::new();
+    loop {
+        let (kind, start, len) = (
+            &d[pos..pos + 4],
+            hex(&d[pos + 5..pos + 21]),
+            hex(&d[pos + 22..pos + 38]),
+        );
+        match kind {
+            b"data" => {
+                out.push((true, start, len));
+                pos += 40 + len as usize + 2;
+            }
+            b"zero" => {
+                out.push((false, start, len));
+                pos += 40;
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Data ranges after applying the streams in order (data frames add, zero frames punch).
+pub fn model_data_ranges(streams: &[PathBuf]) -> Vec<(u64, u64)> {
+    let mut data: BTreeSet<(u64, u64)> = BTreeSet::new();
+    let punch = |set: &mut BTreeSet<(u64, u64)>, s: u64, e: u64| {
+        let hit: Vec<_> = set.iter().copied().filter(|r| r.0 < e && s < r.1).collect();
+        for r in hit {
+            set.remove(&r);
+            if r.0 < s {
+                set.insert((r.0, s));
+            }
+            if e < r.1 {
+                set.insert((e, r.1));
+            }
+        }
+    };
+    for stream in streams {
+        for (is_data, start, len) in frames(stream) {
+            punch(&mut data, start, start + len);
+            if is_data {
+                data.insert((start, start + len));
+            }
+        }
+    }
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in data {
+        match merged.last_mut() {
+            Some(last) if last.1 == s => last.1 = e,
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
 }
