@@ -77,11 +77,18 @@ pub enum Format {
     Clightning,
     /// OpenStack Freezer backups.
     Freezer,
+    /// The NBD server's option and request parser, fed damaged client streams.
+    Nbd,
 }
 
 impl Format {
     /// Every format.
-    pub const ALL: [Format; 3] = [Format::Virtnbd, Format::Clightning, Format::Freezer];
+    pub const ALL: [Format; 4] = [
+        Format::Virtnbd,
+        Format::Clightning,
+        Format::Freezer,
+        Format::Nbd,
+    ];
 
     /// Its name on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -89,6 +96,7 @@ impl Format {
             Format::Virtnbd => "virtnbd",
             Format::Clightning => "clightning",
             Format::Freezer => "freezer",
+            Format::Nbd => "nbd",
         }
     }
 
@@ -293,6 +301,7 @@ pub fn prepare(format: Format, seed: u64) -> Case {
         Format::Virtnbd => virtnbd_case(&mut rng, &mut case),
         Format::Clightning => clightning_case(&mut rng, &mut case),
         Format::Freezer => freezer_case(&mut rng, &mut case),
+        Format::Nbd => nbd_case(&mut rng, &mut case),
     }
     // Over-long hostile names would drown the report; the seed repeats them anyway.
     for m in &mut case.mutations {
@@ -330,8 +339,9 @@ pub fn run_case(
     let spawned = std::thread::Builder::new()
         .name(format!("fuzz-case-{seed:x}"))
         .spawn(move || {
-            let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                exercise(&src, &cache_dir, &lim, seed)
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| match format {
+                Format::Nbd => nbd_exercise(&src, &cache_dir, &lim),
+                _ => exercise(&src, &cache_dir, &lim, seed),
             }));
             let _ = tx.send(r.map_err(|p| panic_text(&*p)));
         });
@@ -1470,4 +1480,174 @@ pub fn run(
     }
     report.elapsed = start.elapsed();
     report
+}
+
+// ---------------------------------------------------------------------------------------------
+// NBD clients
+
+/// The client stream of an NBD case, beside its SOURCE.
+fn nbd_stream(src: &Path) -> PathBuf {
+    src.with_file_name("nbd-client.bin")
+}
+
+/// One NBD option: `IHAVEOPT`, the option, its length and data.
+fn nbd_option(out: &mut Vec<u8>, option: u32, data: &[u8]) {
+    out.extend_from_slice(b"IHAVEOPT");
+    out.extend_from_slice(&option.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+}
+
+/// A length-prefixed string of the NBD handshake.
+fn nbd_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// An export name: mostly one that exists, sometimes a hostile one.
+fn nbd_export_name(rng: &mut Rng, set: &str) -> String {
+    match rng.below(6) {
+        0 => hostile_name(rng),
+        1 => format!("{set}/at/2026-11-22T02:05/vdb.raw"),
+        2 => format!("{set}/latest/vdc.raw"),
+        _ => format!("{set}/latest/vda.raw"),
+    }
+}
+
+/// A well-formed client session: options (in a random order), then requests.
+fn nbd_session(rng: &mut Rng, set: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(if rng.one_in(10) { rng.next() as u32 } else { 3 }).to_be_bytes());
+    for _ in 0..rng.below(6) {
+        let name = nbd_export_name(rng, set);
+        let mut data = Vec::new();
+        let option = match rng.below(7) {
+            0 => 8,
+            1 => 3,
+            2 | 3 => {
+                nbd_string(&mut data, &name);
+                let queries = ["base:allocation", "base:", "qemu:dirty-bitmap:x", ""];
+                let n = rng.below(3);
+                data.extend_from_slice(&(n as u32).to_be_bytes());
+                for _ in 0..n {
+                    let q = *rng.pick(&queries);
+                    nbd_string(&mut data, q);
+                }
+                9 + rng.below(2) as u32
+            }
+            4 => {
+                nbd_string(&mut data, &name);
+                data.extend_from_slice(&1u16.to_be_bytes());
+                data.extend_from_slice(&(rng.below(4) as u16).to_be_bytes());
+                6
+            }
+            _ => rng.next() as u32 % 16,
+        };
+        nbd_option(&mut out, option, &data);
+    }
+    let name = nbd_export_name(rng, set);
+    if rng.one_in(4) {
+        nbd_option(&mut out, 1, name.as_bytes());
+    } else {
+        let mut data = Vec::new();
+        nbd_string(&mut data, &name);
+        data.extend_from_slice(&0u16.to_be_bytes());
+        nbd_option(&mut out, 8, &[]);
+        if rng.one_in(2) {
+            let mut meta = Vec::new();
+            nbd_string(&mut meta, &name);
+            meta.extend_from_slice(&1u32.to_be_bytes());
+            nbd_string(&mut meta, "base:allocation");
+            nbd_option(&mut out, 10, &meta);
+        }
+        nbd_option(&mut out, 7, &data);
+    }
+    for i in 0..rng.below(24) {
+        nbd_request(rng, &mut out, i as u64);
+    }
+    out
+}
+
+/// One transmission request (a write with its payload).
+fn nbd_request(rng: &mut Rng, out: &mut Vec<u8>, cookie: u64) {
+    let kind: u16 = *rng.pick(&[0, 0, 0, 7, 7, 1, 3, 4, 6, 2, 99]);
+    let size = 64u64 << 20;
+    let offset = match rng.below(4) {
+        0 => *rng.pick(&HUGE),
+        1 => size - rng.below(8192) as u64,
+        _ => rng.next() % size,
+    };
+    let length: u32 = match rng.below(5) {
+        0 => *rng.pick(&HUGE) as u32,
+        1 => 0,
+        _ => 1 + rng.below(1 << 20) as u32,
+    };
+    out.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+    out.extend_from_slice(&(rng.below(32) as u16).to_be_bytes());
+    out.extend_from_slice(&kind.to_be_bytes());
+    out.extend_from_slice(&cookie.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    if kind == 1 {
+        let n = rng.below(65536);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+        out.extend(rng.bytes(n));
+    } else {
+        out.extend_from_slice(&length.to_be_bytes());
+    }
+}
+
+/// A backup set to serve (left whole: the client stream is what is damaged), and a damaged
+/// client session.
+fn nbd_case(rng: &mut Rng, case: &mut Case) {
+    let set = *rng.pick(&["v1-plain", "v1-lz4"]);
+    copy_tree(
+        &data_dir().join("virtnbd").join(set),
+        &case.source().join(set),
+    );
+    case.mutations.push(format!("set {set}"));
+    let mut stream = nbd_session(rng, set);
+    case.mutations
+        .push(format!("session of {} bytes", stream.len()));
+    for _ in 0..rng.below(4) {
+        let what = mutate_bytes(rng, &mut stream);
+        case.mutations.push(format!("client stream: {what}"));
+    }
+    let _ = std::fs::write(nbd_stream(&case.source()), &stream);
+}
+
+/// Serves the scanned SOURCE to the case's client stream over a socket pair, reading the
+/// replies (at most `limits.read_per_case` bytes) until the server closes.
+fn nbd_exercise(src: &Path, cache_dir: &Path, limits: &Limits) -> CaseStats {
+    use std::os::unix::net::UnixStream;
+    let mut stats = CaseStats::default();
+    let ctx = ScanContext::new(Cache::new(limits.cache), cache_dir);
+    let formats = format::all(&FormatOptions::default());
+    let Ok(cat) = scan(src, &formats, &ctx, &ProgressBar::hidden()) else {
+        stats.errors += 1;
+        return stats;
+    };
+    let exports = restorefs::nbd::Exports::new(&cat, cat.tree(None), None);
+    let stream = std::fs::read(nbd_stream(src)).unwrap_or_default();
+    let (server, mut client) = UnixStream::pair().expect("socket pair");
+    let mut writer = client.try_clone().expect("socket clone");
+    std::thread::scope(|s| {
+        let served = s.spawn(|| restorefs::nbd::serve_connection(Box::new(server), &exports));
+        s.spawn(move || {
+            // The server may close before reading it all.
+            let _ = writer.write_all(&stream);
+            let _ = writer.shutdown(std::net::Shutdown::Write);
+        });
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = client.read(&mut buf) {
+            if n == 0 || stats.bytes > limits.read_per_case {
+                break;
+            }
+            stats.bytes += n as u64;
+        }
+        let _ = client.shutdown(std::net::Shutdown::Both);
+        if !matches!(served.join(), Ok(Ok(()))) {
+            stats.errors += 1;
+        }
+    });
+    stats
 }
