@@ -1,5 +1,5 @@
-//! Answering `NBD_CMD_READ` from a file node: holes as hole chunks, data without copying when
-//! the node can hand it over (`read_with_by`), else through one buffer per worker.
+//! Answering `NBD_CMD_READ` from a file node: holes as hole chunks, data read with the
+//! connection's cursor into one buffer per worker, then sent.
 
 use std::io::{self, Write};
 use std::sync::{Mutex, PoisonError};
@@ -7,6 +7,9 @@ use std::sync::{Mutex, PoisonError};
 use super::wire::*;
 use crate::error::{Error, Result};
 use crate::vfs::{Cursor, FileNode};
+
+/// Replies up to this size are copied into one write.
+const SMALL_REPLY: usize = 64 << 10;
 
 /// What a read needs of its connection.
 pub struct Reader<'a, 'w> {
@@ -30,39 +33,23 @@ pub fn extents(file: &dyn FileNode, start: u64, end: u64, most: usize) -> Result
     let mut out = Vec::new();
     let mut at = start;
     while at < end && out.len() < most {
-        let data = file.next_data(at)?.unwrap_or(end).clamp(at, end);
-        let (stop, hole) = if data > at {
-            (data, true)
-        } else {
-            (file.next_hole(at)?.clamp(at + 1, end), false)
-        };
         // `end - start` fits a request's u32 length.
+        let (stop, hole) = next_step(file, at, end, u32::MAX as usize)?;
         out.push((u32::try_from(stop - at).unwrap_or(u32::MAX), hole));
         at = stop;
     }
     Ok(out)
 }
 
-/// Reads `offset..offset+len` (one piece) and hands the bytes to `f`: straight from the node
-/// when it can, else through `buf`.
-fn piece(
+/// Reads `offset..offset+len` (one piece) into `buf`. Never with the connection taken: a
+/// node may hold a lock of its own while it hands bytes over (a decoded LZ4 chunk), and a
+/// client that stops reading must not hold it through us.
+fn piece<'b>(
     r: &Reader<'_, '_>,
     offset: u64,
     len: usize,
-    buf: &mut Vec<u8>,
-    f: &mut dyn FnMut(&[u8]) -> io::Result<()>,
-) -> Result<io::Result<()>> {
-    let mut sent = None;
-    let direct = r.file.read_with_by(r.cursor, offset, len, &mut |b| {
-        sent = Some(if b.len() == len {
-            f(b)
-        } else {
-            Err(io::ErrorKind::UnexpectedEof.into())
-        });
-    })?;
-    if direct && let Some(result) = sent {
-        return Ok(result);
-    }
+    buf: &'b mut Vec<u8>,
+) -> Result<&'b [u8]> {
     buf.resize(len, 0);
     let got = r.file.read_at_by(r.cursor, offset, &mut buf[..len])?;
     if got != len {
@@ -71,7 +58,7 @@ fn piece(
             format!("the file ended at byte {}", offset + got as u64),
         ));
     }
-    Ok(f(&buf[..len]))
+    Ok(&buf[..len])
 }
 
 /// A read answered in chunks: hole chunks for holes, one data chunk per piece; a failing
@@ -80,7 +67,13 @@ pub fn chunked(r: Reader<'_, '_>, req: &Request, buf: &mut Vec<u8>) -> io::Resul
     let end = req.offset + u64::from(req.length);
     let mut at = req.offset;
     let send = |bytes: &[&[u8]]| -> io::Result<()> {
+        // Small replies go out in one write (one packet on TCP), large ones without a copy.
+        let small = bytes.iter().map(|b| b.len()).sum::<usize>() <= SMALL_REPLY;
+        let joined = if small { bytes.concat() } else { Vec::new() };
         let mut w = r.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if small {
+            return w.write_all(&joined);
+        }
         bytes.iter().try_for_each(|b| w.write_all(b))
     };
     while at < end {
@@ -98,9 +91,8 @@ pub fn chunked(r: Reader<'_, '_>, req: &Request, buf: &mut Vec<u8>) -> io::Resul
         } else {
             let len = (stop - at) as usize;
             let head = chunk_header(flags, REPLY_TYPE_OFFSET_DATA, req.cookie, 8 + len as u32);
-            let mut write = |b: &[u8]| send(&[&head, &at.to_be_bytes(), b]);
-            match piece(&r, at, len, buf, &mut write) {
-                Ok(sent) => sent?,
+            match piece(&r, at, len, buf) {
+                Ok(bytes) => send(&[&head, &at.to_be_bytes(), bytes])?,
                 Err(e) => return send(&[&error_chunk(&r, req.cookie, &e, at)]),
             }
         }
@@ -127,8 +119,10 @@ fn error_chunk(r: &Reader<'_, '_>, cookie: u64, e: &Error, offset: u64) -> Vec<u
 }
 
 /// A read answered in one piece: a simple reply, or one data chunk (`NBD_CMD_FLAG_DF`). The
-/// header goes out with the first piece, so that a failure there is replied as an error; a
-/// failure after it leaves no way to answer but dropping the connection.
+/// first piece is read before the connection is taken, so that a failure there is replied as
+/// an error and one-piece reads of several workers overlap; later pieces are read with it
+/// taken (the reply must stay whole), and a failure there leaves no way to answer but
+/// dropping the connection.
 pub fn whole(r: Reader<'_, '_>, req: &Request, buf: &mut Vec<u8>) -> io::Result<()> {
     let len = req.length as usize;
     let head: Vec<u8> = if r.structured {
@@ -144,21 +138,22 @@ pub fn whole(r: Reader<'_, '_>, req: &Request, buf: &mut Vec<u8>) -> io::Result<
     } else {
         simple_reply(0, req.cookie).to_vec()
     };
-    let mut w = r.writer.lock().unwrap_or_else(PoisonError::into_inner);
+    let lock = || r.writer.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut held: Option<std::sync::MutexGuard<'_, &mut (dyn Write + Send)>> = None;
     let mut done = 0usize;
     while done < len {
         let n = r.piece.min(len - done);
         let at = req.offset + done as u64;
-        let first = done == 0;
-        let mut write = |b: &[u8]| {
-            if first {
-                w.write_all(&head)?;
-            }
-            w.write_all(b)
-        };
-        match piece(&r, at, n, buf, &mut write) {
-            Ok(sent) => sent?,
-            Err(e) if first => {
+        match piece(&r, at, n, buf) {
+            Ok(bytes) => match &mut held {
+                Some(w) => w.write_all(bytes)?,
+                None => {
+                    let w = held.insert(lock());
+                    w.write_all(&head)?;
+                    w.write_all(bytes)?;
+                }
+            },
+            Err(e) if done == 0 => {
                 log::warn!("nbd read at byte {at}: {e}");
                 let code = (r.errno)(&e);
                 let reply = if r.structured {
@@ -172,7 +167,7 @@ pub fn whole(r: Reader<'_, '_>, req: &Request, buf: &mut Vec<u8>) -> io::Result<
                 } else {
                     simple_reply(code, req.cookie).to_vec()
                 };
-                return w.write_all(&reply);
+                return lock().write_all(&reply);
             }
             Err(e) => return Err(io::Error::other(format!("read at byte {at}: {e}"))),
         }
