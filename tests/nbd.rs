@@ -327,3 +327,51 @@ fn mount_with_nbd_serves_both_from_one_index() {
     assert!(log.contains("over NBD at unix:"), "{log}");
     assert!(!socket.exists(), "the socket is removed on unmount");
 }
+
+#[test]
+fn serve_listens_on_tcp_and_refuses_bad_addresses_clearly() {
+    use std::io::{BufRead, BufReader};
+    let mut child = command()
+        .args(["serve", source().to_str().unwrap(), "--nbd", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let serving = lines.next().unwrap().unwrap();
+    let addr = serving
+        .split("over NBD at ")
+        .nth(1)
+        .and_then(|r| r.split([',', ';']).next())
+        .unwrap_or_else(|| panic!("{serving}"))
+        .to_owned();
+    let info = tool(
+        "qemu-img",
+        &["info", &format!("nbd://{addr}/v1-plain/latest/vdb.raw")],
+    );
+    assert!(info.contains("virtual size: 16 MiB"), "{info}");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+
+    let tmp = scratch();
+    let file = tmp.path().join("not-a-socket");
+    std::fs::write(&file, b"x").unwrap();
+    let busy = Served::new(&source(), &[]);
+    for (addr, says) in [
+        ("unix:".to_owned(), "unix:PATH"),
+        ("localhost:port".to_owned(), "not a number"),
+        (format!("unix:{}", file.display()), "not a socket"),
+        (format!("unix:{}", busy.socket.display()), "another server"),
+    ] {
+        let out = run(&["serve", source().to_str().unwrap(), "--nbd", &addr]);
+        assert_eq!(out.status.code(), Some(2), "{addr}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says) && err.contains("--nbd"), "{addr}: {err}");
+    }
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"x",
+        "the file is left alone"
+    );
+}

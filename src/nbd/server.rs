@@ -332,3 +332,38 @@ impl Drop for Server {
         self.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_with_loopback_and_the_nbd_port_by_default() {
+        let tcp = |h: &str, p| Address::Tcp(h.to_owned(), p);
+        let cases = [
+            (
+                "unix:/run/r.sock",
+                Address::Unix(PathBuf::from("/run/r.sock")),
+            ),
+            ("10.0.0.5:7000", tcp("10.0.0.5", 7000)),
+            ("backup-host", tcp("backup-host", DEFAULT_PORT)),
+            (":7000", tcp("127.0.0.1", 7000)),
+            ("[::1]:7000", tcp("::1", 7000)),
+            ("[::1]", tcp("::1", DEFAULT_PORT)),
+            ("::1", tcp("::1", DEFAULT_PORT)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(Address::parse(text).unwrap(), want, "{text}");
+        }
+        for bad in ["unix:", "host:port", "host:99999"] {
+            let e = Address::parse(bad).unwrap_err();
+            assert!(e.to_string().starts_with(&format!("--nbd {bad}: ")), "{e}");
+        }
+        assert_eq!(tcp("::1", 7).to_string(), "[::1]:7");
+        assert_eq!(
+            Address::Unix("/s".into()).uri("vm/latest/vda.raw"),
+            "nbd+unix:///vm/latest/vda.raw?socket=/s"
+        );
+        assert_eq!(tcp("h", 1).uri("x"), "nbd://h:1/x");
+    }
+}
