@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::exports::Exports;
 use super::{DEFAULT_PORT, handshake, transmission};
@@ -111,8 +111,11 @@ impl Stream for TcpStream {
 /// socket, a protocol violation); the connection is over either way.
 pub fn serve_connection(mut stream: Box<dyn Stream>, exports: &Exports) -> io::Result<()> {
     // A client that stalls in the handshake is dropped; one that idles later is not (a VM's disk).
-    stream.set_timeout(Some(handshake::DEADLINE))?;
-    let Some(agreed) = handshake::negotiate(&mut stream, exports)? else {
+    let mut timed = Deadline {
+        stream: &mut stream,
+        until: Instant::now() + handshake::DEADLINE,
+    };
+    let Some(agreed) = handshake::negotiate(&mut timed, exports)? else {
         return Ok(());
     };
     stream.set_timeout(None)?;
@@ -122,6 +125,32 @@ pub fn serve_connection(mut stream: Box<dyn Stream>, exports: &Exports) -> io::R
     let result = transmission::serve(&agreed, &mut reader, &mut stream, &|| killer.shutdown());
     log::info!("nbd: {} closed", agreed.name);
     result
+}
+
+/// A connection whose reads fail once `until` has passed (however slowly the bytes trickle).
+struct Deadline<'a> {
+    stream: &'a mut Box<dyn Stream>,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
 }
 
 /// A bound socket, not serving yet.
