@@ -61,6 +61,7 @@ copy_mibs() { # nbdcopy args... -> MiB/s
 rand_iops() {
     fio --name=r --ioengine=nbd --uri="$uri" --rw=randread --bs=4k --iodepth=16 \
         --runtime=8 --time_based --readonly --output-format=json 2>/dev/null |
+        sed -n '/^{/,$p' | # the nbd engine prints a line before the JSON
         python3 -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))'
 }
 sha() { nbdcopy "$uri" - | sha256sum | cut -c1-16; }
