@@ -427,3 +427,56 @@ fn hostile_clients_get_errors_or_a_closed_connection_and_the_server_stays_up() {
     );
     assert_eq!(sha256_file(&out), sha256(&want));
 }
+
+#[test]
+fn a_client_that_stops_reading_holds_up_no_one_else() {
+    use common::writer::{Frame, StreamSpec};
+    // One 16 MiB extent in one LZ4 frame: readers of any part share its decoding.
+    let src = scratch();
+    let set = src.path().join("big");
+    std::fs::create_dir(&set).unwrap();
+    let mut rng = Rng(0x5eed);
+    let data: Vec<u8> = (0..16u64 << 20)
+        .map(|i| {
+            if i % 4096 < 2048 {
+                0
+            } else {
+                rng.below(256) as u8
+            }
+        })
+        .collect();
+    let mut spec = StreamSpec::new("vda", 16 << 20, "2026-11-22T02:00:00.000001");
+    spec.lz4_chunk = Some(16 << 20);
+    spec.frames.push(Frame::Data(0, data.clone()));
+    std::fs::write(set.join("vda.full.data"), spec.to_bytes()).unwrap();
+    let served = Served::new(src.path(), &[]);
+    let export = "big/latest/vda.raw";
+    // Reads whose replies are never read: the server's workers for this connection block
+    // writing them, a few MiB into the frame.
+    let mut stalled = Client::connect(&served.socket, export, true, false);
+    for i in 0..16u64 {
+        stalled.send(0, CMD_READ, i, i << 20, 1 << 20, &[]);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let tmp = scratch();
+    let out = tmp.path().join("other.raw");
+    let mut other = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw", &served.uri(export)])
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = other.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = other.kill();
+            panic!("another client is held up by one that stopped reading");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    assert_eq!(sha256_file(&out), sha256(&data));
+    drop(stalled);
+}
