@@ -3,7 +3,7 @@
 //!
 //! Data flows one way: `scan` walks SOURCE with the formats it is given (`format`, plugged in
 //! through `model`), the `catalog` of sets it finds makes the `tree` of restore points,
-//! `blockmap`/`image` resolve what each byte of a point is, and the front ends (`fs` for FUSE,
+//! `blockmap`/`image` resolve what each byte of a point is, and the front ends (`fuse`, `nbd`,
 //! `export`, `ls`, `verify`) read through the shared `vfs` nodes. ARCHITECTURE.md has the map.
 #![deny(unsafe_code)]
 
