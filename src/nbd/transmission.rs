@@ -74,6 +74,11 @@ pub fn serve(
         let result = read_requests(&conn, reader, &|r| {
             tx.send(r).map_err(|_| io::ErrorKind::BrokenPipe.into())
         });
+        if result.is_err() {
+            // A client that broke the protocol may not read its replies either: workers
+            // blocked writing them must not keep the connection.
+            (conn.end)();
+        }
         drop(tx);
         result
     })
