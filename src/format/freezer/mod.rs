@@ -13,6 +13,9 @@
 //! at least), and members tar would refuse (`..`, over-long names, the root as a file) are left
 //! out with a warning naming the level's data file and the member's offset.
 
+mod msgpack;
+mod patch;
+mod rsync;
 mod stream;
 mod tar;
 mod tree;
@@ -34,8 +37,9 @@ use crate::model::{
 use crate::timefmt;
 use crate::vfs::{self, Attr, Directory, FileNode, Node, StaticDir, Symlink};
 use crate::workdir::{Rebuilt, WorkDir};
-use tar::Member;
-use tree::{FileId, TNode};
+use stream::Engine;
+use tar::{Member, MemberKind};
+use tree::{Bases, FileId, MemberAttrs, TNode};
 
 /// The format's name, as `ls` and `info.json` show it.
 pub const NAME: &str = "freezer";
@@ -193,6 +197,9 @@ fn no_panic<T>(file: &Path, what: &str, f: impl FnOnce() -> Result<T>) -> Result
 /// One level's stream, decoded on first use and shared by every point that needs it.
 struct Level {
     data: PathBuf,
+    engine: Engine,
+    /// The rsync engine's block size.
+    block: u64,
     compression: String,
     password: Option<Arc<Vec<u8>>>,
     cache: Arc<Cache>,
@@ -238,19 +245,36 @@ impl Level {
         })
     }
 
+    /// What the decompressed stream is, for messages.
+    fn what(&self) -> &'static str {
+        match self.engine {
+            Engine::Tar => "decompressed tar stream",
+            Engine::Rsync => "decompressed rsync stream",
+        }
+    }
+
     fn decode(&self) -> Result<Rebuilt> {
         log::info!("{}: decoding the level", self.data.display());
         let limits = limits(&self.cache);
         let path = self.work.file("tar")?;
         let mut input = stream::open(
             &self.data,
+            self.engine,
             &self.compression,
             self.password.as_deref().map(Vec::as_slice),
             limits.memory,
         )?;
         let out = std::fs::File::create(&path).map_err(|e| Error::io(&path, &e))?;
         let mut sink = std::io::BufWriter::with_capacity(1 << 20, out);
-        let indexed = tar::index(&mut input, &mut sink, limits);
+        let indexed = match self.engine {
+            Engine::Tar => tar::index(&mut input, &mut sink, limits),
+            Engine::Rsync => {
+                // The header list is read a few bytes at a time.
+                let mut buffered = std::io::BufReader::with_capacity(1 << 16, input);
+                let owners = rsync::Owners::local();
+                rsync::index(&mut buffered, &mut sink, limits, self.block, &owners)
+            }
+        };
         let flushed = std::io::Write::flush(&mut sink);
         drop(sink);
         let members = match indexed {
@@ -260,16 +284,13 @@ impl Level {
                 return Err(if e.over_bound {
                     Error::unsupported(
                         &self.data,
-                        format!(
-                            "at offset {} of the decompressed tar stream: {}",
-                            e.offset, e.msg
-                        ),
+                        format!("at offset {} of the {}: {}", e.offset, self.what(), e.msg),
                     )
                 } else {
                     Error::corrupt(
                         &self.data,
                         e.offset,
-                        format!("in the decompressed tar stream: {}", e.msg),
+                        format!("in the {}: {}", self.what(), e.msg),
                     )
                 });
             }
@@ -385,20 +406,19 @@ impl TreeDir {
             .chain
             .first()
             .map_or(MIN_MEMORY, |l| limits(&l.cache).memory);
-        let (root, notes) = tree::build(&refs, max).map_err(|n| {
+        let what = |i: usize| self.chain.get(i).map_or("stream", |l| l.what());
+        let (mut root, notes, bases) = tree::build(&refs, max).map_err(|n| {
             Error::unsupported(
                 level_file(n.level),
-                format!(
-                    "at offset {} of the decompressed tar stream: {}",
-                    n.header, n.msg
-                ),
+                format!("at offset {} of the {}: {}", n.header, what(n.level), n.msg),
             )
         })?;
         for n in notes.iter().take(MAX_WARNINGS) {
             log::warn!(
-                "{}: at offset {} of the decompressed tar stream: {}",
+                "{}: at offset {} of the {}: {}",
                 level_file(n.level).display(),
                 n.header,
+                what(n.level),
                 n.msg
             );
         }
@@ -412,8 +432,20 @@ impl TreeDir {
         // Hard links: one node per member, however many paths.
         let mut links: HashMap<FileId, u32> = HashMap::new();
         count_links(&root, &mut links);
-        let mut files: HashMap<FileId, Arc<TarFile>> = HashMap::new();
-        match self.to_node(&root, &members, &links, &mut files)? {
+        // The rsync engine does not record the backed-up folder itself: it is served as the
+        // restore folder freezer makes (0755, the restoring user).
+        if let TNode::Dir(meta, _) = &mut root
+            && *meta == MemberAttrs::default()
+        {
+            *meta = self.root_attrs();
+        }
+        let mut files: HashMap<FileId, Arc<dyn FileNode>> = HashMap::new();
+        let built = TreeParts {
+            members: &members,
+            links: &links,
+            bases: &bases,
+        };
+        match self.to_node(&root, &built, &mut files)? {
             Node::Dir(d) => Ok(d),
             _ => Err(Error::corrupt(
                 level_file(0),
@@ -423,18 +455,31 @@ impl TreeDir {
         }
     }
 
+    fn root_attrs(&self) -> MemberAttrs {
+        let secs = self
+            .fallback
+            .mtime
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        MemberAttrs {
+            mode: 0o755,
+            uid: crate::sys::euid(),
+            gid: crate::sys::egid(),
+            mtime: secs,
+        }
+    }
+
     fn to_node(
         &self,
         n: &TNode,
-        members: &[Arc<Vec<Member>>],
-        links: &HashMap<FileId, u32>,
-        files: &mut HashMap<FileId, Arc<TarFile>>,
+        built: &TreeParts<'_>,
+        files: &mut HashMap<FileId, Arc<dyn FileNode>>,
     ) -> Result<Node> {
         Ok(match n {
             TNode::Dir(meta, children) => {
                 let entries = children
                     .iter()
-                    .map(|(name, c)| Ok((name.clone(), self.to_node(c, members, links, files)?)))
+                    .map(|(name, c)| Ok((name.clone(), self.to_node(c, built, files)?)))
                     .collect::<Result<_>>()?;
                 Node::Dir(StaticDir::new(attr_of(meta), entries))
             }
@@ -447,34 +492,84 @@ impl TreeDir {
             })),
             TNode::File(id) => {
                 if let Some(f) = files.get(id) {
-                    return Ok(Node::File(Arc::clone(f) as Arc<dyn FileNode>));
+                    return Ok(Node::File(Arc::clone(f)));
                 }
-                let (Some(m), Some(level)) = (
-                    members.get(id.0).and_then(|l| l.get(id.1)),
-                    self.chain.get(id.0),
-                ) else {
-                    return Err(Error::not_found(format!(
-                        "internal: member {} of level {} is missing",
-                        id.1, id.0
-                    )));
-                };
-                let f = Arc::new(TarFile {
-                    level: Arc::clone(level),
-                    offset: m.offset,
-                    size: m.size,
-                    nlink: links.get(id).copied().unwrap_or(1),
-                    attr: attr_of(&tree::MemberAttrs {
-                        mode: m.mode,
-                        uid: m.uid,
-                        gid: m.gid,
-                        mtime: m.mtime,
-                    }),
+                let (m, level) = self.member(built, *id)?;
+                let attr = attr_of(&MemberAttrs {
+                    mode: m.mode,
+                    uid: m.uid,
+                    gid: m.gid,
+                    mtime: m.mtime,
                 });
+                let f: Arc<dyn FileNode> = if built.bases.contains_key(id) {
+                    Arc::new(patch::PatchedFile {
+                        chain: self.chain.clone(),
+                        extents: self.extents(built, *id)?,
+                        size: m.size,
+                        attr,
+                    })
+                } else {
+                    Arc::new(TarFile {
+                        level: Arc::clone(level),
+                        offset: m.offset,
+                        size: m.size,
+                        nlink: built.links.get(id).copied().unwrap_or(1),
+                        attr,
+                    })
+                };
                 files.insert(*id, Arc::clone(&f));
-                Node::File(f as Arc<dyn FileNode>)
+                Node::File(f)
             }
         })
     }
+
+    fn member<'a>(
+        &'a self,
+        built: &TreeParts<'a>,
+        id: FileId,
+    ) -> Result<(&'a Member, &'a Arc<Level>)> {
+        match (
+            built.members.get(id.0).and_then(|l| l.get(id.1)),
+            self.chain.get(id.0),
+        ) {
+            (Some(m), Some(level)) => Ok((m, level)),
+            _ => Err(Error::not_found(format!(
+                "internal: member {} of level {} is missing",
+                id.1, id.0
+            ))),
+        }
+    }
+
+    /// A patched file's content: its chain of patches down to a whole file (or to nothing),
+    /// laid over each other oldest first.
+    fn extents(&self, built: &TreeParts<'_>, id: FileId) -> Result<Vec<patch::Extent>> {
+        let mut stack = vec![id];
+        let mut cur = id;
+        while let Some(Some(base)) = built.bases.get(&cur) {
+            stack.push(*base);
+            cur = *base;
+        }
+        let mut ext = Vec::new();
+        let mut size = 0;
+        for &pid in stack.iter().rev() {
+            let (m, _) = self.member(built, pid)?;
+            match &m.kind {
+                MemberKind::Patch(runs) if built.bases.contains_key(&pid) => {
+                    ext = patch::overlay(&ext, size, m.size, runs, (pid.0, m.header), &m.path);
+                }
+                _ => ext = patch::whole(pid.0, m.offset, m.size),
+            }
+            size = m.size;
+        }
+        Ok(ext)
+    }
+}
+
+/// What `TreeDir::to_node` needs of a built tree.
+struct TreeParts<'a> {
+    members: &'a [Arc<Vec<Member>>],
+    links: &'a HashMap<FileId, u32>,
+    bases: &'a Bases,
 }
 
 fn count_links(n: &TNode, links: &mut HashMap<FileId, u32>) {
@@ -527,10 +622,10 @@ impl FreezerSet {
         list.sort_by_key(|b| (b.ts, b.level, b.l0));
         let meta_dir = container.join("metadata").join(engine).join(hbn);
         let data_dir = container.join("data").join(engine).join(hbn);
-        let problem = (engine != "tar").then(|| {
+        let problem = (engine != "tar" && engine != "rsync").then(|| {
             Error::unsupported(
                 &meta_dir,
-                format!("engine {engine:?}: restorefs serves Freezer's tar engine only"),
+                format!("engine {engine:?}: restorefs serves Freezer's tar and rsync engines only"),
             )
         });
         let levels: Vec<LoadedLevel> = list
@@ -661,6 +756,11 @@ fn load_level(
             data.display()
         )));
     }
+    let (engine, block) = if meta_dir.parent().and_then(Path::file_name) == Some("rsync".as_ref()) {
+        (Engine::Rsync, block_size(&meta, &meta_path)?)
+    } else {
+        (Engine::Tar, 0)
+    };
     let compression = meta
         .get("compression")
         .and_then(Value::as_str)
@@ -683,6 +783,8 @@ fn load_level(
     Ok((
         Arc::new(Level {
             data,
+            engine,
+            block,
             compression,
             password,
             cache: Arc::clone(&opts.cache),
@@ -692,6 +794,23 @@ fn load_level(
         }),
         meta,
     ))
+}
+
+/// The rsync engine's block size from a backup's metadata (freezer's default when absent).
+fn block_size(meta: &Value, meta_path: &Path) -> Result<u64> {
+    match meta.get("rsync_block_size") {
+        None | Some(Value::Null) => Ok(rsync::DEFAULT_BLOCK),
+        Some(v) => v
+            .as_u64()
+            .filter(|b| (1..=rsync::MAX_BLOCK).contains(b))
+            .ok_or_else(|| {
+                Error::corrupt(
+                    meta_path,
+                    0,
+                    format!("rsync_block_size {v} is not a block size (1 to 1 GiB)"),
+                )
+            }),
+    }
 }
 
 /// The chain of backup `i`: level 0, then for each level the newest backup one level down in

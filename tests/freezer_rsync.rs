@@ -1,0 +1,95 @@
+//! Freezer's rsync engine (`rsyncv2`): the level-0 backup written by the real freezer-agent
+//! 19.0.0, whose own restore fails (`AttributeError`), read through `export` and the mount and
+//! compared with the tree freezer backed up (the reference manifest: paths, types, modes,
+//! owners, sizes, mtimes, sha256, symlink targets).
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::tree::{assert_matches, from_manifest, walk};
+use common::*;
+use serde_json::Value;
+
+fn source() -> PathBuf {
+    data_dir().join("freezer")
+}
+
+/// (set path in the mount, point name, expected tree) for every rsync backup of the manifest.
+fn cases() -> Vec<(String, String, Value)> {
+    let doc = ls_json(&source());
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(source().join("manifest.json")).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for (name, set) in m["sets"].as_object().unwrap() {
+        if set["engine_dir"] != "rsync" {
+            continue;
+        }
+        let path = format!(
+            "{}/rsync/{}",
+            set["container"].as_str().unwrap(),
+            set["hostname_backup_name"].as_str().unwrap()
+        );
+        let listed = doc["sets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["path"] == path.as_str())
+            .unwrap_or_else(|| panic!("{name}: no set {path}"));
+        assert!(listed["error"].is_null(), "{listed}");
+        for b in set["backups"].as_array().unwrap() {
+            // Freezer could not restore it: the manifest's tree is what it backed up.
+            assert_eq!(b["freezer_restore"]["rc"], 1);
+            let point = listed["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["timestamp"] == b["timestamp"] && p["level"] == b["level"])
+                .unwrap_or_else(|| panic!("{name}: no point for {}", b["id"]));
+            assert_eq!(point["engine_name"], "rsync");
+            out.push((
+                path.clone(),
+                point["name"].as_str().unwrap().to_owned(),
+                b["expected"].clone(),
+            ));
+        }
+    }
+    assert_eq!(out.len(), 1);
+    out
+}
+
+#[test]
+fn the_reference_backup_exports_to_what_freezer_backed_up() {
+    let tmp = scratch();
+    for (i, (set, point, expected)) in cases().into_iter().enumerate() {
+        let out = tmp.path().join(i.to_string());
+        run_ok(&[
+            "export",
+            source().to_str().unwrap(),
+            &format!("{set}/{point}/files"),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert_matches(
+            &walk(&out),
+            &from_manifest(&expected),
+            &format!("export {set}/{point}"),
+        );
+    }
+}
+
+#[test]
+fn the_reference_backup_through_the_mount() {
+    if !fuse_available("the_reference_backup_through_the_mount") {
+        return;
+    }
+    let m = Mounted::new(&source(), &[]);
+    for (set, point, expected) in cases() {
+        let root = m.join(&format!("{set}/{point}/files"));
+        assert_matches(
+            &walk(&root),
+            &from_manifest(&expected),
+            &format!("mount {set}/{point}"),
+        );
+    }
+}
