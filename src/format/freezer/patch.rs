@@ -194,8 +194,7 @@ impl FileNode for PatchedFile {
                         ));
                     }
                 }
-                // Give what comes before the damage first; the next read fails.
-                Src::Missing { .. } if done > 0 => return Ok(done),
+                // Never a short read: FUSE readers take one for the end of the file.
                 Src::Missing { level, header, why } => {
                     return Err(Error::corrupt(&self.level(*level)?.data, *header, &**why));
                 }

@@ -1,6 +1,8 @@
-//! A Freezer `data` file as a readable tar stream: OpenSSL `enc` AES-256-CFB decryption when
-//! the backup is encrypted (salted, SHA-256 key derivation, MD5 for OpenSSL 1.0 backups), then
-//! gzip, bzip2 or xz as the backup's metadata says (spec §7.1).
+//! A Freezer `data` file as a readable stream: OpenSSL `enc` AES-256-CFB decryption when the
+//! backup is encrypted (salted, SHA-256 key derivation, MD5 for OpenSSL 1.0 backups and for
+//! freezer's own rsync-engine encryption), then decompression as the backup's metadata says:
+//! gzip, bzip2 or xz for the tar engine (spec §7.1), Python's zlib, bz2 or lzma for the rsync
+//! engine (§7.2).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -37,17 +39,31 @@ pub enum Engine {
 
 /// Whether `head` starts the way `compression` starts for `engine`.
 fn starts_right(engine: Engine, compression: &str, head: &[u8]) -> bool {
-    match (engine, compression, head) {
-        // A zlib header: deflate with at most a 32 KiB window, no preset dictionary, and the
-        // check bits (RFC 1950).
-        (Engine::Rsync, "gzip", [cmf, flg, ..]) => {
-            cmf & 0x0f == 8
-                && cmf >> 4 <= 7
-                && flg & 0x20 == 0
-                && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0
-        }
-        (Engine::Rsync, "gzip", _) => false,
+    match (engine, compression) {
+        (Engine::Rsync, "gzip") => zlib_start(head),
         _ => magic(compression).is_some_and(|m| head.starts_with(m)),
+    }
+}
+
+/// A zlib header (deflate, at most a 32 KiB window, no preset dictionary, RFC 1950's check
+/// bits) whose first bytes inflate without error to a MessagePack list, if to anything: two
+/// header bytes alone would let a wrong key through once in a few thousand tries.
+fn zlib_start(head: &[u8]) -> bool {
+    let [cmf, flg, ..] = *head else {
+        return false;
+    };
+    let header = cmf & 0x0f == 8
+        && cmf >> 4 <= 7
+        && flg & 0x20 == 0
+        && (u16::from(cmf) << 8 | u16::from(flg)) % 31 == 0;
+    if !header {
+        return false;
+    }
+    let mut out = [0u8; 16];
+    let mut z = flate2::Decompress::new(true);
+    match z.decompress(head, &mut out, flate2::FlushDecompress::None) {
+        Err(_) => false,
+        Ok(_) => z.total_out() == 0 || matches!(out[0], 0x90..=0x9f | 0xdc | 0xdd),
     }
 }
 
@@ -94,6 +110,9 @@ pub fn open(
         )),
     })
 }
+
+/// Bytes of ciphertext decrypted with each candidate key to recognise the right one.
+const PROBE: u64 = 4096;
 
 /// `EVP_BytesToKey(digest, password, salt, count = 1)`: 32 key bytes and 16 IV bytes.
 fn bytes_to_key<D: Digest>(password: &[u8], salt: &[u8]) -> ([u8; 32], [u8; 16]) {
@@ -150,9 +169,12 @@ fn decrypt(
         ));
     }
     let salt = head[8..16].to_vec();
-    let mut first = vec![0u8; 16];
-    let n = file.read(&mut first).map_err(|e| Error::io(path, &e))?;
-    first.truncate(n);
+    // Enough plaintext to tell a right key from a wrong one by its first bytes.
+    let mut first = Vec::new();
+    (&mut file)
+        .take(PROBE)
+        .read_to_end(&mut first)
+        .map_err(|e| Error::io(path, &e))?;
     let derivations = [bytes_to_key::<Sha256>, bytes_to_key::<Md5>];
     for (password, derive) in passwords
         .iter()
