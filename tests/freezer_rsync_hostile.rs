@@ -104,6 +104,9 @@ fn stderr(r: &std::process::Output) -> String {
     String::from_utf8_lossy(&r.stderr).into_owned()
 }
 
+/// What a point's export must say: the level and chain of the data file it names, and what.
+type Problem = (u32, i64, &'static str);
+
 #[test]
 fn damaged_levels_fail_alone_naming_file_and_offset() {
     let tmp = scratch();
@@ -147,7 +150,7 @@ fn damaged_levels_fail_alone_naming_file_and_offset() {
 
     let source = tmp.path();
     let outs = scratch();
-    let expect: [(i64, Option<(u32, i64, &str)>); 8] = [
+    let expect: [(i64, Option<Problem>); 8] = [
         (L0, None),
         (L0 + 1, Some((1, L0, "unknown header field \"surprise\""))),
         (b, Some((0, b, "truncated"))),
