@@ -276,6 +276,13 @@ fn changed_blocks_beyond_the_previous_file_are_damage_not_zeros() {
     assert!(err.contains(&level1.display().to_string()), "{err}");
     assert!(err.contains("\"f\""), "{err}");
     assert!(err.contains("undefined"), "{err}");
+    // `verify` finds it without reading the file.
+    let r = run(&["verify", tmp.path().to_str().unwrap()]);
+    assert_no_panic(&r);
+    let text = format!("{}{}", String::from_utf8_lossy(&r.stdout), stderr(&r));
+    assert!(!r.status.success(), "{text}");
+    assert!(text.contains(&level1.display().to_string()), "{text}");
+    assert!(text.contains("undefined"), "{text}");
 }
 
 #[test]

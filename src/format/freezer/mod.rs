@@ -385,12 +385,43 @@ impl TreeDir {
                     .chain
                     .last()
                     .map_or(Path::new(""), |l| l.data.as_path());
-                no_panic(top, "building the tree", || self.build())
+                let (dir, damaged) = no_panic(top, "building the tree", || self.build())?;
+                for e in damaged.iter().take(MAX_WARNINGS) {
+                    log::warn!("{e}");
+                }
+                Ok(dir)
             })
             .clone()
     }
 
-    fn build(&self) -> Result<Arc<dyn Directory>> {
+    /// Logs what the tree builder said about members (at most `MAX_WARNINGS` lines).
+    fn log_notes(&self, notes: &[tree::Note]) {
+        let level_file = |i: usize| {
+            self.chain
+                .get(i)
+                .map_or(Path::new(""), |l| l.data.as_path())
+        };
+        let what = |i: usize| self.chain.get(i).map_or("stream", |l| l.what());
+        for n in notes.iter().take(MAX_WARNINGS) {
+            log::warn!(
+                "{}: at offset {} of the {}: {}",
+                level_file(n.level).display(),
+                n.header,
+                what(n.level),
+                n.msg
+            );
+        }
+        if notes.len() > MAX_WARNINGS {
+            log::warn!(
+                "{}: {} more warnings about this point's members not shown",
+                level_file(self.chain.len().saturating_sub(1)).display(),
+                notes.len() - MAX_WARNINGS
+            );
+        }
+    }
+
+    /// The tree, with the errors of its files that have bytes no level gives (rsync engine).
+    fn build(&self) -> Result<(Arc<dyn Directory>, Vec<Error>)> {
         let members: Vec<Arc<Vec<Member>>> = self
             .chain
             .iter()
@@ -413,22 +444,7 @@ impl TreeDir {
                 format!("at offset {} of the {}: {}", n.header, what(n.level), n.msg),
             )
         })?;
-        for n in notes.iter().take(MAX_WARNINGS) {
-            log::warn!(
-                "{}: at offset {} of the {}: {}",
-                level_file(n.level).display(),
-                n.header,
-                what(n.level),
-                n.msg
-            );
-        }
-        if notes.len() > MAX_WARNINGS {
-            log::warn!(
-                "{}: {} more warnings about this point's members not shown",
-                level_file(self.chain.len().saturating_sub(1)).display(),
-                notes.len() - MAX_WARNINGS
-            );
-        }
+        self.log_notes(&notes);
         // Hard links: one node per member, however many paths.
         let mut links: HashMap<FileId, u32> = HashMap::new();
         count_links(&root, &mut links);
@@ -439,14 +455,14 @@ impl TreeDir {
         {
             *meta = self.root_attrs();
         }
-        let mut files: HashMap<FileId, Arc<dyn FileNode>> = HashMap::new();
         let built = TreeParts {
             members: &members,
             links: &links,
             bases: &bases,
         };
-        match self.to_node(&root, &built, &mut files)? {
-            Node::Dir(d) => Ok(d),
+        let mut made = Made::default();
+        match self.to_node(&root, &built, &mut made)? {
+            Node::Dir(d) => Ok((d, made.damaged)),
             _ => Err(Error::corrupt(
                 level_file(0),
                 0,
@@ -469,17 +485,12 @@ impl TreeDir {
         }
     }
 
-    fn to_node(
-        &self,
-        n: &TNode,
-        built: &TreeParts<'_>,
-        files: &mut HashMap<FileId, Arc<dyn FileNode>>,
-    ) -> Result<Node> {
+    fn to_node(&self, n: &TNode, built: &TreeParts<'_>, made: &mut Made) -> Result<Node> {
         Ok(match n {
             TNode::Dir(meta, children) => {
                 let entries = children
                     .iter()
-                    .map(|(name, c)| Ok((name.clone(), self.to_node(c, built, files)?)))
+                    .map(|(name, c)| Ok((name.clone(), self.to_node(c, built, made)?)))
                     .collect::<Result<_>>()?;
                 Node::Dir(StaticDir::new(attr_of(meta), entries))
             }
@@ -491,7 +502,7 @@ impl TreeDir {
                 },
             })),
             TNode::File(id) => {
-                if let Some(f) = files.get(id) {
+                if let Some(f) = made.files.get(id) {
                     return Ok(Node::File(Arc::clone(f)));
                 }
                 let (m, level) = self.member(built, *id)?;
@@ -502,9 +513,12 @@ impl TreeDir {
                     mtime: m.mtime,
                 });
                 let f: Arc<dyn FileNode> = if built.bases.contains_key(id) {
+                    let extents = self.extents(built, *id)?;
+                    made.damaged
+                        .extend(extents.iter().find_map(|e| self.missing(e)));
                     Arc::new(patch::PatchedFile {
                         chain: self.chain.clone(),
-                        extents: self.extents(built, *id)?,
+                        extents,
                         size: m.size,
                         attr,
                     })
@@ -517,10 +531,21 @@ impl TreeDir {
                         attr,
                     })
                 };
-                files.insert(*id, Arc::clone(&f));
+                made.files.insert(*id, Arc::clone(&f));
                 Node::File(f)
             }
         })
+    }
+
+    /// The error reading a missing extent gives.
+    fn missing(&self, e: &patch::Extent) -> Option<Error> {
+        match &e.src {
+            patch::Src::Missing { level, header, why } => {
+                let file = self.chain.get(*level).map_or(Path::new(""), |l| &l.data);
+                Some(Error::corrupt(file, *header, &**why))
+            }
+            patch::Src::Stream { .. } => None,
+        }
     }
 
     fn member<'a>(
@@ -563,6 +588,14 @@ impl TreeDir {
         }
         Ok(ext)
     }
+}
+
+/// What `TreeDir::to_node` has made so far: file nodes (one per member, however many paths)
+/// and the errors of files with bytes no level gives.
+#[derive(Default)]
+struct Made {
+    files: HashMap<FileId, Arc<dyn FileNode>>,
+    damaged: Vec<Error>,
 }
 
 /// What `TreeDir::to_node` needs of a built tree.
@@ -887,7 +920,10 @@ impl BackupSet for FreezerSet {
                             .chain
                             .last()
                             .map_or(Path::new(""), |l| l.data.as_path());
-                        problems.extend(no_panic(top, "building the tree", || tree.build()).err());
+                        match no_panic(top, "building the tree", || tree.build()) {
+                            Ok((_, damaged)) => problems.extend(damaged),
+                            Err(e) => problems.push(e),
+                        }
                     }
                 }
                 Check {
