@@ -106,27 +106,43 @@ fn value(r: &mut Reader<'_>, budget: &mut Budget, depth: usize) -> Result<Value,
     }
     budget.charge(VALUE_BYTES, at)?;
     let [m] = fixed::<1>(r, at)?;
+    // Strings, arrays and maps: their length is in the marker or in 1, 2 or 4 bytes after it.
+    let sized = match m {
+        0x80..=0x8f => Some((Sized::Map, u64::from(m & 0x0f))),
+        0x90..=0x9f => Some((Sized::Array, u64::from(m & 0x0f))),
+        0xa0..=0xbf => Some((Sized::Bytes, u64::from(m & 0x1f))),
+        0xc4 | 0xd9 => Some((Sized::Bytes, length(r, 1, at)?)),
+        0xc5 | 0xda => Some((Sized::Bytes, length(r, 2, at)?)),
+        0xc6 | 0xdb => Some((Sized::Bytes, length(r, 4, at)?)),
+        0xdc => Some((Sized::Array, length(r, 2, at)?)),
+        0xdd => Some((Sized::Array, length(r, 4, at)?)),
+        0xde => Some((Sized::Map, length(r, 2, at)?)),
+        0xdf => Some((Sized::Map, length(r, 4, at)?)),
+        _ => None,
+    };
+    match sized {
+        Some((Sized::Bytes, n)) => bytes(r, budget, n),
+        Some((Sized::Array, n)) => array(r, budget, depth, n),
+        Some((Sized::Map, n)) => map(r, budget, depth, n),
+        None => scalar(r, m, at),
+    }
+}
+
+/// What a marker with a length holds.
+enum Sized {
+    Bytes,
+    Array,
+    Map,
+}
+
+/// A value without a length: an integer, a float, nil or a boolean.
+fn scalar(r: &mut Reader<'_>, m: u8, at: u64) -> Result<Value, TarError> {
     Ok(match m {
         0x00..=0x7f => Value::Int(i128::from(m)),
         0xe0..=0xff => Value::Int(i128::from(m as i8)),
-        0x80..=0x8f => map(r, budget, depth, u64::from(m & 0x0f))?,
-        0x90..=0x9f => array(r, budget, depth, u64::from(m & 0x0f))?,
-        0xa0..=0xbf => bytes(r, budget, u64::from(m & 0x1f))?,
         0xc0 => Value::Nil,
         0xc2 => Value::Bool(false),
         0xc3 => Value::Bool(true),
-        0xc4 | 0xd9 => {
-            let n = length(r, 1, at)?;
-            bytes(r, budget, n)?
-        }
-        0xc5 | 0xda => {
-            let n = length(r, 2, at)?;
-            bytes(r, budget, n)?
-        }
-        0xc6 | 0xdb => {
-            let n = length(r, 4, at)?;
-            bytes(r, budget, n)?
-        }
         0xca => Value::Float(f64::from(f32::from_be_bytes(fixed(r, at)?))),
         0xcb => Value::Float(f64::from_be_bytes(fixed(r, at)?)),
         0xcc => Value::Int(i128::from(fixed::<1>(r, at)?[0])),
@@ -137,22 +153,6 @@ fn value(r: &mut Reader<'_>, budget: &mut Budget, depth: usize) -> Result<Value,
         0xd1 => Value::Int(i128::from(i16::from_be_bytes(fixed(r, at)?))),
         0xd2 => Value::Int(i128::from(i32::from_be_bytes(fixed(r, at)?))),
         0xd3 => Value::Int(i128::from(i64::from_be_bytes(fixed(r, at)?))),
-        0xdc => {
-            let n = length(r, 2, at)?;
-            array(r, budget, depth, n)?
-        }
-        0xdd => {
-            let n = length(r, 4, at)?;
-            array(r, budget, depth, n)?
-        }
-        0xde => {
-            let n = length(r, 2, at)?;
-            map(r, budget, depth, n)?
-        }
-        0xdf => {
-            let n = length(r, 4, at)?;
-            map(r, budget, depth, n)?
-        }
         _ => {
             return Err(TarError::at(
                 at,

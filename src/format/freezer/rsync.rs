@@ -307,6 +307,7 @@ fn entry(v: Value, at: u64, block: u64, owners: &Owners) -> Result<(Member, u64)
     let f = fields(v, at)?;
     let path = f
         .path
+        .clone()
         .ok_or_else(|| TarError::at(at, "a header entry without a path"))?;
     let mut m = Member {
         path,
@@ -336,6 +337,16 @@ fn entry(v: Value, at: u64, block: u64, owners: &Owners) -> Result<(Member, u64)
     m.uid = owners.uid(i.uname.as_deref());
     m.gid = owners.gid(i.gname.as_deref());
     m.mtime = i.mtime;
+    let (kind, stored) = kind(&f, &i, block, at)?;
+    m.kind = kind;
+    if matches!(m.kind, MemberKind::File | MemberKind::Patch(_)) {
+        m.size = i.size;
+    }
+    Ok((m, stored))
+}
+
+/// What an entry with an inode is, and the bytes of data it has in the stream.
+fn kind(f: &Fields, i: &Inode, block: u64, at: u64) -> Result<(MemberKind, u64), TarError> {
     let regular = i.mode & 0o170000 == 0o100000;
     if f.deltas.is_some() && !(regular && f.new_level) {
         return Err(TarError::at(
@@ -343,30 +354,19 @@ fn entry(v: Value, at: u64, block: u64, owners: &Owners) -> Result<(Member, u64)
             "deltas on an entry that is not a changed regular file (new_level)",
         ));
     }
-    let mut stored = 0;
-    m.kind = match i.mode & 0o170000 {
-        0o100000 => {
-            m.size = i.size;
-            match &f.deltas {
-                Some(d) => {
-                    let (len, runs) = deltas(d, block, at)?;
-                    stored = len;
-                    MemberKind::Patch(runs)
-                }
-                None => {
-                    stored = i.size;
-                    MemberKind::File
-                }
-            }
+    Ok(match (i.mode & 0o170000, &f.deltas) {
+        (0o100000, Some(d)) => {
+            let (len, runs) = deltas(d, block, at)?;
+            (MemberKind::Patch(runs), len)
         }
-        0o040000 => MemberKind::Dir,
-        0o120000 => MemberKind::Symlink(f.lname.unwrap_or_default()),
-        0o020000 => MemberKind::Other(b'3'),
-        0o060000 => MemberKind::Other(b'4'),
-        0o010000 => MemberKind::Other(b'6'),
-        _ => MemberKind::Other(b'?'),
-    };
-    Ok((m, stored))
+        (0o100000, None) => (MemberKind::File, i.size),
+        (0o040000, _) => (MemberKind::Dir, 0),
+        (0o120000, _) => (MemberKind::Symlink(f.lname.clone().unwrap_or_default()), 0),
+        (0o020000, _) => (MemberKind::Other(b'3'), 0),
+        (0o060000, _) => (MemberKind::Other(b'4'), 0),
+        (0o010000, _) => (MemberKind::Other(b'6'), 0),
+        _ => (MemberKind::Other(b'?'), 0),
+    })
 }
 
 /// `deltas`: `[len, [block, ...]]`, the changed blocks in increasing order, `len` their total
