@@ -661,9 +661,10 @@ impl FreezerSet {
                 format!("engine {engine:?}: restorefs serves Freezer's tar and rsync engines only"),
             )
         });
+        let kind = Engine::of_dir(engine);
         let levels: Vec<LoadedLevel> = list
             .iter()
-            .map(|b| load_level(&meta_dir, &data_dir, b, opts, key))
+            .map(|b| load_level((&meta_dir, &data_dir), kind, b, opts, key))
             .collect();
         let data_rel = format!("data/{engine}/{hbn}");
         let mut points = Vec::new();
@@ -772,8 +773,8 @@ fn point_ids(b: &Backup, meta: Option<&Value>) -> Map<String, Value> {
 
 /// A backup's level, from its `metadata` JSON.
 fn load_level(
-    meta_dir: &Path,
-    data_dir: &Path,
+    (meta_dir, data_dir): (&Path, &Path),
+    engine: Engine,
     b: &Backup,
     opts: &ScanContext,
     key: Option<&Arc<Vec<u8>>>,
@@ -789,10 +790,9 @@ fn load_level(
             data.display()
         )));
     }
-    let (engine, block) = if meta_dir.parent().and_then(Path::file_name) == Some("rsync".as_ref()) {
-        (Engine::Rsync, block_size(&meta, &meta_path)?)
-    } else {
-        (Engine::Tar, 0)
+    let block = match engine {
+        Engine::Rsync => block_size(&meta, &meta_path)?,
+        Engine::Tar => 0,
     };
     let compression = meta
         .get("compression")

@@ -37,6 +37,17 @@ pub enum Engine {
     Rsync,
 }
 
+impl Engine {
+    /// The engine whose folder under `metadata/` and `data/` is `name` (`tar` for any other).
+    pub fn of_dir(name: &str) -> Engine {
+        if name == "rsync" {
+            Engine::Rsync
+        } else {
+            Engine::Tar
+        }
+    }
+}
+
 /// Whether `head` starts the way `compression` starts for `engine`.
 fn starts_right(engine: Engine, compression: &str, head: &[u8]) -> bool {
     match (engine, compression) {
