@@ -190,6 +190,11 @@ fn check(store: &Store, source: &Path, expected: &[(i64, BTreeMap<String, Entry>
         run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_matches(&walk(&got), want, &format!("export {set}/{name}"));
     }
+    // Every point's files against the block signatures the writer recorded (as freezer does).
+    let mut verify = vec!["verify".to_owned(), source.display().to_string()];
+    verify.extend(key_args.iter().cloned());
+    let text = run_ok(&verify.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(text.matches("OK ").count(), expected.len(), "{text}");
     if mount {
         let args: Vec<&str> = key_args.iter().map(String::as_str).collect();
         let m = Mounted::new(source, &args);

@@ -10,6 +10,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use sha1::{Digest, Sha1};
+
 /// A MessagePack value.
 pub enum Mp {
     Int(i64),
@@ -18,6 +20,8 @@ pub enum Mp {
     Bool(bool),
     Arr(Vec<Mp>),
     Map(Vec<(&'static str, Mp)>),
+    /// A map with computed keys.
+    Dict(Vec<(String, Mp)>),
 }
 
 fn len_marker(out: &mut Vec<u8>, n: usize, fix: u8, fix_max: usize, m16: u8, m32: u8) {
@@ -72,6 +76,13 @@ pub fn enc(v: &Mp, out: &mut Vec<u8>) {
             len_marker(out, fields.len(), 0x80, 15, 0xde, 0xdf);
             for (k, v) in fields {
                 enc(&Mp::Str((*k).to_owned()), out);
+                enc(v, out);
+            }
+        }
+        Mp::Dict(fields) => {
+            len_marker(out, fields.len(), 0x80, 15, 0xde, 0xdf);
+            for (k, v) in fields {
+                enc(&Mp::Str(k.clone()), out);
                 enc(v, out);
             }
         }
@@ -207,6 +218,7 @@ impl Store {
         enc(&Mp::Arr(headers), &mut stream);
         stream.extend(data);
         self.write(l0, level, ts, &stream);
+        self.engine_metadata(l0, level, ts, &now);
         now
     }
 
@@ -218,35 +230,7 @@ impl Store {
         let meta_dir = self.root.join("metadata").join(&rel);
         std::fs::create_dir_all(&data_dir).unwrap();
         std::fs::create_dir_all(&meta_dir).unwrap();
-        let compress = match self.compression {
-            // Python's zlib, as freezer's `zlib.compressobj(9)`.
-            "gzip" => {
-                "python3 -c 'import sys, zlib; sys.stdout.buffer.write(zlib.compress(sys.stdin.buffer.read(), 9))'"
-            }
-            "bzip2" => "bzip2 -c",
-            _ => "xz -c",
-        };
-        let encrypt = match &self.key {
-            // Freezer's crypt.py: OpenSSL's format, MD5 key derivation, the password as
-            // `readline()` returns it (with its newline).
-            Some(_) => " | openssl enc -aes-256-cfb -md md5 -pass env:RFZ_PASSWORD",
-            None => "",
-        };
-        let mut cmd = Command::new("bash");
-        cmd.arg("-c")
-            .arg(format!(
-                "{compress}{encrypt} > {}",
-                data_dir.join("data").display()
-            ))
-            .stdin(Stdio::piped());
-        if let Some(k) = &self.key {
-            let text = std::fs::read_to_string(k).unwrap();
-            let line = text.split_inclusive('\n').next().unwrap().to_owned();
-            cmd.env("RFZ_PASSWORD", line);
-        }
-        let mut child = cmd.spawn().unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stream).unwrap();
-        assert!(child.wait().unwrap().success());
+        self.compressed(stream, self.key.is_some(), &data_dir.join("data"));
         let meta = serde_json::json!({
             "engine_name": "rsync",
             "compression": self.compression,
@@ -255,6 +239,85 @@ impl Store {
         });
         std::fs::write(meta_dir.join("metadata"), meta.to_string()).unwrap();
     }
+
+    /// Writes `data` compressed (and, with `encrypt`, encrypted) to `out`.
+    fn compressed(&self, data: &[u8], encrypt: bool, out: &Path) {
+        let compress = match self.compression {
+            // Python's zlib, as freezer's `zlib.compressobj(9)` and `zlib.compress`.
+            "gzip" => {
+                "python3 -c 'import sys, zlib; sys.stdout.buffer.write(zlib.compress(sys.stdin.buffer.read(), 9))'"
+            }
+            "bzip2" => "bzip2 -c",
+            _ => "xz -c",
+        };
+        // Freezer's crypt.py: OpenSSL's format, MD5 key derivation, the password as
+        // `readline()` returns it (with its newline).
+        let cipher = if encrypt {
+            " | openssl enc -aes-256-cfb -md md5 -pass env:RFZ_PASSWORD"
+        } else {
+            ""
+        };
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(format!("{compress}{cipher} > {}", out.display()))
+            .stdin(Stdio::piped());
+        if let Some(k) = &self.key {
+            let text = std::fs::read_to_string(k).unwrap();
+            let line = text.split_inclusive('\n').next().unwrap().to_owned();
+            cmd.env("RFZ_PASSWORD", line);
+        }
+        let mut child = cmd.spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), data).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+
+    /// Writes a backup's `engine_metadata` as freezer does (compressed, never encrypted): per
+    /// path its mode and times, and for files the Adler-32 and SHA-1 of every block.
+    fn engine_metadata(&self, l0: i64, level: u32, ts: i64, files: &BTreeMap<String, Old>) {
+        let entries = files
+            .iter()
+            .map(|(p, o)| {
+                let mut f = vec![
+                    ("mode", Mp::Int(i64::from(o.mode))),
+                    ("ctime", Mp::Float(o.ctime)),
+                    ("mtime", Mp::Float(o.mtime)),
+                ];
+                if o.mode & 0o170000 == 0o100000 {
+                    let adler = o.blocks.iter().map(|b| Mp::Int(adler32(b).into()));
+                    let sha1 = o.blocks.iter().map(|b| {
+                        Mp::Str(Sha1::digest(b).iter().map(|x| format!("{x:02x}")).collect())
+                    });
+                    f.push((
+                        "signature",
+                        Mp::Arr(vec![Mp::Arr(adler.collect()), Mp::Arr(sha1.collect())]),
+                    ));
+                }
+                (p.clone(), Mp::Map(f))
+            })
+            .collect();
+        let doc = Mp::Map(vec![
+            ("files", Mp::Dict(entries)),
+            ("platform", Mp::Str("linux".into())),
+            ("abs_backup_path", Mp::Str("/src".into())),
+            ("rsync_struct_ver", Mp::Int(2)),
+            ("rsync_block_size", Mp::Int(self.block as i64)),
+        ]);
+        let mut bytes = Vec::new();
+        enc(&doc, &mut bytes);
+        let rel = format!("rsync/{}/{l0}/{level}_{ts}", self.hbn);
+        let out = self.root.join("data").join(rel).join("engine_metadata");
+        self.compressed(&bytes, false, &out);
+    }
+}
+
+/// Adler-32 (RFC 1950), as Python's `zlib.adler32`.
+fn adler32(data: &[u8]) -> u32 {
+    let (mut a, mut b) = (1u32, 0u32);
+    for &x in data {
+        a = (a + u32::from(x)) % 65521;
+        b = (b + a) % 65521;
+    }
+    (b << 16) | a
 }
 
 fn inode(md: &std::fs::Metadata, meta: &Old) -> Mp {

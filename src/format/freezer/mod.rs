@@ -16,6 +16,7 @@
 mod msgpack;
 mod patch;
 mod rsync;
+mod signature;
 mod stream;
 mod tar;
 mod tree;
@@ -392,6 +393,27 @@ impl TreeDir {
                 Ok(dir)
             })
             .clone()
+    }
+
+    /// An rsync point's files checked against the block signatures freezer recorded with its
+    /// last level (nothing to check for tar).
+    fn check_signatures(&self, dir: &Arc<dyn Directory>) -> Vec<Error> {
+        match self.chain.last() {
+            Some(top) if top.engine == Engine::Rsync => {
+                let meta = top.data.with_file_name("engine_metadata");
+                no_panic(&meta, "checking signatures", || {
+                    Ok(signature::check(
+                        &meta,
+                        &top.compression,
+                        limits(&top.cache),
+                        top.block,
+                        dir,
+                    ))
+                })
+                .unwrap_or_else(|e| vec![e])
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Logs what the tree builder said about members (at most `MAX_WARNINGS` lines).
@@ -921,6 +943,9 @@ impl BackupSet for FreezerSet {
                             .last()
                             .map_or(Path::new(""), |l| l.data.as_path());
                         match no_panic(top, "building the tree", || tree.build()) {
+                            Ok((dir, damaged)) if damaged.is_empty() => {
+                                problems.extend(tree.check_signatures(&dir));
+                            }
                             Ok((_, damaged)) => problems.extend(damaged),
                             Err(e) => problems.push(e),
                         }
