@@ -1,12 +1,14 @@
-//! OpenStack Freezer, tar engine, local storage (spec: `freezer-tar.md`): a container holds
-//! `metadata/<engine>/<host>_<name>/<l0_ts>/<level>_<ts>/metadata` and `data/...`; every backup
-//! with its `metadata` file is a restore point exposing `files/`, the tree restored from its
-//! chain of levels.
+//! OpenStack Freezer, tar and rsync (`rsyncv2`) engines, local storage (spec:
+//! `freezer-tar.md`): a container holds `metadata/<engine>/<host>_<name>/<l0_ts>/<level>_<ts>/
+//! metadata` and `data/...`; every backup with its `metadata` file is a restore point exposing
+//! `files/`, the tree restored from its chain of levels.
 //!
 //! A level's stream (gzip, bzip2 or xz, perhaps encrypted) cannot be entered in the middle: it is
-//! decompressed once, front to back, when a point that needs it is first opened; its tar index is
-//! kept, and the decompressed stream goes to the shared cache (or the scratch folder when large)
-//! so that file reads are plain reads from then on.
+//! decompressed once, front to back, when a point that needs it is first opened; its index (tar
+//! members, or rsync header entries as members) is kept, and the decompressed stream goes to the
+//! shared cache (or the scratch folder when large) so that file reads are plain reads from then
+//! on. An rsync file stored as changed blocks reads through a map of its byte ranges over the
+//! chain's streams (`patch`).
 //!
 //! Backups are untrusted: a level may decompress to at most 8 × `--cache-size` (the scratch
 //! folder's share), its index and a point's tree take at most `--cache-size` of memory (128 MiB
