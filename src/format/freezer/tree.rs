@@ -1,6 +1,8 @@
 //! The file tree of a restore point: the members of each level of its chain applied in order,
 //! as `tar --incremental --extract` does (spec §7.1): dumpdirs rename and purge, files, links
-//! and symlinks replace whatever was at their path. Plain data; no I/O.
+//! and symlinks replace whatever was at their path. The rsync engine's entries (§7.2) apply the
+//! same way, plus deletions and files made of changed blocks over the file at their path.
+//! Plain data; no I/O.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -698,6 +700,38 @@ mod tests {
         let (t, notes, _) = build(&[&deep, &up], u64::MAX).unwrap();
         assert_eq!(height(&t), MAX_DEPTH);
         assert_eq!(notes.len(), 1, "{notes:#?}");
+    }
+
+    #[test]
+    fn rsync_patches_name_their_base_and_deletions_remove_subtrees() {
+        use crate::format::freezer::rsync::Run;
+        let run = Run {
+            start: 0,
+            len: 1,
+            data: 0,
+        };
+        let patch = || MemberKind::Patch(vec![run]);
+        let l0 = vec![
+            m("f", MemberKind::File),
+            m("d", MemberKind::Dir),
+            m("d/g", MemberKind::File),
+            m("s", MemberKind::Symlink("/etc".into())),
+        ];
+        let l1 = vec![
+            m("f", patch()),
+            m("new", patch()),
+            m("s/passwd", patch()),
+            m("d", MemberKind::Deleted),
+            m("", MemberKind::Deleted),
+            m("../x", MemberKind::Deleted),
+        ];
+        let (t, notes, bases) = build(&[&l0, &l1], u64::MAX).unwrap();
+        // A path through a symlink makes a folder in its place, never following it.
+        assert_eq!(list(&t), ["f=1.0", "new=1.1", "s/", "s/passwd=1.2"]);
+        assert_eq!(bases[&(1, 0)], Some((0, 0)));
+        assert_eq!(bases[&(1, 1)], None);
+        assert_eq!(bases[&(1, 2)], None);
+        assert_eq!(notes.len(), 2, "{notes:#?}");
     }
 
     #[test]
