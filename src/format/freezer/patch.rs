@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::Level;
 use super::rsync::Run;
+use super::tree::shown;
 use crate::error::{Error, Result};
 use crate::vfs::{self, Attr, FileNode};
 
@@ -98,8 +99,9 @@ pub fn overlay(
                 level,
                 header,
                 why: format!(
-                    "{path:?}: its changed blocks leave bytes {base_size}..{size} undefined, \
-                     beyond the previous level's {base_size}-byte file"
+                    "{:?}: its changed blocks leave bytes {base_size}..{size} undefined, \
+                     beyond the previous level's {base_size}-byte file",
+                    shown(path)
                 )
                 .into(),
             },

@@ -24,6 +24,7 @@ use std::io::{Read, Write};
 
 use super::msgpack::{self, Budget, Value};
 use super::tar::{Limits, Member, MemberKind, Reader, TarError, over_stream};
+use super::tree::shown;
 
 /// Freezer's default `rsync_block_size`.
 pub const DEFAULT_BLOCK: u64 = 4096;
@@ -157,7 +158,7 @@ fn layout(members: &mut [Member], stored: &[u64], start: u64, bound: u64) -> Res
                         "{:?} declares {len} bytes of data: with the files before it, more than \
                          a level's stream may hold ({bound} bytes): damaged header (or raise \
                          --cache-size)",
-                        m.path
+                        shown(&m.path)
                     ),
                     ..over_stream(m.header, bound)
                 });
@@ -192,7 +193,7 @@ fn check_length(members: &[Member], stored: &[u64], end: u64, got: u64) -> Resul
                 "the stream ends {} bytes into the {len}-byte data of {:?} (at offset {}): \
                  truncated",
                 got.saturating_sub(m.offset),
-                m.path,
+                shown(&m.path),
                 m.offset
             ),
         )),

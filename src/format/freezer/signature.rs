@@ -11,6 +11,7 @@ use sha1::{Digest, Sha1};
 use super::msgpack::{self, Budget, Value};
 use super::stream::{self, Engine};
 use super::tar::{Limits, Reader};
+use super::tree::shown;
 use crate::error::{Error, Result};
 use crate::vfs::{Directory, FileNode, Node};
 
@@ -49,13 +50,16 @@ pub fn check(
                     return Some(Error::corrupt(
                         meta,
                         0,
-                        format!("{path:?} is signed here but not in the restored tree"),
+                        format!(
+                            "{:?} is signed here but not in the restored tree",
+                            shown(&path)
+                        ),
                     ));
                 }
                 Err(e) => return Some(e),
             };
             compare(file.as_ref(), &sig, block).err().map(|why| {
-                why.unwrap_or_else(|w| Error::corrupt(meta, 0, format!("{path:?}: {w}")))
+                why.unwrap_or_else(|w| Error::corrupt(meta, 0, format!("{:?}: {w}", shown(&path))))
             })
         })
         .collect()

@@ -153,7 +153,7 @@ fn charge(used: &mut u64, max: u64, bytes: u64) -> Result<(), String> {
 }
 
 /// A name as notes show it: at most 200 bytes (a hostile one can be megabytes).
-fn shown(name: &str) -> String {
+pub fn shown(name: &str) -> String {
     if name.len() <= 200 {
         return name.to_owned();
     }
