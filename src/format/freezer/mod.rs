@@ -259,7 +259,10 @@ impl Level {
     fn decode(&self) -> Result<Rebuilt> {
         log::info!("{}: decoding the level", self.data.display());
         let limits = limits(&self.cache);
-        let path = self.work.file("tar")?;
+        let path = self.work.file(match self.engine {
+            Engine::Tar => "tar",
+            Engine::Rsync => "rsync",
+        })?;
         let mut input = stream::open(
             &self.data,
             self.engine,
