@@ -216,6 +216,35 @@ fn stream(rng: &mut Rng, block: u64) -> Vec<u8> {
     out
 }
 
+/// An `engine_metadata` with block signatures that may or may not fit the files, or be lists
+/// at all; sometimes a list that claims billions of entries.
+fn engine_metadata(rng: &mut Rng) -> Vec<u8> {
+    let files = (0..1 + rng.below(4))
+        .map(|_| {
+            let n = rng.below(8);
+            let weak = Mp::Arr((0..n).map(|_| Mp::Int(number(rng, 1 << 32))).collect());
+            let strong = Mp::Arr(
+                (0..n + usize::from(rng.one_in(8)))
+                    .map(|_| s(&format!("{:040x}", rng.next())))
+                    .collect(),
+            );
+            let sig = if rng.one_in(8) {
+                Mp::Int(7)
+            } else {
+                Mp::Arr(vec![weak, strong])
+            };
+            (s(&path(rng)), Mp::Map(vec![(s("signature"), sig)]))
+        })
+        .collect();
+    let mut out = Vec::new();
+    enc(&Mp::Map(vec![(s("files"), Mp::Map(files))]), &mut out);
+    if rng.one_in(8) {
+        // `{"files": <a map of 4 billion entries>}` in a few bytes.
+        out = b"\x81\xa5files\xdf\xff\xff\xff\xff\x01\x02".to_vec();
+    }
+    out
+}
+
 fn zlib(data: &[u8]) -> Vec<u8> {
     let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
     z.write_all(data).unwrap();
@@ -255,6 +284,10 @@ pub fn mutate(rng: &mut Rng, dir: &Path) -> String {
     let data = stream(rng, block.clamp(1, 1 << 20));
     let compressed = if rng.one_in(8) { data } else { zlib(&data) };
     std::fs::write(set_data.join(&rel).join("data"), compressed).unwrap();
+    if rng.one_in(2) {
+        let meta = zlib(&engine_metadata(rng));
+        std::fs::write(set_data.join(&rel).join("engine_metadata"), meta).unwrap();
+    }
     let meta = format!(
         r#"{{"engine_name": "rsync", "compression": "gzip", "rsync_block_size": {block}, "encryption": false}}"#
     );
