@@ -9,6 +9,8 @@
 //! Used by `tests/fuzz.rs` (a short fixed-seed run) and `examples/fuzz.rs` (`scripts/fuzz.sh`).
 #![allow(dead_code)]
 
+mod rsync;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::panic::AssertUnwindSafe;
@@ -1265,6 +1267,7 @@ fn freezer_case(rng: &mut Rng, case: &mut Case) {
             })
             .collect();
         let what = match rng.below(5) {
+            0 | 1 if set == "rsyncv2-level0" => rsync::mutate(rng, &dir),
             0 | 1 if !gz.is_empty() => {
                 // Inside the compression: the tar members themselves.
                 let f = (*rng.pick(&gz)).clone();

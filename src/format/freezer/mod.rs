@@ -1,18 +1,24 @@
-//! OpenStack Freezer, tar engine, local storage (spec: `freezer-tar.md`): a container holds
-//! `metadata/<engine>/<host>_<name>/<l0_ts>/<level>_<ts>/metadata` and `data/...`; every backup
-//! with its `metadata` file is a restore point exposing `files/`, the tree restored from its
-//! chain of levels.
+//! OpenStack Freezer, tar and rsync (`rsyncv2`) engines, local storage (spec:
+//! `freezer-tar.md`): a container holds `metadata/<engine>/<host>_<name>/<l0_ts>/<level>_<ts>/
+//! metadata` and `data/...`; every backup with its `metadata` file is a restore point exposing
+//! `files/`, the tree restored from its chain of levels.
 //!
 //! A level's stream (gzip, bzip2 or xz, perhaps encrypted) cannot be entered in the middle: it is
-//! decompressed once, front to back, when a point that needs it is first opened; its tar index is
-//! kept, and the decompressed stream goes to the shared cache (or the scratch folder when large)
-//! so that file reads are plain reads from then on.
+//! decompressed once, front to back, when a point that needs it is first opened; its index (tar
+//! members, or rsync header entries as members) is kept, and the decompressed stream goes to the
+//! shared cache (or the scratch folder when large) so that file reads are plain reads from then
+//! on. An rsync file stored as changed blocks reads through a map of its byte ranges over the
+//! chain's streams (`patch`).
 //!
 //! Backups are untrusted: a level may decompress to at most 8 × `--cache-size` (the scratch
 //! folder's share), its index and a point's tree take at most `--cache-size` of memory (128 MiB
 //! at least), and members tar would refuse (`..`, over-long names, the root as a file) are left
 //! out with a warning naming the level's data file and the member's offset.
 
+mod msgpack;
+mod patch;
+mod rsync;
+mod signature;
 mod stream;
 mod tar;
 mod tree;
@@ -34,8 +40,9 @@ use crate::model::{
 use crate::timefmt;
 use crate::vfs::{self, Attr, Directory, FileNode, Node, StaticDir, Symlink};
 use crate::workdir::{Rebuilt, WorkDir};
-use tar::Member;
-use tree::{FileId, TNode};
+use stream::Engine;
+use tar::{Member, MemberKind};
+use tree::{Bases, FileId, MemberAttrs, TNode};
 
 /// The format's name, as `ls` and `info.json` show it.
 pub const NAME: &str = "freezer";
@@ -193,6 +200,9 @@ fn no_panic<T>(file: &Path, what: &str, f: impl FnOnce() -> Result<T>) -> Result
 /// One level's stream, decoded on first use and shared by every point that needs it.
 struct Level {
     data: PathBuf,
+    engine: Engine,
+    /// The rsync engine's block size.
+    block: u64,
     compression: String,
     password: Option<Arc<Vec<u8>>>,
     cache: Arc<Cache>,
@@ -238,19 +248,39 @@ impl Level {
         })
     }
 
+    /// What the decompressed stream is, for messages.
+    fn what(&self) -> &'static str {
+        match self.engine {
+            Engine::Tar => "decompressed tar stream",
+            Engine::Rsync => "decompressed rsync stream",
+        }
+    }
+
     fn decode(&self) -> Result<Rebuilt> {
         log::info!("{}: decoding the level", self.data.display());
         let limits = limits(&self.cache);
-        let path = self.work.file("tar")?;
+        let path = self.work.file(match self.engine {
+            Engine::Tar => "tar",
+            Engine::Rsync => "rsync",
+        })?;
         let mut input = stream::open(
             &self.data,
+            self.engine,
             &self.compression,
             self.password.as_deref().map(Vec::as_slice),
             limits.memory,
         )?;
         let out = std::fs::File::create(&path).map_err(|e| Error::io(&path, &e))?;
         let mut sink = std::io::BufWriter::with_capacity(1 << 20, out);
-        let indexed = tar::index(&mut input, &mut sink, limits);
+        let indexed = match self.engine {
+            Engine::Tar => tar::index(&mut input, &mut sink, limits),
+            Engine::Rsync => {
+                // The header list is read a few bytes at a time.
+                let mut buffered = std::io::BufReader::with_capacity(1 << 16, input);
+                let owners = rsync::Owners::local();
+                rsync::index(&mut buffered, &mut sink, limits, self.block, &owners)
+            }
+        };
         let flushed = std::io::Write::flush(&mut sink);
         drop(sink);
         let members = match indexed {
@@ -260,16 +290,13 @@ impl Level {
                 return Err(if e.over_bound {
                     Error::unsupported(
                         &self.data,
-                        format!(
-                            "at offset {} of the decompressed tar stream: {}",
-                            e.offset, e.msg
-                        ),
+                        format!("at offset {} of the {}: {}", e.offset, self.what(), e.msg),
                     )
                 } else {
                     Error::corrupt(
                         &self.data,
                         e.offset,
-                        format!("in the decompressed tar stream: {}", e.msg),
+                        format!("in the {}: {}", self.what(), e.msg),
                     )
                 });
             }
@@ -364,12 +391,64 @@ impl TreeDir {
                     .chain
                     .last()
                     .map_or(Path::new(""), |l| l.data.as_path());
-                no_panic(top, "building the tree", || self.build())
+                let (dir, damaged) = no_panic(top, "building the tree", || self.build())?;
+                for e in damaged.iter().take(MAX_WARNINGS) {
+                    log::warn!("{e}");
+                }
+                Ok(dir)
             })
             .clone()
     }
 
-    fn build(&self) -> Result<Arc<dyn Directory>> {
+    /// An rsync point's files checked against the block signatures freezer recorded with its
+    /// last level (nothing to check for tar).
+    fn check_signatures(&self, dir: &Arc<dyn Directory>) -> Vec<Error> {
+        match self.chain.last() {
+            Some(top) if top.engine == Engine::Rsync => {
+                let meta = top.data.with_file_name("engine_metadata");
+                no_panic(&meta, "checking signatures", || {
+                    Ok(signature::check(
+                        &meta,
+                        &top.compression,
+                        limits(&top.cache),
+                        top.block,
+                        dir,
+                    ))
+                })
+                .unwrap_or_else(|e| vec![e])
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Logs what the tree builder said about members (at most `MAX_WARNINGS` lines).
+    fn log_notes(&self, notes: &[tree::Note]) {
+        let level_file = |i: usize| {
+            self.chain
+                .get(i)
+                .map_or(Path::new(""), |l| l.data.as_path())
+        };
+        let what = |i: usize| self.chain.get(i).map_or("stream", |l| l.what());
+        for n in notes.iter().take(MAX_WARNINGS) {
+            log::warn!(
+                "{}: at offset {} of the {}: {}",
+                level_file(n.level).display(),
+                n.header,
+                what(n.level),
+                n.msg
+            );
+        }
+        if notes.len() > MAX_WARNINGS {
+            log::warn!(
+                "{}: {} more warnings about this point's members not shown",
+                level_file(self.chain.len().saturating_sub(1)).display(),
+                notes.len() - MAX_WARNINGS
+            );
+        }
+    }
+
+    /// The tree, with the errors of its files that have bytes no level gives (rsync engine).
+    fn build(&self) -> Result<(Arc<dyn Directory>, Vec<Error>)> {
         let members: Vec<Arc<Vec<Member>>> = self
             .chain
             .iter()
@@ -385,36 +464,32 @@ impl TreeDir {
             .chain
             .first()
             .map_or(MIN_MEMORY, |l| limits(&l.cache).memory);
-        let (root, notes) = tree::build(&refs, max).map_err(|n| {
+        let what = |i: usize| self.chain.get(i).map_or("stream", |l| l.what());
+        let (mut root, notes, bases) = tree::build(&refs, max).map_err(|n| {
             Error::unsupported(
                 level_file(n.level),
-                format!(
-                    "at offset {} of the decompressed tar stream: {}",
-                    n.header, n.msg
-                ),
+                format!("at offset {} of the {}: {}", n.header, what(n.level), n.msg),
             )
         })?;
-        for n in notes.iter().take(MAX_WARNINGS) {
-            log::warn!(
-                "{}: at offset {} of the decompressed tar stream: {}",
-                level_file(n.level).display(),
-                n.header,
-                n.msg
-            );
-        }
-        if notes.len() > MAX_WARNINGS {
-            log::warn!(
-                "{}: {} more warnings about this point's members not shown",
-                level_file(self.chain.len().saturating_sub(1)).display(),
-                notes.len() - MAX_WARNINGS
-            );
-        }
+        self.log_notes(&notes);
         // Hard links: one node per member, however many paths.
         let mut links: HashMap<FileId, u32> = HashMap::new();
         count_links(&root, &mut links);
-        let mut files: HashMap<FileId, Arc<TarFile>> = HashMap::new();
-        match self.to_node(&root, &members, &links, &mut files)? {
-            Node::Dir(d) => Ok(d),
+        // The rsync engine does not record the backed-up folder itself: it is served as the
+        // restore folder freezer makes (0755, the restoring user).
+        if let TNode::Dir(meta, _) = &mut root
+            && *meta == MemberAttrs::default()
+        {
+            *meta = self.root_attrs();
+        }
+        let built = TreeParts {
+            members: &members,
+            links: &links,
+            bases: &bases,
+        };
+        let mut made = Made::default();
+        match self.to_node(&root, &built, &mut made)? {
+            Node::Dir(d) => Ok((d, made.damaged)),
             _ => Err(Error::corrupt(
                 level_file(0),
                 0,
@@ -423,18 +498,26 @@ impl TreeDir {
         }
     }
 
-    fn to_node(
-        &self,
-        n: &TNode,
-        members: &[Arc<Vec<Member>>],
-        links: &HashMap<FileId, u32>,
-        files: &mut HashMap<FileId, Arc<TarFile>>,
-    ) -> Result<Node> {
+    fn root_attrs(&self) -> MemberAttrs {
+        let secs = self
+            .fallback
+            .mtime
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        MemberAttrs {
+            mode: 0o755,
+            uid: crate::sys::euid(),
+            gid: crate::sys::egid(),
+            mtime: secs,
+        }
+    }
+
+    fn to_node(&self, n: &TNode, built: &TreeParts<'_>, made: &mut Made) -> Result<Node> {
         Ok(match n {
             TNode::Dir(meta, children) => {
                 let entries = children
                     .iter()
-                    .map(|(name, c)| Ok((name.clone(), self.to_node(c, members, links, files)?)))
+                    .map(|(name, c)| Ok((name.clone(), self.to_node(c, built, made)?)))
                     .collect::<Result<_>>()?;
                 Node::Dir(StaticDir::new(attr_of(meta), entries))
             }
@@ -446,35 +529,107 @@ impl TreeDir {
                 },
             })),
             TNode::File(id) => {
-                if let Some(f) = files.get(id) {
-                    return Ok(Node::File(Arc::clone(f) as Arc<dyn FileNode>));
+                if let Some(f) = made.files.get(id) {
+                    return Ok(Node::File(Arc::clone(f)));
                 }
-                let (Some(m), Some(level)) = (
-                    members.get(id.0).and_then(|l| l.get(id.1)),
-                    self.chain.get(id.0),
-                ) else {
-                    return Err(Error::not_found(format!(
-                        "internal: member {} of level {} is missing",
-                        id.1, id.0
-                    )));
-                };
-                let f = Arc::new(TarFile {
-                    level: Arc::clone(level),
-                    offset: m.offset,
-                    size: m.size,
-                    nlink: links.get(id).copied().unwrap_or(1),
-                    attr: attr_of(&tree::MemberAttrs {
-                        mode: m.mode,
-                        uid: m.uid,
-                        gid: m.gid,
-                        mtime: m.mtime,
-                    }),
+                let (m, level) = self.member(built, *id)?;
+                let attr = attr_of(&MemberAttrs {
+                    mode: m.mode,
+                    uid: m.uid,
+                    gid: m.gid,
+                    mtime: m.mtime,
                 });
-                files.insert(*id, Arc::clone(&f));
-                Node::File(f as Arc<dyn FileNode>)
+                let f: Arc<dyn FileNode> = if built.bases.contains_key(id) {
+                    let extents = self.extents(built, *id)?;
+                    made.damaged
+                        .extend(extents.iter().find_map(|e| self.missing(e)));
+                    Arc::new(patch::PatchedFile {
+                        chain: self.chain.clone(),
+                        extents,
+                        size: m.size,
+                        attr,
+                    })
+                } else {
+                    Arc::new(TarFile {
+                        level: Arc::clone(level),
+                        offset: m.offset,
+                        size: m.size,
+                        nlink: built.links.get(id).copied().unwrap_or(1),
+                        attr,
+                    })
+                };
+                made.files.insert(*id, Arc::clone(&f));
+                Node::File(f)
             }
         })
     }
+
+    /// The error reading a missing extent gives.
+    fn missing(&self, e: &patch::Extent) -> Option<Error> {
+        match &e.src {
+            patch::Src::Missing { level, header, why } => {
+                let file = self.chain.get(*level).map_or(Path::new(""), |l| &l.data);
+                Some(Error::corrupt(file, *header, &**why))
+            }
+            patch::Src::Stream { .. } => None,
+        }
+    }
+
+    fn member<'a>(
+        &'a self,
+        built: &TreeParts<'a>,
+        id: FileId,
+    ) -> Result<(&'a Member, &'a Arc<Level>)> {
+        match (
+            built.members.get(id.0).and_then(|l| l.get(id.1)),
+            self.chain.get(id.0),
+        ) {
+            (Some(m), Some(level)) => Ok((m, level)),
+            _ => Err(Error::not_found(format!(
+                "internal: member {} of level {} is missing",
+                id.1, id.0
+            ))),
+        }
+    }
+
+    /// A patched file's content: its chain of patches down to a whole file (or to nothing),
+    /// laid over each other oldest first.
+    fn extents(&self, built: &TreeParts<'_>, id: FileId) -> Result<Vec<patch::Extent>> {
+        let mut stack = vec![id];
+        let mut cur = id;
+        while let Some(Some(base)) = built.bases.get(&cur) {
+            stack.push(*base);
+            cur = *base;
+        }
+        let mut ext = Vec::new();
+        let mut size = 0;
+        for &pid in stack.iter().rev() {
+            let (m, _) = self.member(built, pid)?;
+            match &m.kind {
+                MemberKind::Patch(runs) if built.bases.contains_key(&pid) => {
+                    ext = patch::overlay(&ext, size, m.size, runs, (pid.0, m.header), &m.path);
+                }
+                _ => ext = patch::whole(pid.0, m.offset, m.size),
+            }
+            size = m.size;
+        }
+        Ok(ext)
+    }
+}
+
+/// What `TreeDir::to_node` has made so far: file nodes (one per member, however many paths)
+/// and the errors of files with bytes no level gives.
+#[derive(Default)]
+struct Made {
+    files: HashMap<FileId, Arc<dyn FileNode>>,
+    damaged: Vec<Error>,
+}
+
+/// What `TreeDir::to_node` needs of a built tree.
+struct TreeParts<'a> {
+    members: &'a [Arc<Vec<Member>>],
+    links: &'a HashMap<FileId, u32>,
+    bases: &'a Bases,
 }
 
 fn count_links(n: &TNode, links: &mut HashMap<FileId, u32>) {
@@ -527,15 +682,16 @@ impl FreezerSet {
         list.sort_by_key(|b| (b.ts, b.level, b.l0));
         let meta_dir = container.join("metadata").join(engine).join(hbn);
         let data_dir = container.join("data").join(engine).join(hbn);
-        let problem = (engine != "tar").then(|| {
+        let problem = (engine != "tar" && engine != "rsync").then(|| {
             Error::unsupported(
                 &meta_dir,
-                format!("engine {engine:?}: restorefs serves Freezer's tar engine only"),
+                format!("engine {engine:?}: restorefs serves Freezer's tar and rsync engines only"),
             )
         });
+        let kind = Engine::of_dir(engine);
         let levels: Vec<LoadedLevel> = list
             .iter()
-            .map(|b| load_level(&meta_dir, &data_dir, b, opts, key))
+            .map(|b| load_level((&meta_dir, &data_dir), kind, b, opts, key))
             .collect();
         let data_rel = format!("data/{engine}/{hbn}");
         let mut points = Vec::new();
@@ -644,8 +800,8 @@ fn point_ids(b: &Backup, meta: Option<&Value>) -> Map<String, Value> {
 
 /// A backup's level, from its `metadata` JSON.
 fn load_level(
-    meta_dir: &Path,
-    data_dir: &Path,
+    (meta_dir, data_dir): (&Path, &Path),
+    engine: Engine,
     b: &Backup,
     opts: &ScanContext,
     key: Option<&Arc<Vec<u8>>>,
@@ -661,6 +817,10 @@ fn load_level(
             data.display()
         )));
     }
+    let block = match engine {
+        Engine::Rsync => block_size(&meta, &meta_path)?,
+        Engine::Tar => 0,
+    };
     let compression = meta
         .get("compression")
         .and_then(Value::as_str)
@@ -683,6 +843,8 @@ fn load_level(
     Ok((
         Arc::new(Level {
             data,
+            engine,
+            block,
             compression,
             password,
             cache: Arc::clone(&opts.cache),
@@ -692,6 +854,23 @@ fn load_level(
         }),
         meta,
     ))
+}
+
+/// The rsync engine's block size from a backup's metadata (freezer's default when absent).
+fn block_size(meta: &Value, meta_path: &Path) -> Result<u64> {
+    match meta.get("rsync_block_size") {
+        None | Some(Value::Null) => Ok(rsync::DEFAULT_BLOCK),
+        Some(v) => v
+            .as_u64()
+            .filter(|b| (1..=rsync::MAX_BLOCK).contains(b))
+            .ok_or_else(|| {
+                Error::corrupt(
+                    meta_path,
+                    0,
+                    format!("rsync_block_size {v} is not a block size (1 to 1 GiB)"),
+                )
+            }),
+    }
 }
 
 /// The chain of backup `i`: level 0, then for each level the newest backup one level down in
@@ -768,7 +947,13 @@ impl BackupSet for FreezerSet {
                             .chain
                             .last()
                             .map_or(Path::new(""), |l| l.data.as_path());
-                        problems.extend(no_panic(top, "building the tree", || tree.build()).err());
+                        match no_panic(top, "building the tree", || tree.build()) {
+                            Ok((dir, damaged)) if damaged.is_empty() => {
+                                problems.extend(tree.check_signatures(&dir));
+                            }
+                            Ok((_, damaged)) => problems.extend(damaged),
+                            Err(e) => problems.push(e),
+                        }
                     }
                 }
                 Check {

@@ -1,6 +1,8 @@
-//! A Freezer `data` file as a readable tar stream: OpenSSL `enc` AES-256-CFB decryption when
-//! the backup is encrypted (salted, SHA-256 key derivation, MD5 for OpenSSL 1.0 backups), then
-//! gzip, bzip2 or xz as the backup's metadata says (spec §7.1).
+//! A Freezer `data` file as a readable stream: OpenSSL `enc` AES-256-CFB decryption when the
+//! backup is encrypted (salted, SHA-256 key derivation, MD5 for OpenSSL 1.0 backups and for
+//! freezer's own rsync-engine encryption), then decompression as the backup's metadata says:
+//! gzip, bzip2 or xz for the tar engine (spec §7.1), Python's zlib, bz2 or lzma for the rsync
+//! engine (§7.2).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -25,39 +27,103 @@ fn magic(compression: &str) -> Option<&'static [u8]> {
     }
 }
 
-/// Opens `path` and returns the decompressed (and decrypted) tar stream; the xz decoder may
-/// take at most `memory` bytes (an xz header can ask for a dictionary of gigabytes).
+/// Which engine wrote a stream: it decides what "gzip" means and how the password is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// The tar engine: the `gzip`, `bzip2` or `xz` programs, encrypted by `openssl enc`.
+    Tar,
+    /// The rsyncv2 engine: Python's `zlib` (a zlib stream, not gzip), `bz2` or `lzma`,
+    /// encrypted by freezer's own OpenSSL-compatible code.
+    Rsync,
+}
+
+impl Engine {
+    /// The engine whose folder under `metadata/` and `data/` is `name` (`tar` for any other).
+    pub fn of_dir(name: &str) -> Engine {
+        if name == "rsync" {
+            Engine::Rsync
+        } else {
+            Engine::Tar
+        }
+    }
+}
+
+/// Whether `head` starts the way `compression` starts for `engine`.
+fn starts_right(engine: Engine, compression: &str, head: &[u8]) -> bool {
+    match (engine, compression) {
+        (Engine::Rsync, "gzip") => zlib_start(head),
+        _ => magic(compression).is_some_and(|m| head.starts_with(m)),
+    }
+}
+
+/// A zlib header (deflate, at most a 32 KiB window, no preset dictionary, RFC 1950's check
+/// bits) whose first bytes inflate without error to a MessagePack list, if to anything: two
+/// header bytes alone would let a wrong key through once in a few thousand tries.
+fn zlib_start(head: &[u8]) -> bool {
+    let [cmf, flg, ..] = *head else {
+        return false;
+    };
+    let header = cmf & 0x0f == 8
+        && cmf >> 4 <= 7
+        && flg & 0x20 == 0
+        && (u16::from(cmf) << 8 | u16::from(flg)) % 31 == 0;
+    if !header {
+        return false;
+    }
+    let mut out = [0u8; 16];
+    let mut z = flate2::Decompress::new(true);
+    match z.decompress(head, &mut out, flate2::FlushDecompress::None) {
+        Err(_) => false,
+        Ok(_) => z.total_out() == 0 || matches!(out[0], 0x90..=0x9f | 0xdc | 0xdd),
+    }
+}
+
+/// Opens `path` and returns the decompressed (and decrypted) stream; the xz decoder may take
+/// at most `memory` bytes (an xz header can ask for a dictionary of gigabytes).
 pub fn open(
     path: &Path,
+    engine: Engine,
     compression: &str,
     password: Option<&[u8]>,
     memory: u64,
 ) -> Result<Box<dyn Read + Send>> {
-    let Some(want) = magic(compression) else {
+    if magic(compression).is_none() {
         return Err(Error::unsupported(
             path,
             format!("compression {compression:?} (restorefs reads gzip, bzip2 and xz)"),
         ));
-    };
+    }
     let file = File::open(path).map_err(|e| Error::io(path, &e))?;
     let plain: Box<dyn Read + Send> = match password {
         None => Box::new(file),
-        Some(pass) => Box::new(decrypt(file, path, pass, want)?),
+        Some(pass) => {
+            // Freezer's rsync engine reads the password with Python's `readline()`, which
+            // keeps the line's newline.
+            let mut with_newline = pass.to_vec();
+            with_newline.push(b'\n');
+            let passwords: Vec<&[u8]> = match engine {
+                Engine::Tar => vec![pass],
+                Engine::Rsync => vec![pass, &with_newline],
+            };
+            let check = |head: &[u8]| starts_right(engine, compression, head);
+            Box::new(decrypt(file, path, &passwords, &check)?)
+        }
     };
-    Ok(match compression {
-        "gzip" => Box::new(flate2::read::MultiGzDecoder::new(
-            io::BufReader::with_capacity(1 << 16, plain),
-        )),
-        "bzip2" => Box::new(bzip2::read::MultiBzDecoder::new(
-            io::BufReader::with_capacity(1 << 16, plain),
-        )),
+    let buffered = io::BufReader::with_capacity(1 << 16, plain);
+    Ok(match (engine, compression) {
+        (Engine::Rsync, "gzip") => Box::new(flate2::read::ZlibDecoder::new(buffered)),
+        (_, "gzip") => Box::new(flate2::read::MultiGzDecoder::new(buffered)),
+        (_, "bzip2") => Box::new(bzip2::read::MultiBzDecoder::new(buffered)),
         _ => Box::new(lzma_rust2::XzReader::new_mem_limit(
-            io::BufReader::with_capacity(1 << 16, plain),
+            buffered,
             true,
             u32::try_from(memory / 1024).unwrap_or(u32::MAX - 1),
         )),
     })
 }
+
+/// Bytes of ciphertext decrypted with each candidate key to recognise the right one.
+const PROBE: u64 = 4096;
 
 /// `EVP_BytesToKey(digest, password, salt, count = 1)`: 32 key bytes and 16 IV bytes.
 fn bytes_to_key<D: Digest>(password: &[u8], salt: &[u8]) -> ([u8; 32], [u8; 16]) {
@@ -95,13 +161,13 @@ impl<R: Read> Read for CfbReader<R> {
     }
 }
 
-/// The OpenSSL `enc` stream in `file`: `Salted__`, 8 bytes of salt, then ciphertext. The key
-/// derivation that makes the plaintext start with the compressor's magic wins.
+/// The OpenSSL `enc` stream in `file`: `Salted__`, 8 bytes of salt, then ciphertext. The
+/// password and key derivation that make the plaintext start as `check` wants win.
 fn decrypt(
     mut file: File,
     path: &Path,
-    password: &[u8],
-    want: &[u8],
+    passwords: &[&[u8]],
+    check: &dyn Fn(&[u8]) -> bool,
 ) -> Result<CfbReader<io::Chain<io::Cursor<Vec<u8>>, File>>> {
     let mut head = [0u8; 16];
     file.read_exact(&mut head)
@@ -114,10 +180,17 @@ fn decrypt(
         ));
     }
     let salt = head[8..16].to_vec();
-    let mut first = vec![0u8; 16];
-    let n = file.read(&mut first).map_err(|e| Error::io(path, &e))?;
-    first.truncate(n);
-    for derive in [bytes_to_key::<Sha256>, bytes_to_key::<Md5>] {
+    // Enough plaintext to tell a right key from a wrong one by its first bytes.
+    let mut first = Vec::new();
+    (&mut file)
+        .take(PROBE)
+        .read_to_end(&mut first)
+        .map_err(|e| Error::io(path, &e))?;
+    let derivations = [bytes_to_key::<Sha256>, bytes_to_key::<Md5>];
+    for (password, derive) in passwords
+        .iter()
+        .flat_map(|p| derivations.iter().map(move |d| (p, d)))
+    {
         let (key, iv) = derive(password, &salt);
         let cipher = || {
             BufDecryptor::<Aes256>::new_from_slices(&key, &iv)
@@ -125,7 +198,7 @@ fn decrypt(
         };
         let mut probe = first.clone();
         cipher()?.decrypt(&mut probe);
-        if probe.starts_with(want) {
+        if check(&probe) {
             let dec = cipher()?;
             return Ok(CfbReader {
                 inner: io::Cursor::new(first).chain(file),

@@ -23,6 +23,11 @@ pub enum MemberKind {
     Dir,
     /// Something restorefs does not expose (devices, fifos), by its type flag.
     Other(u8),
+    /// A regular file stored as changed blocks over the previous level's file at its path
+    /// (rsync engine).
+    Patch(Vec<super::rsync::Run>),
+    /// A path deleted since the previous level (rsync engine).
+    Deleted,
 }
 
 /// One record of a dumpdir (`D` member data).
@@ -77,7 +82,8 @@ pub struct TarError {
 }
 
 impl TarError {
-    fn at(offset: u64, msg: impl Into<String>) -> TarError {
+    /// An error at `offset` (no bound was hit).
+    pub(super) fn at(offset: u64, msg: impl Into<String>) -> TarError {
         TarError {
             offset,
             msg: msg.into(),
@@ -330,7 +336,7 @@ fn field(f: &[u8]) -> u32 {
 }
 
 /// The stream passes `bound` at `offset`.
-fn over_stream(offset: u64, bound: u64) -> TarError {
+pub(super) fn over_stream(offset: u64, bound: u64) -> TarError {
     TarError {
         offset,
         msg: format!(
@@ -341,16 +347,19 @@ fn over_stream(offset: u64, bound: u64) -> TarError {
     }
 }
 
-struct Reader<'a> {
-    input: &'a mut dyn Read,
-    sink: &'a mut dyn Write,
-    pos: u64,
+/// A decoded stream read front to back, every byte read copied to a sink.
+pub(super) struct Reader<'a> {
+    pub(super) input: &'a mut dyn Read,
+    pub(super) sink: &'a mut dyn Write,
+    /// Bytes read so far.
+    pub(super) pos: u64,
     /// Most bytes the stream may have.
-    bound: u64,
+    pub(super) bound: u64,
 }
 
 impl Reader<'_> {
-    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, TarError> {
+    /// Reads as much of `buf` as the stream has (less only at its end).
+    pub(super) fn fill(&mut self, buf: &mut [u8]) -> Result<usize, TarError> {
         let mut n = 0;
         while n < buf.len() {
             let Some(rest) = buf.get_mut(n..) else { break };
@@ -428,7 +437,8 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn drain(&mut self) -> Result<(), TarError> {
+    /// Reads (and keeps) the rest of the stream.
+    pub(super) fn drain(&mut self) -> Result<(), TarError> {
         let mut buf = vec![0u8; 1 << 16];
         while self.fill(&mut buf)? > 0 {}
         Ok(())

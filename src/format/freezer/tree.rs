@@ -1,9 +1,11 @@
 //! The file tree of a restore point: the members of each level of its chain applied in order,
 //! as `tar --incremental --extract` does (spec §7.1): dumpdirs rename and purge, files, links
-//! and symlinks replace whatever was at their path. Plain data; no I/O.
+//! and symlinks replace whatever was at their path. The rsync engine's entries (§7.2) apply the
+//! same way, plus deletions and files made of changed blocks over the file at their path.
+//! Plain data; no I/O.
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::tar::{Member, MemberKind, Record, clean};
 
@@ -34,6 +36,10 @@ impl MemberAttrs {
 /// Which member holds a file's content: (level in the chain, member index). Paths sharing one
 /// are hard links.
 pub type FileId = (usize, usize);
+
+/// For each patched file (rsync engine): the file its changed blocks apply to, `None` when
+/// nothing was at its path (every unchanged byte of it is then missing).
+pub type Bases = HashMap<FileId, Option<FileId>>;
 
 /// A node of the tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,11 +77,12 @@ const NODE_BYTES: u64 = 128;
 /// each level in turn would leave it, taking at most `max_bytes` of memory (estimated). Members
 /// with unusable paths (`..`, NUL, over-long names, the archive root as a file) and types that are
 /// not served (devices, fifos) are left out and reported.
-pub fn build(levels: &[&[Member]], max_bytes: u64) -> Result<(TNode, Vec<Note>), Note> {
+pub fn build(levels: &[&[Member]], max_bytes: u64) -> Result<(TNode, Vec<Note>, Bases), Note> {
     let mut t = Tree {
         root: TNode::Dir(MemberAttrs::default(), BTreeMap::new()),
         temp: None,
         notes: Vec::new(),
+        bases: Bases::new(),
         bytes: 0,
         max_bytes,
     };
@@ -94,7 +101,7 @@ pub fn build(levels: &[&[Member]], max_bytes: u64) -> Result<(TNode, Vec<Note>),
             }
         }
     }
-    Ok((t.root, t.notes))
+    Ok((t.root, t.notes, t.bases))
 }
 
 struct Tree {
@@ -102,6 +109,7 @@ struct Tree {
     /// Where a cyclic rename parks a directory (`X` record).
     temp: Option<TNode>,
     notes: Vec<Note>,
+    bases: Bases,
     /// Memory charged so far (never refunded: the count bounds the work too).
     bytes: u64,
     max_bytes: u64,
@@ -145,7 +153,7 @@ fn charge(used: &mut u64, max: u64, bytes: u64) -> Result<(), String> {
 }
 
 /// A name as notes show it: at most 200 bytes (a hostile one can be megabytes).
-fn shown(name: &str) -> String {
+pub fn shown(name: &str) -> String {
     if name.len() <= 200 {
         return name.to_owned();
     }
@@ -258,6 +266,13 @@ impl Tree {
                 .map_err(left_out)?,
             MemberKind::Symlink(target) => self.symlink(&p, m, target).map_err(left_out)?,
             MemberKind::Hardlink(target) => self.hardlink(&p, target).map_err(left_out)?,
+            MemberKind::Patch(_) => self.patch(&p, (level, index)).map_err(left_out)?,
+            MemberKind::Deleted => {
+                if p.is_empty() {
+                    return Err(left_out("it deletes the archive's root folder".into()));
+                }
+                self.take(&p);
+            }
             MemberKind::Other(flag) => {
                 return Err(left_out(format!(
                     "member type {:?} (devices and fifos are not served)",
@@ -271,6 +286,18 @@ impl Tree {
                 shown(&m.path)
             ));
         }
+        Ok(())
+    }
+
+    /// A file made of changed blocks over the file at its path, which it replaces.
+    fn patch(&mut self, p: &[&str], id: FileId) -> Result<(), String> {
+        let base = match self.get(p) {
+            Some(TNode::File(b)) => Some(*b),
+            _ => None,
+        };
+        self.put(p, TNode::File(id))?;
+        self.charge(0)?;
+        self.bases.insert(id, base);
         Ok(())
     }
 
@@ -481,7 +508,7 @@ mod tests {
             dd("d/new", &["Nf"]),
             m("b/c/inner", MemberKind::File),
         ];
-        let (t, notes) = build(&[&l0, &l1], u64::MAX).unwrap();
+        let (t, notes, _) = build(&[&l0, &l1], u64::MAX).unwrap();
         assert!(notes.is_empty());
         assert_eq!(
             list(&t),
@@ -506,7 +533,7 @@ mod tests {
             m("s", MemberKind::Symlink("a".into())),
             m("../escape", MemberKind::File),
         ];
-        let (t, notes) = build(&[&l0], u64::MAX).unwrap();
+        let (t, notes, _) = build(&[&l0], u64::MAX).unwrap();
         assert_eq!(list(&t), ["a=0.1", "b=0.1", "s->a"]);
         assert_eq!(notes.len(), 1);
     }
@@ -529,7 +556,7 @@ mod tests {
             dd("p", &["N2"]),
             dd("q", &["N1"]),
         ];
-        let (t, _) = build(&[&l0, &l1], u64::MAX).unwrap();
+        let (t, _, _) = build(&[&l0, &l1], u64::MAX).unwrap();
         assert_eq!(list(&t), ["p/", "p/2=0.4", "q/", "q/1=0.3"]);
     }
 
@@ -558,7 +585,7 @@ mod tests {
         }
         l0.push(m("b/c", MemberKind::File));
         let l1 = vec![dd("", &["Na", "Db"]), at("", MemberKind::File, 4096)];
-        let (t, notes) = build(&[&l0, &l1], u64::MAX).unwrap();
+        let (t, notes, _) = build(&[&l0, &l1], u64::MAX).unwrap();
         assert_eq!(list(&t), ["a=0.1", "b/", "b/c=0.6"]);
         let got: Vec<(usize, u64)> = notes.iter().map(|n| (n.level, n.header)).collect();
         assert_eq!(got, [(0, 5120), (0, 5632), (0, 6144), (0, 6656), (1, 4096)]);
@@ -587,7 +614,7 @@ mod tests {
             m("/ok/abs", MemberKind::File),
             m("ok/fifo", MemberKind::Other(b'6')),
         ];
-        let (t, notes) = build(&[&l0], u64::MAX).unwrap();
+        let (t, notes, _) = build(&[&l0], u64::MAX).unwrap();
         assert_eq!(list(&t), ["ok/", "ok/abs=0.13", "ok/fine=0.12"]);
         assert_eq!(notes.len(), 13, "{notes:#?}");
         // Hostile names are cut short in notes.
@@ -620,7 +647,7 @@ mod tests {
             m("l1", MemberKind::Symlink("l2".into())),
             m("l2", MemberKind::Symlink("l1".into())),
         ];
-        let (t, notes) = build(&[&l0], u64::MAX).unwrap();
+        let (t, notes, _) = build(&[&l0], u64::MAX).unwrap();
         assert_eq!(
             list(&t),
             ["a=0.1", "a2=0.1", "d/", "l1->l2", "l2->l1", "later=0.5"]
@@ -660,7 +687,7 @@ mod tests {
             ),
             dd("p", &["Nf", "Dq2"]),
         ];
-        let (t, notes) = build(&[&l0, &l1], u64::MAX).unwrap();
+        let (t, notes, _) = build(&[&l0, &l1], u64::MAX).unwrap();
         assert_eq!(list(&t), ["p/", "p/f=0.3", "p/q2/"]);
         assert_eq!(notes.len(), 5, "{notes:#?}");
         // A rename may not make the tree deeper than MAX_DEPTH.
@@ -670,9 +697,41 @@ mod tests {
             m(&("b/".repeat(MAX_DEPTH - 1) + "f"), MemberKind::File),
         ];
         let up = vec![dd("", &["Da", "R./a", "T./b/b"])];
-        let (t, notes) = build(&[&deep, &up], u64::MAX).unwrap();
+        let (t, notes, _) = build(&[&deep, &up], u64::MAX).unwrap();
         assert_eq!(height(&t), MAX_DEPTH);
         assert_eq!(notes.len(), 1, "{notes:#?}");
+    }
+
+    #[test]
+    fn rsync_patches_name_their_base_and_deletions_remove_subtrees() {
+        use crate::format::freezer::rsync::Run;
+        let run = Run {
+            start: 0,
+            len: 1,
+            data: 0,
+        };
+        let patch = || MemberKind::Patch(vec![run]);
+        let l0 = vec![
+            m("f", MemberKind::File),
+            m("d", MemberKind::Dir),
+            m("d/g", MemberKind::File),
+            m("s", MemberKind::Symlink("/etc".into())),
+        ];
+        let l1 = vec![
+            m("f", patch()),
+            m("new", patch()),
+            m("s/passwd", patch()),
+            m("d", MemberKind::Deleted),
+            m("", MemberKind::Deleted),
+            m("../x", MemberKind::Deleted),
+        ];
+        let (t, notes, bases) = build(&[&l0, &l1], u64::MAX).unwrap();
+        // A path through a symlink makes a folder in its place, never following it.
+        assert_eq!(list(&t), ["f=1.0", "new=1.1", "s/", "s/passwd=1.2"]);
+        assert_eq!(bases[&(1, 0)], Some((0, 0)));
+        assert_eq!(bases[&(1, 1)], None);
+        assert_eq!(bases[&(1, 2)], None);
+        assert_eq!(notes.len(), 2, "{notes:#?}");
     }
 
     #[test]
@@ -700,7 +759,7 @@ mod tests {
         let keep: Vec<&str> = recs.iter().copied().step_by(2).collect();
         let l1 = vec![dd("", &keep)];
         let start = std::time::Instant::now();
-        let (t, _) = build(&[&l0, &l1], u64::MAX).unwrap();
+        let (t, _, _) = build(&[&l0, &l1], u64::MAX).unwrap();
         assert!(start.elapsed().as_secs() < 20);
         let TNode::Dir(_, c) = t else { panic!() };
         assert_eq!(c.len(), 50_000);
