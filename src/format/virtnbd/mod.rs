@@ -16,6 +16,7 @@ use serde_json::{Map, json};
 
 use crate::error::{Error, Result};
 use crate::image::{ImageFile, Layer};
+use crate::inside::DiskDir;
 use crate::model::{
     self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanContext,
 };
@@ -298,11 +299,23 @@ impl Folder<'_> {
             Ok((seq, layers)) => {
                 disks.used.extend(&seq);
                 let image = ImageFile::new(size, layers, Arc::clone(&self.opts.cache), attr);
+                let image: Arc<dyn vfs::FileNode> = Arc::new(image);
+                let sources: Vec<String> =
+                    seq.iter().map(|&i| self.infos[i].name.clone()).collect();
+                let what = format!("{}/{file_name}", self.dir.display());
+                let dir_attr = Attr::read_only(true, attr.mtime);
+                disks.exposed.push(Exposed {
+                    path: info.disk.clone(),
+                    node: Node::Dir(DiskDir::new(Arc::clone(&image), what, dir_attr)),
+                    size: None,
+                    sources: sources.clone(),
+                    error: None,
+                });
                 disks.exposed.push(Exposed {
                     path: file_name,
-                    node: Node::File(Arc::new(image)),
+                    node: Node::File(image),
                     size: Some(size),
-                    sources: seq.iter().map(|&i| self.infos[i].name.clone()).collect(),
+                    sources,
                     error: None,
                 });
             }

@@ -1,0 +1,90 @@
+//! A partition as a file of its own: a window onto the disk image, read without copying.
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::vfs::{self, Attr, Cursor, FileNode};
+
+/// Bytes `start..start+size` of an image, served as a file.
+pub struct Slice {
+    image: Arc<dyn FileNode>,
+    start: u64,
+    size: u64,
+}
+
+impl Slice {
+    /// The window of `size` bytes at `start` of `image`.
+    pub fn new(image: Arc<dyn FileNode>, start: u64, size: u64) -> Arc<Slice> {
+        Arc::new(Slice { image, start, size })
+    }
+
+    fn len(&self, offset: u64, len: usize) -> usize {
+        vfs::clamp(offset, len, self.size)
+    }
+}
+
+impl FileNode for Slice {
+    fn size(&self) -> Result<u64> {
+        Ok(self.size)
+    }
+
+    fn check(&self) -> Result<()> {
+        self.image.check()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let n = self.len(offset, buf.len());
+        self.image.read_at(self.start + offset, &mut buf[..n])
+    }
+
+    fn read_with(&self, offset: u64, len: usize, f: &mut dyn FnMut(&[u8])) -> Result<bool> {
+        let n = self.len(offset, len);
+        self.image.read_with(self.start + offset, n, f)
+    }
+
+    fn read_at_by(&self, cursor: &Cursor, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let n = self.len(offset, buf.len());
+        self.image
+            .read_at_by(cursor, self.start + offset, &mut buf[..n])
+    }
+
+    fn read_with_by(
+        &self,
+        cursor: &Cursor,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool> {
+        let n = self.len(offset, len);
+        self.image.read_with_by(cursor, self.start + offset, n, f)
+    }
+
+    fn next_data(&self, offset: u64) -> Result<Option<u64>> {
+        if offset >= self.size {
+            return Ok(None);
+        }
+        let found = self.image.next_data(self.start + offset)?;
+        Ok(found.map(|d| d - self.start).filter(|&d| d < self.size))
+    }
+
+    fn next_hole(&self, offset: u64) -> Result<u64> {
+        if offset >= self.size {
+            return Ok(offset);
+        }
+        let hole = self.image.next_hole(self.start + offset)? - self.start;
+        Ok(hole.min(self.size))
+    }
+
+    fn page_cache(&self) -> bool {
+        self.image.page_cache()
+    }
+
+    fn allocated(&self) -> Result<u64> {
+        // Counting a window's data would walk the block map; the size is an upper bound.
+        Ok(self.size)
+    }
+
+    fn attr(&self) -> Attr {
+        self.image.attr()
+    }
+}
