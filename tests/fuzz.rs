@@ -75,6 +75,11 @@ fn freezer_survives_damaged_backups() {
 }
 
 #[test]
+fn inside_survives_damaged_tables_and_file_systems() {
+    fixed_run(Format::Inside, 150);
+}
+
+#[test]
 fn cases_repeat_from_their_seed() {
     for format in Format::ALL {
         let a = fuzzing::prepare(format, 42);

@@ -760,3 +760,87 @@ fn export_as_nobody(t: &Path, backups: &Path, point: &str, want: &[BTreeMap<Vec<
     }
     assert_trees(&got, &expect, "exported vdb/p5");
 }
+
+/// `debugfs -R CMD` on a file system image: its output.
+fn debugfs(img: &Path, cmd: &str) -> String {
+    sh("debugfs", &["-R", cmd, img.to_str().unwrap()])
+}
+
+/// Damaged metadata fails only what depends on it, with the image, offset and structure named.
+#[test]
+fn damaged_metadata_fails_only_the_file_or_folder_it_holds() {
+    use restorefs::vfs::{Attr, BytesFile, Node};
+    let tmp = scratch();
+    let t = tmp.path();
+    let src = t.join("src");
+    std::fs::create_dir_all(src.join("etc/sub")).unwrap();
+    std::fs::write(src.join("etc/a.conf"), random(5, 30_000)).unwrap();
+    std::fs::write(src.join("etc/b.conf"), b"intact\n").unwrap();
+    std::fs::write(src.join("etc/sub/c"), b"in a damaged folder\n").unwrap();
+    let img = t.join("fs");
+    File::create(&img).unwrap().set_len(4 * MIB).unwrap();
+    sh(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-b",
+            "1024",
+            "-d",
+            src.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ],
+    );
+    let imap = debugfs(&img, "imap /etc/a.conf");
+    let num = |s: &str, after: &str| -> u64 {
+        let rest = &s[s.find(after).unwrap() + after.len()..];
+        let tok = rest
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .find(|w| !w.is_empty())
+            .unwrap();
+        match tok.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).unwrap(),
+            None => tok.parse().unwrap(),
+        }
+    };
+    let inode_at = num(&imap, "located at block ") * 1024 + num(&imap, "offset ");
+    let dir_block: u64 = debugfs(&img, "blocks /etc/sub").trim().parse().unwrap();
+    let mut bytes = std::fs::read(&img).unwrap();
+    // The file's extent header magic, and the folder's first entry's record length.
+    bytes[(inode_at + 40) as usize..][..2].copy_from_slice(&[0, 0]);
+    bytes[(dir_block * 1024 + 4) as usize..][..2].copy_from_slice(&[0, 0]);
+
+    let attr = Attr::read_only(false, std::time::UNIX_EPOCH);
+    let image = BytesFile::new(bytes, attr);
+    let disk = restorefs::inside::DiskDir::new(image, "vm/vda.raw".into(), attr);
+    let root = Node::Dir(disk);
+    let read = |path: &str| -> restorefs::error::Result<Vec<u8>> {
+        let Node::File(f) = restorefs::vfs::resolve(&root, path)? else {
+            panic!("{path}")
+        };
+        let mut buf = vec![0; f.size()? as usize];
+        let n = f.read_at(0, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    };
+    assert_eq!(read("files/etc/b.conf").unwrap(), b"intact\n");
+    let e = read("files/etc/a.conf").unwrap_err();
+    assert_eq!(e.errno(), libc::EIO);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("vm/vda.raw")
+            && msg.contains("extent header")
+            && msg.contains(&(inode_at + 40).to_string()),
+        "{msg}"
+    );
+    let e = restorefs::vfs::resolve(&root, "files/etc/sub/c")
+        .err()
+        .unwrap();
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    assert!(e.to_string().contains("folder inode"), "{e}");
+    let Node::Dir(etc) = restorefs::vfs::resolve(&root, "files/etc").unwrap() else {
+        panic!()
+    };
+    let names: Vec<String> = etc.names().unwrap().into_iter().map(|n| n.0).collect();
+    assert_eq!(names, ["a.conf", "b.conf", "sub"]);
+}

@@ -203,7 +203,9 @@ impl Fs {
                     0x1000 => SpecialKind::Fifo,
                     0xC000 => SpecialKind::Socket,
                     _ => {
-                        return Err(self.corrupt(inode.at, format!("inode {ino}: file type {m:#o}")));
+                        return Err(
+                            self.corrupt(inode.at, format!("inode {ino}: file type {m:#o}"))
+                        );
                     }
                 };
                 let (old, new) = (le32(&inode.block, 0), le32(&inode.block, 4));

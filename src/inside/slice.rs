@@ -18,8 +18,18 @@ impl Slice {
         Arc::new(Slice { image, start, size })
     }
 
-    fn len(&self, offset: u64, len: usize) -> usize {
-        vfs::clamp(offset, len, self.size)
+    /// How many of `len` bytes at `offset` lie in the window, and where they are in the image
+    /// (`start + offset` cannot overflow when any byte does: the window lies in the image).
+    fn span(&self, offset: u64, len: usize) -> (usize, u64) {
+        let n = vfs::clamp(offset, len, self.size);
+        (
+            n,
+            if n == 0 {
+                self.start
+            } else {
+                self.start + offset
+            },
+        )
     }
 }
 
@@ -33,19 +43,18 @@ impl FileNode for Slice {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let n = self.len(offset, buf.len());
-        self.image.read_at(self.start + offset, &mut buf[..n])
+        let (n, at) = self.span(offset, buf.len());
+        self.image.read_at(at, &mut buf[..n])
     }
 
     fn read_with(&self, offset: u64, len: usize, f: &mut dyn FnMut(&[u8])) -> Result<bool> {
-        let n = self.len(offset, len);
-        self.image.read_with(self.start + offset, n, f)
+        let (n, at) = self.span(offset, len);
+        self.image.read_with(at, n, f)
     }
 
     fn read_at_by(&self, cursor: &Cursor, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let n = self.len(offset, buf.len());
-        self.image
-            .read_at_by(cursor, self.start + offset, &mut buf[..n])
+        let (n, at) = self.span(offset, buf.len());
+        self.image.read_at_by(cursor, at, &mut buf[..n])
     }
 
     fn read_with_by(
@@ -55,8 +64,8 @@ impl FileNode for Slice {
         len: usize,
         f: &mut dyn FnMut(&[u8]),
     ) -> Result<bool> {
-        let n = self.len(offset, len);
-        self.image.read_with_by(cursor, self.start + offset, n, f)
+        let (n, at) = self.span(offset, len);
+        self.image.read_with_by(cursor, at, n, f)
     }
 
     fn next_data(&self, offset: u64) -> Result<Option<u64>> {
@@ -64,14 +73,19 @@ impl FileNode for Slice {
             return Ok(None);
         }
         let found = self.image.next_data(self.start + offset)?;
-        Ok(found.map(|d| d - self.start).filter(|&d| d < self.size))
+        Ok(found
+            .map(|d| d.saturating_sub(self.start))
+            .filter(|&d| d < self.size))
     }
 
     fn next_hole(&self, offset: u64) -> Result<u64> {
         if offset >= self.size {
             return Ok(offset);
         }
-        let hole = self.image.next_hole(self.start + offset)? - self.start;
+        let hole = self
+            .image
+            .next_hole(self.start + offset)?
+            .saturating_sub(self.start);
         Ok(hole.min(self.size))
     }
 
