@@ -223,15 +223,15 @@ impl Fs {
                 format!("inode {}: symlink of {size} bytes", inode.ino),
             ));
         }
-        let bytes =
-            if size < 60 && inode.flags & FL_EXTENTS == 0 || size < 60 && inode.blocks512 == 0 {
-                inode.block[..size as usize].to_vec()
-            } else {
-                let map = self.map(inode)?;
-                let mut buf = vec![0; size as usize];
-                read_mapped(self, &map, inode.size, 0, &mut buf, None)?;
-                buf
-            };
+        // As the kernel decides: a target under 60 bytes is held in the inode itself.
+        let bytes = if size < 60 {
+            inode.block[..size as usize].to_vec()
+        } else {
+            let map = self.map(inode)?;
+            let mut buf = vec![0; size as usize];
+            read_mapped(self, &map, inode.size, 0, &mut buf, None)?;
+            buf
+        };
         Ok(vfs::name_from_bytes(&bytes))
     }
 
@@ -636,7 +636,7 @@ impl Dir {
     fn read_listing(&self) -> Result<Vec<Entry>> {
         let fs = &self.fs;
         let size = self.inode.size;
-        if size > MAX_DIR_BYTES || size % fs.bs != 0 {
+        if size > MAX_DIR_BYTES || !size.is_multiple_of(fs.bs) {
             return Err(fs.corrupt(
                 self.inode.at,
                 format!("folder inode {}: size {size}", self.inode.ino),

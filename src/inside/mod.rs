@@ -21,9 +21,12 @@ pub use slice::Slice;
 /// Name of the folder holding the files when the whole disk is one file system.
 pub const WHOLE_DISK: &str = "files";
 
-/// Opens the root folder of a file system of this type, `None` for types restorefs cannot read
-/// (their slice stays the way in). The one place where readers are wired in.
-fn reader(kind: &str) -> Option<fn(Arc<dyn FileNode>, &str) -> Result<Node>> {
+/// A file system reader: the root folder of the file system on a device (`what` names it).
+type Reader = fn(Arc<dyn FileNode>, &str) -> Result<Node>;
+
+/// The reader of a file system of this type, `None` for types restorefs cannot read (their
+/// slice stays the way in). The one place where readers are wired in.
+fn reader(kind: &str) -> Option<Reader> {
     match kind {
         "ext2" | "ext3" | "ext4" => Some(ext4::open),
         _ => None,
@@ -241,5 +244,47 @@ impl Directory for DiskDir {
             }
         }
         Some(Value::Object(o))
+    }
+}
+
+/// `ls` lines for a disk image's folder `disk` from its description: one per partition or
+/// file system, with where its files are or why they are not browsable.
+pub fn summary(disk: &str, described: Option<Value>) -> Vec<String> {
+    let Some(d) = described else {
+        return Vec::new();
+    };
+    if let Some(e) = d["error"].as_str() {
+        return vec![format!("cannot read the disk: {e}")];
+    }
+    let line = |name: &str, v: &Value| {
+        let fs = &v["filesystem"];
+        let what = match fs["type"].as_str() {
+            Some(t) => match fs["label"].as_str() {
+                Some(l) => format!("{t} \"{l}\""),
+                None => t.to_owned(),
+            },
+            None => "no file system recognised".to_owned(),
+        };
+        let kind = v["type"]
+            .as_str()
+            .map(|t| format!(" ({t})"))
+            .unwrap_or_default();
+        let size = v["size"]
+            .as_u64()
+            .map(|s| format!(" {} MiB", s >> 20))
+            .unwrap_or_default();
+        let place = match v["note"].as_str() {
+            Some(n) => format!("  note: {n}"),
+            None if fs.is_object() => format!("  {disk}/{name}/"),
+            None => String::new(),
+        };
+        format!("{name}{size}{kind}: {what}{place}")
+    };
+    match d["partitions"].as_array() {
+        Some(parts) => parts
+            .iter()
+            .map(|p| line(&format!("p{}", p["number"]), p))
+            .collect(),
+        None => vec![line(WHOLE_DISK, &d["whole_disk"])],
     }
 }

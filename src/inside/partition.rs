@@ -144,7 +144,10 @@ fn gpt_header(dev: &dyn FileNode, what: &str, lba: u64, disk: u64) -> Result<Gpt
     }
     let entry_size = le32(&h, 84);
     let count = le32(&h, 80);
-    if entry_size < 128 || entry_size > 4096 || entry_size % 8 != 0 || count > GPT_MAX_ENTRIES {
+    if !(128..=4096).contains(&entry_size)
+        || !entry_size.is_multiple_of(8)
+        || count > GPT_MAX_ENTRIES
+    {
         return bad("unreasonable entry table");
     }
     Ok(GptHeader {
