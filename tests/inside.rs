@@ -857,3 +857,63 @@ fn damaged_metadata_fails_only_the_file_or_folder_it_holds() {
     let names: Vec<String> = etc.names().unwrap().into_iter().map(|n| n.0).collect();
     assert_eq!(names, ["a.conf", "b.conf", "sub"]);
 }
+
+/// A GPT whose primary header is damaged is read from its backup at the disk's end, and says so;
+/// one whose both headers are damaged gives an error, not a guess.
+#[test]
+fn damaged_primary_gpt_falls_back_to_the_backup() {
+    use restorefs::vfs::{Attr, BytesFile, Directory};
+    let tmp = scratch();
+    let disk = tmp.path().join("disk");
+    File::create(&disk).unwrap().set_len(4 * MIB).unwrap();
+    let d = disk.to_str().unwrap();
+    sh(
+        "sgdisk",
+        &[
+            "-n",
+            "1:2048:+1M",
+            "-c",
+            "1:alpha",
+            "-n",
+            "2:0:+1M",
+            "-t",
+            "2:8200",
+            d,
+        ],
+    );
+    let mut bytes = std::fs::read(&disk).unwrap();
+    bytes[512 + 20] ^= 0xFF;
+    let attr = Attr::read_only(false, std::time::UNIX_EPOCH);
+    let describe = |b: Vec<u8>| {
+        let dir = restorefs::inside::DiskDir::new(BytesFile::new(b, attr), "d.raw".into(), attr);
+        (
+            dir.describe().unwrap(),
+            dir.names()
+                .map(|n| n.into_iter().map(|e| e.0).collect::<Vec<_>>()),
+        )
+    };
+    let (doc, names) = describe(bytes.clone());
+    assert_eq!(doc["table"], "gpt", "{doc}");
+    assert!(
+        doc["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("primary GPT damaged"),
+        "{doc}"
+    );
+    let parts = doc["partitions"].as_array().unwrap();
+    assert_eq!(
+        (parts[0]["name"].as_str(), parts[0]["start"].as_u64()),
+        (Some("alpha"), Some(MIB))
+    );
+    assert_eq!(parts[1]["type"], "Linux swap");
+    assert_eq!(names.unwrap(), ["p1.raw", "p2.raw"]);
+    let end = bytes.len() - 512;
+    bytes[end + 20] ^= 0xFF;
+    let (doc, names) = describe(bytes);
+    assert!(
+        doc["error"].as_str().unwrap().contains("CRC mismatch"),
+        "{doc}"
+    );
+    assert!(names.is_err());
+}
