@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
+use crate::inside::journal::{self, Overlay};
 use crate::inside::partition::read_exact;
 use crate::vfs::{
     self, Attr, Cursor, Directory, ErrorFile, FileNode, Node, NodeKind, Special, SpecialKind,
@@ -30,6 +31,8 @@ const MAX_LINK: u64 = 4096;
 /// extents, 64bit, mmp, flex_bg, csum_seed, largedir, and inline data per file).
 const INCOMPAT_OK: u32 = 0x2 | 0x4 | 0x40 | 0x80 | 0x100 | 0x200 | 0x2000 | 0x4000 | 0x8000;
 const INCOMPAT_FILETYPE: u32 = 0x2;
+const INCOMPAT_RECOVER: u32 = 0x4;
+const COMPAT_HAS_JOURNAL: u32 = 0x4;
 const RO_COMPAT_HUGE_FILE: u32 = 0x8;
 const FL_HUGE_FILE: u32 = 0x40000;
 const FL_EXTENTS: u32 = 0x80000;
@@ -49,6 +52,8 @@ pub struct Fs {
     groups: u64,
     filetype: bool,
     huge_file: bool,
+    /// Blocks that committed journal transactions replace (empty for a clean file system).
+    journal: Overlay,
 }
 
 fn le16(b: &[u8], at: usize) -> u16 {
@@ -61,7 +66,8 @@ fn le32(b: &[u8], at: usize) -> u32 {
 
 /// The root folder of the ext file system on `dev` (`what` names image and partition).
 pub fn open(dev: Arc<dyn FileNode>, what: &str) -> Result<Node> {
-    let fs = Arc::new(Fs::load(dev, what)?);
+    let sb = read_exact(dev.as_ref(), what, 1024, 1024)?;
+    let fs = Arc::new(Fs::load(dev, what)?.with_journal(&sb));
     fs.node(ROOT_INO)
 }
 
@@ -132,6 +138,38 @@ impl Fs {
             filetype: incompat & INCOMPAT_FILETYPE != 0,
             huge_file: le32(&sb, 100) & RO_COMPAT_HUGE_FILE != 0,
             dev,
+            journal: Overlay::new(),
+        })
+    }
+
+    /// Replays the journal when the file system says it needs recovery (has_journal and
+    /// needs_recovery), as a mount would; a damaged journal is logged and left out.
+    fn with_journal(mut self, sb: &[u8]) -> Fs {
+        if le32(sb, 92) & COMPAT_HAS_JOURNAL == 0 || le32(sb, 96) & INCOMPAT_RECOVER == 0 {
+            return self;
+        }
+        match self.journal_overlay(le32(sb, 0xE0)) {
+            Ok(o) => self.journal = o,
+            Err(e) => log::warn!("{e}; journal not replayed"),
+        }
+        self
+    }
+
+    fn journal_overlay(&self, ino: u32) -> Result<Overlay> {
+        let inode = self.inode(ino)?;
+        let runs = self.map(&inode)?;
+        let read = |pos: u64| -> Result<(Vec<u8>, u64)> {
+            let at = pos.checked_mul(self.bs).unwrap_or(u64::MAX);
+            let Some(run) = locate(&runs, at, self.bs).0.filter(|_| at < inode.size) else {
+                return Err(self.corrupt(inode.at, format!("journal block {pos} not mapped")));
+            };
+            let at = physical(self, run, at)?;
+            Ok((self.read(at, self.bs as usize)?, at / self.bs))
+        };
+        journal::load(&journal::Source {
+            read: &read,
+            block_size: self.bs,
+            what: &self.what,
         })
     }
 
@@ -140,7 +178,50 @@ impl Fs {
     }
 
     fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        read_exact(self.dev.as_ref(), &self.what, offset, len)
+        if self.journal.is_empty() {
+            return read_exact(self.dev.as_ref(), &self.what, offset, len);
+        }
+        let mut buf = vec![0; len];
+        if self.read_dev(offset, &mut buf, None)? < len {
+            let msg = format!("partition ends inside a {len}-byte structure");
+            return Err(self.corrupt(offset, msg));
+        }
+        Ok(buf)
+    }
+
+    /// Reads the partition at `at`, blocks the journal replaces taken from the journal.
+    fn read_dev(&self, at: u64, buf: &mut [u8], cursor: Option<&Cursor>) -> Result<usize> {
+        let plain = |at: u64, out: &mut [u8]| match cursor {
+            Some(c) => self.dev.read_at_by(c, at, out),
+            None => self.dev.read_at(at, out),
+        };
+        if self.journal.is_empty() {
+            return plain(at, buf);
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            let pos = at + done as u64;
+            let (block, within) = (pos / self.bs, pos % self.bs);
+            let n = (buf.len() - done).min((self.bs - within) as usize);
+            let out = &mut buf[done..done + n];
+            let got = match self.journal.get(&block) {
+                None => plain(pos, out)?,
+                Some(&(copy, escaped)) => {
+                    let got = self.dev.read_at(copy * self.bs + within, out)?;
+                    if escaped && within < 4 {
+                        let magic = 0xC03B_3998u32.to_be_bytes();
+                        let k = (4 - within as usize).min(got);
+                        out[..k].copy_from_slice(&magic[within as usize..within as usize + k]);
+                    }
+                    got
+                }
+            };
+            done += got;
+            if got < n {
+                break;
+            }
+        }
+        Ok(done)
     }
 
     /// Byte offset of block `b`, checked.
@@ -485,10 +566,7 @@ fn read_mapped(
             None => out.fill(0),
             Some(r) => {
                 let at = physical(fs, r, pos)?;
-                let got = match cursor {
-                    Some(c) => fs.dev.read_at_by(c, at, out)?,
-                    None => fs.dev.read_at(at, out)?,
-                };
+                let got = fs.read_dev(at, out, cursor)?;
                 if got < chunk {
                     return Err(fs.corrupt(at, "file data past the end of the partition".into()));
                 }
@@ -577,6 +655,12 @@ impl FileNode for File {
             return Ok(false);
         }
         let at = physical(&self.fs, r, offset)?;
+        let bs = self.fs.bs;
+        let journaled =
+            || (at / bs..=(at + n as u64 - 1) / bs).any(|b| self.fs.journal.contains_key(&b));
+        if !self.fs.journal.is_empty() && journaled() {
+            return Ok(false);
+        }
         self.fs.dev.read_with_by(cursor, at, n, f)
     }
 

@@ -5,6 +5,7 @@
 
 pub mod detect;
 pub mod ext4;
+mod journal;
 pub mod partition;
 mod slice;
 

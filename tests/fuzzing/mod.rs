@@ -1513,11 +1513,11 @@ fn inside_disks() -> &'static [(&'static str, Vec<u8>, u64)] {
             let _ = c.stdin.take().expect("stdin").write_all(stdin.as_bytes());
             assert!(c.wait().expect("wait").success(), "{cmd} {args:?}");
         };
-        let fs = |name: &str, mkfs: &str, sectors: u64| {
+        let fs = |name: &str, mkfs: &str, sectors: u64, journal: &str| {
             let p = t.join(name);
             std::fs::File::create(&p).and_then(|f| f.set_len(sectors * 512)).expect("fs");
             let (s, ps) = (src.to_str().expect("utf-8"), p.to_str().expect("utf-8"));
-            run(mkfs, &["-q", "-F", "-b", "1024", "-O", "^has_journal", "-d", s, ps], "");
+            run(mkfs, &["-q", "-F", "-b", "1024", "-O", journal, "-d", s, ps], "");
             std::fs::read(&p).expect("fs")
         };
         let disk = |name: &str, part: &[u8], start: u64, table: &dyn Fn(&str)| {
@@ -1529,11 +1529,11 @@ fn inside_disks() -> &'static [(&'static str, Vec<u8>, u64)] {
             drop(f);
             std::fs::read(&p).expect("disk")
         };
-        let gpt_fs = fs("gpt.fs", "mkfs.ext4", 3968);
+        let gpt_fs = fs("gpt.fs", "mkfs.ext4", 3968, "has_journal");
         let gpt = disk("gpt", &gpt_fs, 40, &|p| {
             run("sgdisk", &["-a", "8", "-n", "1:40:+3968", "-t", "1:8300", p], "");
         });
-        let mbr_fs = fs("mbr.fs", "mkfs.ext2", 3000);
+        let mbr_fs = fs("mbr.fs", "mkfs.ext2", 3000, "^has_journal");
         let mbr = disk("mbr", &mbr_fs, 1048, &|p| {
             let table = "label: dos\nstart=8, size=1000, type=83\nstart=1040, size=3008, type=5\nstart=1048, size=3000, type=83\n";
             run("sfdisk", &["-q", p], table);
@@ -1584,6 +1584,11 @@ fn inside_case(rng: &mut Rng, case: &mut Case) {
             }
         };
         case.mutations.push(format!("{region} at {at}: {what}"));
+    }
+    if rng.one_in(3) {
+        // Says the journal needs replaying, so that a damaged journal is read too.
+        disk[*fs_start as usize + 1024 + 96] |= 0x4;
+        case.mutations.push("needs_recovery set".into());
     }
     if rng.one_in(2) && &disk[512..520] == b"EFI PART" {
         fix_gpt_crcs(&mut disk);
