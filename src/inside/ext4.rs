@@ -159,7 +159,7 @@ impl Fs {
         let inode = self.inode(ino)?;
         let runs = self.map(&inode)?;
         let read = |pos: u64| -> Result<(Vec<u8>, u64)> {
-            let at = pos.checked_mul(self.bs).unwrap_or(u64::MAX);
+            let at = pos.saturating_mul(self.bs);
             let Some(run) = locate(&runs, at, self.bs).0.filter(|_| at < inode.size) else {
                 return Err(self.corrupt(inode.at, format!("journal block {pos} not mapped")));
             };
