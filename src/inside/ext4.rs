@@ -21,9 +21,11 @@ const ROOT_INO: u32 = 2;
 /// Deepest extent tree accepted (the kernel allows 5).
 const MAX_DEPTH: u16 = 5;
 /// Most extent tree nodes or indirect blocks read for one file.
-const MAX_MAP_BLOCKS: usize = 1 << 16;
-/// Largest folder read (bytes of directory blocks).
-const MAX_DIR_BYTES: u64 = 256 << 20;
+const MAX_MAP_BLOCKS: usize = 1 << 14;
+/// Most runs (extents) a file may have: bounds the memory of its map (24 MiB).
+const MAX_RUNS: usize = 1 << 20;
+/// Largest folder read (bytes of directory blocks; a million entries take about 40 MiB).
+const MAX_DIR_BYTES: u64 = 64 << 20;
 /// Largest symlink target read.
 const MAX_LINK: u64 = 4096;
 
@@ -253,7 +255,9 @@ impl Fs {
             u64::from(le32(&d, 8)) | hi,
             &format!("group {g} descriptor at {d_at}"),
         )?;
-        let at = table + i * self.inode_size;
+        let at = table
+            .checked_add(i * self.inode_size)
+            .ok_or_else(|| self.corrupt(d_at, format!("group {g}: inode table out of range")))?;
         let raw = self.read(at, self.inode_size as usize)?;
         Ok(Inode::parse(ino, at, &raw, self))
     }
@@ -402,14 +406,14 @@ impl Mapper<'_> {
                 if len > 32768 || len == 0 {
                     continue; // unwritten extents read as zeros, like holes
                 }
-                self.runs.push(Run {
-                    logical: lo,
-                    len,
-                    physical,
-                });
-                if self.runs.len() > MAX_MAP_BLOCKS * 340 {
-                    return Err(self.bad(at, "too many extents"));
-                }
+                self.push(
+                    Run {
+                        logical: lo,
+                        len,
+                        physical,
+                    },
+                    at,
+                )?;
             } else {
                 let b = u64::from(le16(e, 8)) << 32 | u64::from(le32(e, 4));
                 let (child, off) = self.child(b, at)?;
@@ -423,7 +427,7 @@ impl Mapper<'_> {
     fn indirect(&mut self, iblock: &[u8], blocks: u64) -> Result<()> {
         let per = self.fs.bs / 4;
         for i in 0..12u64 {
-            self.leaf(i, u64::from(le32(iblock, i as usize * 4)));
+            self.leaf(i, u64::from(le32(iblock, i as usize * 4)))?;
         }
         let mut base = 12;
         for level in 1..=3u32 {
@@ -454,7 +458,7 @@ impl Mapper<'_> {
                 continue;
             }
             if level == 1 {
-                self.leaf(at, p);
+                self.leaf(at, p)?;
             } else {
                 self.tree(p, level - 1, at, blocks)?;
             }
@@ -462,22 +466,33 @@ impl Mapper<'_> {
         Ok(())
     }
 
-    fn leaf(&mut self, logical: u64, physical: u64) {
+    fn leaf(&mut self, logical: u64, physical: u64) -> Result<()> {
         if physical == 0 {
-            return;
+            return Ok(());
         }
         if let Some(last) = self.runs.last_mut()
             && last.logical + last.len == logical
-            && last.physical + last.len == physical
+            && last.physical.checked_add(last.len) == Some(physical)
         {
             last.len += 1;
-            return;
+            return Ok(());
         }
-        self.runs.push(Run {
-            logical,
-            len: 1,
-            physical,
-        });
+        self.push(
+            Run {
+                logical,
+                len: 1,
+                physical,
+            },
+            0,
+        )
+    }
+
+    fn push(&mut self, run: Run, at: u64) -> Result<()> {
+        if self.runs.len() >= MAX_RUNS {
+            return Err(self.bad(at, "too many extents"));
+        }
+        self.runs.push(run);
+        Ok(())
     }
 }
 
@@ -756,7 +771,9 @@ impl Dir {
                 return Err(self.fs.corrupt(self.inode.at, msg));
             }
             let name = &b[pos + 8..pos + 8 + len];
-            if ino != 0 && name != b"." && name != b".." && !name.is_empty() {
+            // A name with `/` or NUL (never written by ext4) would be a path, not a name.
+            let usable = !name.is_empty() && name != b"." && name != b"..";
+            if ino != 0 && usable && !name.contains(&b'/') && !name.contains(&0) {
                 out.push((vfs::name_from_bytes(name), ino, kind));
             }
             pos += rec;

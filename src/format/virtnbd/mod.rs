@@ -231,8 +231,13 @@ impl Folder<'_> {
         let mut disks = Disks::default();
         let mut by_disk: Vec<usize> = members.to_vec();
         by_disk.sort_by(|&a, &b| infos[a].disk.cmp(&infos[b].disk));
+        let name = format!(
+            "{}_{kind}",
+            time.as_ref()
+                .map_or_else(|| "unknown-time".to_owned(), timefmt::to_name)
+        );
         for &m in &by_disk {
-            self.expose_disk(m, attr, &mut disks, &mut warnings);
+            self.expose_disk(m, &name, attr, &mut disks, &mut warnings);
         }
         let Disks {
             mut exposed,
@@ -254,11 +259,6 @@ impl Folder<'_> {
             }
             Ok(exposed)
         };
-        let name = format!(
-            "{}_{kind}",
-            time.as_ref()
-                .map_or_else(|| "unknown-time".to_owned(), timefmt::to_name)
-        );
         used.sort_unstable();
         used.dedup();
         (
@@ -269,8 +269,17 @@ impl Folder<'_> {
     }
 
     /// Adds the image of stream `m`'s disk to `disks` (a failing file when its chain does not
-    /// resolve); disks whose name is not a usable file name are left out with a warning.
-    fn expose_disk(&self, m: usize, attr: Attr, disks: &mut Disks, warnings: &mut Vec<String>) {
+    /// resolve), with its folder of partitions and files (`inside::DiskDir`), named in errors
+    /// by the set's folder, `point` and the image; disks whose name is not a usable file name
+    /// are left out with a warning.
+    fn expose_disk(
+        &self,
+        m: usize,
+        point: &str,
+        attr: Attr,
+        disks: &mut Disks,
+        warnings: &mut Vec<String>,
+    ) {
         let info = &self.infos[m];
         let file_name = format!("{}.raw", info.disk);
         if !vfs::is_safe_name(&info.disk) || !vfs::is_safe_name(&file_name) {
@@ -302,7 +311,7 @@ impl Folder<'_> {
                 let image: Arc<dyn vfs::FileNode> = Arc::new(image);
                 let sources: Vec<String> =
                     seq.iter().map(|&i| self.infos[i].name.clone()).collect();
-                let what = format!("{}/{file_name}", self.dir.display());
+                let what = format!("{}/{point}/{file_name}", self.dir.display());
                 let dir_attr = Attr::read_only(true, attr.mtime);
                 disks.exposed.push(Exposed {
                     path: info.disk.clone(),
