@@ -16,16 +16,20 @@ cargo build --release -q
 cargo build --release -q --example raw_stream
 bin=$PWD/target/release/restorefs
 
-if [ ! -f "$dir/lz4/vm/vda.full.data" ]; then
+if [ ! -f "$dir/src/big.bin" ]; then
     rm -rf "$dir"
-    mkdir -p "$dir/src/small" "$dir/plain/vm" "$dir/lz4/vm"
+    mkdir -p "$dir/src/small"
     head -c $((256 << 20)) /dev/urandom > "$dir/src/big.bin"
     for d in $(seq -w 0 99); do
         mkdir "$dir/src/small/d$d"
         for f in $(seq -w 0 99); do head -c 3000 /dev/urandom > "$dir/src/small/d$d/f$f"; done
     done
+fi
+if [ ! -f "$dir/lz4/vm/vda.full.data" ]; then
+    mkdir -p "$dir/plain/vm" "$dir/lz4/vm"
+    rm -f "$dir/disk.img"
     truncate -s 1G "$dir/disk.img"
-    sgdisk -q -n 1:2048:0 -t 1:8300 "$dir/disk.img"
+    sgdisk -n 1:2048:0 -t 1:8300 "$dir/disk.img" >/dev/null
     truncate -s $(((1 << 30) - (2048 + 33) * 512)) "$dir/p1.fs"
     mkfs.ext4 -q -F -d "$dir/src" "$dir/p1.fs"
     dd if="$dir/p1.fs" of="$dir/disk.img" bs=1M seek=1 conv=notrunc,sparse status=none
@@ -37,7 +41,7 @@ if [ ! -f "$dir/lz4/vm/vda.full.data" ]; then
     rmdir "$mnt"
     target/release/examples/raw_stream "$dir/disk.img" "$dir/plain/vm/vda.full.data" vda
     target/release/examples/raw_stream "$dir/disk.img" "$dir/lz4/vm/vda.full.data" vda lz4
-    rm -f "$dir/p1.fs"
+    rm -f "$dir/p1.fs" "$dir/disk.img"
 fi
 
 tmp=$(mktemp -d /var/tmp/restorefs-bench-inside-run.XXXXXX)

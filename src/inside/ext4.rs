@@ -1,8 +1,11 @@
 //! ext2/3/4 read in user space from a partition slice: superblock, group descriptors, inodes,
-//! extent trees and indirect block maps, linear directories (hashed ones read linearly). What a
-//! `ro,noload` mount shows: the journal is not replayed. Every structure is checked; damage
-//! fails the file or folder that depends on it with the image, the file system offset and the
-//! structure named.
+//! extent trees and indirect block maps, linear directories (hashed ones read linearly), with
+//! committed journal transactions replayed in memory (`journal`), as a mount shows it. Every
+//! structure is checked; damage fails the file or folder that depends on it with the image, the
+//! file system offset and the structure named. Shared by all threads (`Sync`): no reader state.
+//!
+//! Not the `ext4-view` crate: its API has no inode numbers (hard links), no extent map (holes,
+//! `st_blocks`), seeks by walking every block from the start, and is not `Send`.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
