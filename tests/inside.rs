@@ -616,6 +616,20 @@ fn files_inside_partitioned_disk_images_equal_a_loop_mount() {
     }
     // A slice mounts without an offset.
     let point = point_dir(&doc, 1, 1);
+    // info.json describes the disks as ls does, once read.
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(served.join(&format!("{point}/info.json"))).unwrap())
+            .unwrap();
+    let vda = info["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "vda")
+        .unwrap();
+    assert_eq!(
+        vda["contents"]["partitions"][1]["filesystem"]["type"],
+        "swap"
+    );
     let slice = served.join(&format!("{point}/vda/p1.raw"));
     let lp = t.join("slice-mnt");
     std::fs::create_dir(&lp).unwrap();
