@@ -83,6 +83,24 @@ struct Entry {
     links: Option<BTreeSet<Vec<u8>>>,
 }
 
+/// What `stat` says, as an entry of a regular file.
+fn stat(md: &std::fs::Metadata) -> Entry {
+    Entry {
+        kind: "file",
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        size: md.size(),
+        mtime: (md.mtime(), md.mtime_nsec()),
+        blocks: md.blocks(),
+        rdev: md.rdev(),
+        sha256: None,
+        target: None,
+        data: Vec::new(),
+        links: None,
+    }
+}
+
 /// Every entry under `root` by relative path (bytes), not following symlinks; lost+found left out.
 fn walk(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
     let mut out = BTreeMap::new();
@@ -92,20 +110,7 @@ fn walk(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
         let p = bytes_path(root, &rel);
         let md = std::fs::symlink_metadata(&p).unwrap();
         let ft = md.file_type();
-        let mut e = Entry {
-            kind: "file",
-            mode: md.mode() & 0o7777,
-            uid: md.uid(),
-            gid: md.gid(),
-            size: md.size(),
-            mtime: (md.mtime(), md.mtime_nsec()),
-            blocks: md.blocks(),
-            rdev: md.rdev(),
-            sha256: None,
-            target: None,
-            data: Vec::new(),
-            links: None,
-        };
+        let mut e = stat(&md);
         if ft.is_dir() {
             e.kind = "dir";
             e.size = 0;
@@ -275,6 +280,16 @@ fn put(disk: &Path, at: u64, bytes: &[u8]) {
     f.write_all_at(bytes, at).unwrap();
 }
 
+fn part(disk: &'static str, number: u32, at: (u64, u64), browse: Option<&'static str>) -> Part {
+    Part {
+        disk,
+        number,
+        start: at.0,
+        size: at.1,
+        browse,
+    }
+}
+
 /// The three disks: vda GPT (ext4 with the big tree, swap), vdb MBR (ext2 primary, ext3 and
 /// vfat logical), vdc one ext4 without a partition table.
 fn make_disks(t: &Path) -> Vec<Part> {
@@ -286,133 +301,89 @@ fn make_disks(t: &Path) -> Vec<Part> {
     std::fs::write(small.join("docs/readme.txt"), b"small tree\n").unwrap();
     std::fs::write(small.join("data.bin"), random(9, 200_000)).unwrap();
     std::os::unix::fs::symlink("docs/readme.txt", small.join("readme")).unwrap();
-    let (s, sm) = (src.to_str().unwrap(), small.to_str().unwrap());
+    let root = part("vda", 1, (MIB, 28 * MIB), Some("p1"));
+    make_vda(t, &src, &root);
+    let vdb = make_vdb(t, &small);
+    let whole = mkfs(
+        t,
+        "vdc",
+        8 * MIB,
+        &["mkfs.ext4", "-q", "-F", "-d", small.to_str().unwrap()],
+    );
+    std::fs::write(t.join("vdc.img"), whole).unwrap();
+    vec![
+        root,
+        part("vdb", 1, vdb[&1], Some("p1")),
+        part("vdb", 5, vdb[&5], Some("p5")),
+        part("vdc", 0, (0, 8 * MIB), Some("files")),
+        part("vdb", 6, vdb[&6], None),
+        part("vda", 2, (29 * MIB, 4 * MIB), None),
+    ]
+}
 
+/// vda: GPT, the big tree's ext4 as `root` (p1) and swap (p2).
+fn make_vda(t: &Path, src: &Path, root: &Part) {
     let vda = t.join("vda.img");
     File::create(&vda).unwrap().set_len(40 * MIB).unwrap();
-    let v = vda.to_str().unwrap();
-    sh(
-        "sgdisk",
-        &[
-            "-n",
-            "1:2048:+28M",
-            "-t",
-            "1:8300",
-            "-c",
-            "1:root",
-            "-n",
-            "2:0:+4M",
-            "-t",
-            "2:8200",
-            "-c",
-            "2:swap",
-            v,
-        ],
-    );
-    let root = mkfs(
-        t,
-        "root",
-        28 * MIB,
-        &[
-            "mkfs.ext4",
-            "-q",
-            "-F",
-            "-N",
-            "12000",
-            "-b",
-            "4096",
-            "-L",
-            "rootfs",
-            "-U",
-            "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9",
-            "-d",
-            s,
-        ],
-    );
-    put(&vda, MIB, &root);
+    let table = "-n 1:2048:+28M -t 1:8300 -c 1:root -n 2:0:+4M -t 2:8200 -c 2:swap";
+    let mut args: Vec<&str> = table.split(' ').collect();
+    args.push(vda.to_str().unwrap());
+    sh("sgdisk", &args);
+    let uuid = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9";
+    let mkfs_args = [
+        "mkfs.ext4",
+        "-q",
+        "-F",
+        "-N",
+        "12000",
+        "-b",
+        "4096",
+        "-L",
+        "rootfs",
+        "-U",
+        uuid,
+        "-d",
+    ];
+    let mut all = mkfs_args.to_vec();
+    all.push(src.to_str().unwrap());
+    put(&vda, MIB, &mkfs(t, "root", 28 * MIB, &all));
     // The big folder is made by the kernel (an indexed folder, and far faster than `mkfs -d`).
-    let p1 = Part {
-        disk: "vda",
-        number: 1,
-        start: MIB,
-        size: 28 * MIB,
-        browse: Some("p1"),
-    };
-    with_mount(t, &p1, true, |m| {
+    with_mount(t, root, true, |m| {
         std::fs::create_dir(m.join("many")).unwrap();
         for i in 0..10_000 {
             File::create(m.join(format!("many/f{i:05}"))).unwrap();
         }
     });
-    let swap = mkfs(t, "swap", 4 * MIB, &["mkswap", "-L", "sw"]);
-    put(&vda, 29 * MIB, &swap);
+    put(
+        &vda,
+        29 * MIB,
+        &mkfs(t, "swap", 4 * MIB, &["mkswap", "-L", "sw"]),
+    );
+}
 
+/// vdb: MBR with ext2 as p1, an extended partition holding ext3 (p5) and vfat (p6); returns
+/// where `sfdisk` reads each partition back.
+fn make_vdb(t: &Path, small: &Path) -> HashMap<u32, (u64, u64)> {
     let vdb = t.join("vdb.img");
     File::create(&vdb).unwrap().set_len(24 * MIB).unwrap();
     shell(
         &format!("sfdisk -q {}", vdb.display()),
         "label: dos\nstart=2048, size=8192, type=83\nstart=10240, size=36864, type=5\nstart=12288, size=16384, type=83\nstart=30720, size=8192, type=c\n",
     );
+    let sm = small.to_str().unwrap();
+    let parts = sfdisk_starts(&vdb);
     let p1 = mkfs(
         t,
         "p1",
-        4 * MIB,
+        parts[&1].1,
         &["mkfs.ext2", "-q", "-F", "-b", "1024", "-d", sm],
     );
-    put(&vdb, MIB, &p1);
-    let parts = sfdisk_starts(&vdb);
+    put(&vdb, parts[&1].0, &p1);
     let p5 = mkfs(t, "p5", parts[&5].1, &["mkfs.ext3", "-q", "-F", "-d", sm]);
     put(&vdb, parts[&5].0, &p5);
     let p6 = mkfs(t, "p6", parts[&6].1, &["mkfs.vfat", "-n", "BOOT"]);
     put(&vdb, parts[&6].0, &p6);
-
-    let vdc = t.join("vdc.img");
-    let whole = mkfs(t, "vdc", 8 * MIB, &["mkfs.ext4", "-q", "-F", "-d", sm]);
-    std::fs::write(&vdc, whole).unwrap();
-    vec![
-        Part {
-            disk: "vda",
-            number: 1,
-            start: MIB,
-            size: 28 * MIB,
-            browse: Some("p1"),
-        },
-        Part {
-            disk: "vdb",
-            number: 1,
-            start: MIB,
-            size: 4 * MIB,
-            browse: Some("p1"),
-        },
-        Part {
-            disk: "vdb",
-            number: 5,
-            start: parts[&5].0,
-            size: parts[&5].1,
-            browse: Some("p5"),
-        },
-        Part {
-            disk: "vdc",
-            number: 0,
-            start: 0,
-            size: 8 * MIB,
-            browse: Some("files"),
-        },
-        Part {
-            disk: "vdb",
-            number: 6,
-            start: parts[&6].0,
-            size: parts[&6].1,
-            browse: None,
-        },
-        Part {
-            disk: "vda",
-            number: 2,
-            start: 29 * MIB,
-            size: 4 * MIB,
-            browse: None,
-        },
-    ]
+    parts
 }
 
 /// Partition number → (start, size) in bytes, as `sfdisk --json` reads the table back.
@@ -545,6 +516,45 @@ fn point_dir(doc: &Value, set: usize, n: usize) -> String {
     )
 }
 
+/// The disks at each point (full, then after `change`) and what a loop mount of each browsable
+/// partition shows then.
+type Points = (Vec<Vec<Vec<u8>>>, Vec<Vec<BTreeMap<Vec<u8>, Entry>>>);
+
+const DISKS: [&str; 3] = ["vda", "vdb", "vdc"];
+
+fn two_points(t: &Path, parts: &[Part]) -> Points {
+    let read = |d: &str| std::fs::read(t.join(format!("{d}.img"))).unwrap();
+    let browsable: Vec<&Part> = parts.iter().filter(|p| p.browse.is_some()).collect();
+    let refs = || -> Vec<_> {
+        browsable
+            .iter()
+            .map(|p| with_mount(t, p, false, walk))
+            .collect()
+    };
+    let mut snaps = vec![DISKS.iter().map(|d| read(d)).collect::<Vec<_>>()];
+    let mut want = vec![refs()];
+    change(t, parts);
+    snaps.push(DISKS.iter().map(|d| read(d)).collect());
+    want.push(refs());
+    assert_ne!(want[0][0], want[1][0]);
+    (snaps, want)
+}
+
+/// Two sets (lz4, plain), each a full and an incremental backup of every disk.
+fn write_backups(backups: &Path, snaps: &[Vec<Vec<u8>>]) {
+    for (set, lz4) in [("vm-lz4", Some(1 << 20)), ("vm-plain", None)] {
+        let dir = backups.join(set);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, d) in DISKS.iter().enumerate() {
+            let full = stream(d, None, &snaps[0][i], 0, lz4);
+            std::fs::write(dir.join(format!("{d}.full.data")), full.to_bytes()).unwrap();
+            let inc = stream(d, Some(&snaps[0][i]), &snaps[1][i], 1, lz4);
+            let name = format!("{d}.inc.virtnbdbackup.1.data");
+            std::fs::write(dir.join(name), inc.to_bytes()).unwrap();
+        }
+    }
+}
+
 #[test]
 fn files_inside_partitioned_disk_images_equal_a_loop_mount() {
     if !fuse_available("files_inside_partitioned_disk_images_equal_a_loop_mount") {
@@ -553,97 +563,48 @@ fn files_inside_partitioned_disk_images_equal_a_loop_mount() {
     let tmp = scratch();
     let t = tmp.path();
     let parts = make_disks(t);
-    let disks = ["vda", "vdb", "vdc"];
-    let read = |d: &str| std::fs::read(t.join(format!("{d}.img"))).unwrap();
-    let mut snaps: Vec<Vec<Vec<u8>>> = vec![disks.iter().map(|d| read(d)).collect()];
-    let browsable: Vec<&Part> = parts.iter().filter(|p| p.browse.is_some()).collect();
-    let mut want: Vec<Vec<BTreeMap<Vec<u8>, Entry>>> = vec![
-        browsable
-            .iter()
-            .map(|p| with_mount(t, p, false, walk))
-            .collect(),
-    ];
-    change(t, &parts);
-    snaps.push(disks.iter().map(|d| read(d)).collect());
-    want.push(
-        browsable
-            .iter()
-            .map(|p| with_mount(t, p, false, walk))
-            .collect(),
-    );
-    assert_ne!(want[0][0], want[1][0]);
-
+    let (snaps, want) = two_points(t, &parts);
     let backups = t.join("backups");
-    for (set, lz4) in [("vm-lz4", Some(1 << 20)), ("vm-plain", None)] {
-        let dir = backups.join(set);
-        std::fs::create_dir_all(&dir).unwrap();
-        for (i, d) in disks.iter().enumerate() {
-            let full = stream(d, None, &snaps[0][i], 0, lz4);
-            std::fs::write(dir.join(format!("{d}.full.data")), full.to_bytes()).unwrap();
-            let inc = stream(d, Some(&snaps[0][i]), &snaps[1][i], 1, lz4);
-            std::fs::write(
-                dir.join(format!("{d}.inc.virtnbdbackup.1.data")),
-                inc.to_bytes(),
-            )
-            .unwrap();
-        }
-    }
+    write_backups(&backups, &snaps);
     let doc = ls_json(&backups);
     check_listing(&doc, &parts);
 
     let served = Mounted::new(&backups, &[]);
+    let browsable: Vec<&Part> = parts.iter().filter(|p| p.browse.is_some()).collect();
     for set in 0..2 {
         for n in 0..2 {
             let point = point_dir(&doc, set, n);
             for (k, p) in browsable.iter().enumerate() {
                 let root = served.join(&format!("{point}/{}/{}", p.disk, p.browse.unwrap()));
-                assert_trees(
-                    &walk(&root),
-                    &want[n][k],
-                    &format!("{point} {} {}", p.disk, p.number),
-                );
+                let what = format!("{point} {} {}", p.disk, p.number);
+                assert_trees(&walk(&root), &want[n][k], &what);
             }
-            for p in &parts {
-                if p.number == 0 {
-                    continue;
-                }
+            for p in parts.iter().filter(|p| p.number > 0) {
                 let raw = served.join(&format!("{point}/{}/p{}.raw", p.disk, p.number));
-                let disk = &snaps[n][disks.iter().position(|d| *d == p.disk).unwrap()];
+                let disk = &snaps[n][DISKS.iter().position(|d| *d == p.disk).unwrap()];
                 let slice = &disk[p.start as usize..(p.start + p.size) as usize];
                 assert_eq!(sha256_file(&raw), sha256(slice), "{}", raw.display());
             }
         }
     }
-    // A slice mounts without an offset.
     let point = point_dir(&doc, 1, 1);
     // info.json describes the disks as ls does, once read.
-    let info: Value =
-        serde_json::from_slice(&std::fs::read(served.join(&format!("{point}/info.json"))).unwrap())
-            .unwrap();
-    let vda = info["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == "vda")
-        .unwrap();
+    let info = std::fs::read(served.join(&format!("{point}/info.json"))).unwrap();
+    let info: Value = serde_json::from_slice(&info).unwrap();
+    let files = info["files"].as_array().unwrap();
+    let vda = files.iter().find(|f| f["path"] == "vda").unwrap();
     assert_eq!(
         vda["contents"]["partitions"][1]["filesystem"]["type"],
         "swap"
     );
+    // A slice mounts without an offset.
     let slice = served.join(&format!("{point}/vda/p1.raw"));
     let lp = t.join("slice-mnt");
     std::fs::create_dir(&lp).unwrap();
-    sh(
-        "mount",
-        &[
-            "-o",
-            "loop,ro,noload",
-            slice.to_str().unwrap(),
-            lp.to_str().unwrap(),
-        ],
-    );
+    let (s, l) = (slice.to_str().unwrap(), lp.to_str().unwrap());
+    sh("mount", &["-o", "loop,ro,noload", s, l]);
     let got = walk(&lp);
-    sh("umount", &[lp.to_str().unwrap()]);
+    sh("umount", &[l]);
     assert_trees(&got, &want[1][0], "vda/p1.raw loop-mounted");
 
     eight_readers(&served.join(&format!("{point}/vda/p1")), &want[1][0]);
@@ -793,17 +754,9 @@ fn debugfs(img: &Path, cmd: &str) -> String {
     sh("debugfs", &["-R", cmd, img.to_str().unwrap()])
 }
 
-/// Damaged metadata fails only what depends on it, with the image, offset and structure named.
-#[test]
-fn damaged_metadata_fails_only_the_file_or_folder_it_holds() {
-    use restorefs::vfs::{Attr, BytesFile, Node};
-    let tmp = scratch();
-    let t = tmp.path();
-    let src = t.join("src");
-    std::fs::create_dir_all(src.join("etc/sub")).unwrap();
-    std::fs::write(src.join("etc/a.conf"), random(5, 30_000)).unwrap();
-    std::fs::write(src.join("etc/b.conf"), b"intact\n").unwrap();
-    std::fs::write(src.join("etc/sub/c"), b"in a damaged folder\n").unwrap();
+/// `src` as a 1 KiB-block ext4 whose `etc/a.conf` has a broken extent header and whose
+/// `etc/sub` has a broken first entry; also where that file's inode is.
+fn damage(t: &Path, src: &Path) -> (Vec<u8>, u64) {
     let img = t.join("fs");
     File::create(&img).unwrap().set_len(4 * MIB).unwrap();
     sh(
@@ -836,6 +789,22 @@ fn damaged_metadata_fails_only_the_file_or_folder_it_holds() {
     // The file's extent header magic, and the folder's first entry's record length.
     bytes[(inode_at + 40) as usize..][..2].copy_from_slice(&[0, 0]);
     bytes[(dir_block * 1024 + 4) as usize..][..2].copy_from_slice(&[0, 0]);
+
+    (bytes, inode_at)
+}
+
+/// Damaged metadata fails only what depends on it, with the image, offset and structure named.
+#[test]
+fn damaged_metadata_fails_only_the_file_or_folder_it_holds() {
+    use restorefs::vfs::{Attr, BytesFile, Node};
+    let tmp = scratch();
+    let t = tmp.path();
+    let src = t.join("src");
+    std::fs::create_dir_all(src.join("etc/sub")).unwrap();
+    std::fs::write(src.join("etc/a.conf"), random(5, 30_000)).unwrap();
+    std::fs::write(src.join("etc/b.conf"), b"intact\n").unwrap();
+    std::fs::write(src.join("etc/sub/c"), b"in a damaged folder\n").unwrap();
+    let (bytes, inode_at) = damage(t, &src);
 
     let attr = Attr::read_only(false, std::time::UNIX_EPOCH);
     let image = BytesFile::new(bytes, attr);

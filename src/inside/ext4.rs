@@ -36,6 +36,7 @@ const MAX_LINK: u64 = 4096;
 /// extents, 64bit, mmp, flex_bg, csum_seed, largedir, and inline data per file).
 const INCOMPAT_OK: u32 = 0x2 | 0x4 | 0x40 | 0x80 | 0x100 | 0x200 | 0x2000 | 0x4000 | 0x8000;
 const INCOMPAT_FILETYPE: u32 = 0x2;
+const INCOMPAT_64BIT: u32 = 0x80;
 const INCOMPAT_RECOVER: u32 = 0x4;
 const COMPAT_HAS_JOURNAL: u32 = 0x4;
 const RO_COMPAT_HUGE_FILE: u32 = 0x8;
@@ -79,57 +80,45 @@ pub fn open(dev: Arc<dyn FileNode>, what: &str) -> Result<Node> {
 impl Fs {
     fn load(dev: Arc<dyn FileNode>, what: &str) -> Result<Fs> {
         let sb = read_exact(dev.as_ref(), what, 1024, 1024)?;
-        let bad = |msg: String| {
-            Err(Error::corrupt(
-                Path::new(what),
-                1024,
-                format!("ext superblock: {msg}"),
-            ))
-        };
+        let bad =
+            |msg: String| Error::corrupt(Path::new(what), 1024, format!("ext superblock: {msg}"));
         if le16(&sb, 56) != 0xEF53 {
-            return bad("no magic".into());
+            return Err(bad("no magic".into()));
         }
         let incompat = le32(&sb, 96);
         if incompat & !INCOMPAT_OK != 0 {
-            return Err(Error::unsupported(
-                Path::new(what),
-                format!(
-                    "ext features {:#x} not supported (meta_bg, encryption, …)",
-                    incompat & !INCOMPAT_OK
-                ),
-            ));
+            let msg = format!(
+                "ext features {:#x} not supported (meta_bg, encryption, …)",
+                incompat & !INCOMPAT_OK
+            );
+            return Err(Error::unsupported(Path::new(what), msg));
         }
         let log = le32(&sb, 24);
         if log > 6 {
-            return bad(format!("block size 2^{} KiB", log));
+            return Err(bad(format!("block size 2^{log} KiB")));
         }
         let bs = 1024u64 << log;
-        let inode_size = if le32(&sb, 76) == 0 {
-            128
-        } else {
-            u64::from(le16(&sb, 88))
+        let wide = incompat & INCOMPAT_64BIT != 0;
+        let inode_size = match le32(&sb, 76) {
+            0 => 128,
+            _ => u64::from(le16(&sb, 88)),
         };
-        let desc_size = if incompat & 0x80 != 0 {
-            u64::from(le16(&sb, 254))
+        let desc_size = if wide { u64::from(le16(&sb, 254)) } else { 32 };
+        let high = if wide {
+            u64::from(le32(&sb, 336)) << 32
         } else {
-            32
+            0
         };
         let (ipg, bpg) = (le32(&sb, 40), le32(&sb, 32));
-        let blocks = u64::from(le32(&sb, 4))
-            | if incompat & 0x80 != 0 {
-                u64::from(le32(&sb, 336)) << 32
-            } else {
-                0
-            };
-        let first = u64::from(le32(&sb, 20));
+        let (blocks, first) = (u64::from(le32(&sb, 4)) | high, u64::from(le32(&sb, 20)));
         if !(128..=bs).contains(&inode_size) || !inode_size.is_power_of_two() {
-            return bad(format!("inode size {inode_size}"));
+            return Err(bad(format!("inode size {inode_size}")));
         }
         if !(32..=1024).contains(&desc_size) || !desc_size.is_power_of_two() {
-            return bad(format!("group descriptor size {desc_size}"));
+            return Err(bad(format!("group descriptor size {desc_size}")));
         }
         if ipg == 0 || bpg == 0 || blocks <= first {
-            return bad("empty geometry".into());
+            return Err(bad("empty geometry".into()));
         }
         Ok(Fs {
             what: what.to_owned(),
