@@ -3,9 +3,9 @@
 # reader (`vda/p1/…`) versus loop-mounting the same served partition (`vda/p1.raw`), for a
 # 256 MiB file and a tree of 10,000 small files, plain and lz4 chains; listing a 10,000-entry
 # folder cold (fresh mount) and warm; the daemon's peak RSS. Not a test; figures go to the
-# closing note / README. Needs root (FUSE, loop mounts); page cache is not dropped: "cold"
-# means a fresh restorefs mount (its cache and the kernel's FUSE caches empty), the backup
-# files themselves may be in the page cache.
+# closing note / README. Needs root (FUSE, loop mounts); the page cache is not dropped (a
+# shared machine): the backup file is read into it first, so that both ways find it there;
+# "cold" means a fresh restorefs mount (its cache and the kernel's FUSE caches empty).
 #
 #   scripts/bench-inside.sh            # BENCH_DIR (default /var/tmp/restorefs-bench-inside)
 set -euo pipefail
@@ -58,6 +58,8 @@ timed() { local t; t=$(now); "$@" >/dev/null; ms_since "$t"; }
 for kind in plain lz4; do
     m="$tmp/mnt-$kind"
     mkdir -p "$m" "$tmp/loop"
+    # Both ways read the same backup file: have it in the page cache for both.
+    cat "$dir/$kind/vm/vda.full.data" > /dev/null
     "$bin" mount --daemon "$dir/$kind" "$m" >/dev/null
     pid=$(pgrep -n -f "restorefs mount --daemon $dir/$kind $m" || true)
     p=$m/vm/latest/vda

@@ -252,7 +252,9 @@ impl Filesystem for FuseFs {
         _owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to flush in a read-only tree: ENOSYS once and the kernel stops sending a
+        // flush on every close (a round trip per file when copying many small files).
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsync(
@@ -364,15 +366,13 @@ impl Filesystem for FuseFs {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::ENODATA);
+        // The tree has no extended attributes: ENOSYS once and the kernel stops asking (`ls -l`
+        // asks twice per file, `cp -a` once), answering "not supported" itself.
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn ioctl(
