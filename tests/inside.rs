@@ -221,6 +221,7 @@ fn populate(src: &Path) {
     sparse.write_all_at(&random(3, 5000), 6 * MIB).unwrap();
     std::fs::write(src.join("etc/hard1"), b"one inode, two names\n").unwrap();
     std::fs::hard_link(src.join("etc/hard1"), src.join("hard2")).unwrap();
+    std::fs::hard_link(src.join("etc/hard1"), src.join("etc/hard3")).unwrap();
     std::os::unix::fs::symlink("etc/nginx/nginx.conf", src.join("link-rel")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", src.join("link-abs")).unwrap();
     std::os::unix::fs::symlink("x".repeat(200), src.join("link-long")).unwrap();
@@ -735,10 +736,32 @@ fn export_as_nobody(t: &Path, backups: &Path, point: &str, want: &[BTreeMap<Vec<
         b"worker_processes 4;\n"
     );
     export(&format!("{point}/vdb/p5"), &out.join("p5"));
-    let got = walk(&out.join("p5"));
-    let mut expect = want[2].clone();
-    for (p, e) in expect.iter_mut() {
-        let g = &got[p];
+    assert_exported(&walk(&out.join("p5")), want[2].clone(), "exported vdb/p5");
+    // A folder with two names of one file (a third is outside it): hard-linked in the copy.
+    export(&format!("{point}/vda/p1/etc"), &out.join("etc"));
+    let inside_etc = |p: &[u8]| {
+        p.strip_prefix(b"etc")
+            .map(|r| r.strip_prefix(b"/").unwrap_or(r).to_vec())
+    };
+    let mut etc: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+    for (p, e) in &want[0] {
+        if let Some(rel) = inside_etc(p) {
+            let mut e = e.clone();
+            e.links = e
+                .links
+                .map(|l| l.iter().filter_map(|q| inside_etc(q)).collect());
+            e.links = e.links.filter(|l: &BTreeSet<Vec<u8>>| l.len() > 1);
+            etc.insert(rel, e);
+        }
+    }
+    assert!(etc[&b"hard1".to_vec()].links.is_some());
+    assert_exported(&walk(&out.join("etc")), etc, "exported vda/p1/etc");
+}
+
+/// `got` (an unprivileged export) equals `want` but for what such an export cannot keep.
+fn assert_exported(got: &BTreeMap<Vec<u8>, Entry>, mut want: BTreeMap<Vec<u8>, Entry>, what: &str) {
+    for (p, e) in want.iter_mut() {
+        let Some(g) = got.get(p) else { continue };
         // An unprivileged export cannot give files away; everything else must match.
         (e.uid, e.gid, e.blocks) = (g.uid, g.gid, g.blocks);
         if e.kind == "symlink" {
@@ -746,7 +769,7 @@ fn export_as_nobody(t: &Path, backups: &Path, point: &str, want: &[BTreeMap<Vec<
             e.mtime = g.mtime;
         }
     }
-    assert_trees(&got, &expect, "exported vdb/p5");
+    assert_trees(got, &want, what);
 }
 
 /// `debugfs -R CMD` on a file system image: its output.
