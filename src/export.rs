@@ -118,6 +118,7 @@ pub fn export(node: &Node, out: &Path, progress: &ProgressBar) -> Result<Stats> 
         }
         Node::Symlink(l) => {
             std::os::unix::fs::symlink(target(&l.target), out).map_err(|e| Error::io(out, &e))?;
+            set_link_attr(out, &l.attr)?;
         }
         Node::Special(_) => {
             return Err(Error::usage(format!(
@@ -155,6 +156,7 @@ impl Exporter<'_> {
             Node::Symlink(l) => {
                 std::os::unix::fs::symlink(target(&l.target), path)
                     .map_err(|e| Error::io(path, &e))?;
+                set_link_attr(path, &l.attr)?;
             }
             Node::Special(_) => {
                 log::warn!(
@@ -215,6 +217,15 @@ impl Exporter<'_> {
 /// A link target as the bytes it stands for.
 fn target(t: &str) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(&vfs::name_bytes(t)))
+}
+
+/// A symlink's owner (as root) and time; its mode means nothing on Linux.
+fn set_link_attr(path: &Path, attr: &Attr) -> Result<()> {
+    let err = |e: std::io::Error| Error::io(path, &e);
+    if crate::sys::euid() == 0 {
+        std::os::unix::fs::lchown(path, Some(attr.uid), Some(attr.gid)).map_err(err)?;
+    }
+    crate::sys::set_symlink_mtime(path, attr.mtime).map_err(err)
 }
 
 fn set_attr(path: &Path, attr: &Attr) -> Result<()> {
