@@ -827,6 +827,11 @@ fn ls_point(p: &Point, out: &mut Out) -> Result<()> {
                     size,
                     f.sources.join(" + ")
                 ))?;
+                if let vfs::Node::Dir(d) = &f.node {
+                    for line in crate::inside::summary(&f.path, d.describe()) {
+                        out.line(&format!("      {line}"))?;
+                    }
+                }
             }
         }
         Err(e) => out.line(&format!("    ERROR: {e}"))?,

@@ -2,8 +2,10 @@
 //! without FUSE. Images are written sparse: holes in the point stay holes in the output.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use indicatif::ProgressBar;
 
 use crate::error::{Error, Result};
-use crate::vfs::{Attr, FileNode, Node};
+use crate::vfs::{self, Attr, FileNode, Node};
 
 /// Bytes copied per read while exporting.
 const PIECE: usize = 4 << 20;
@@ -29,7 +31,7 @@ pub struct Stats {
 pub fn data_bytes(node: &Node) -> Result<u64> {
     Ok(match node {
         Node::File(f) => f.allocated()?,
-        Node::Symlink(_) => 0,
+        Node::Symlink(_) | Node::Special(_) => 0,
         Node::Dir(d) => {
             let mut sum = 0;
             for (_, child) in d.entries()? {
@@ -115,7 +117,14 @@ pub fn export(node: &Node, out: &Path, progress: &ProgressBar) -> Result<Stats> 
             ex.node(node, out, true)?;
         }
         Node::Symlink(l) => {
-            std::os::unix::fs::symlink(&l.target, out).map_err(|e| Error::io(out, &e))?;
+            std::os::unix::fs::symlink(target(&l.target), out).map_err(|e| Error::io(out, &e))?;
+            set_link_attr(out, &l.attr)?;
+        }
+        Node::Special(_) => {
+            return Err(Error::usage(format!(
+                "{}: a device node, fifo or socket has no content to export",
+                out.display()
+            )));
         }
     }
     Ok(ex.stats)
@@ -125,7 +134,7 @@ struct Exporter<'a> {
     stats: Stats,
     progress: &'a ProgressBar,
     /// Files already written, by node identity, so hardlinked nodes become hardlinks.
-    links: HashMap<*const (), PathBuf>,
+    links: HashMap<(usize, u64), PathBuf>,
 }
 
 impl Exporter<'_> {
@@ -139,15 +148,26 @@ impl Exporter<'_> {
                     if matches!(&child, Node::Dir(sub) if sub.lookup_only()) {
                         continue;
                     }
-                    self.node(&child, &path.join(name), false)?;
+                    let name = vfs::name_bytes(&name);
+                    self.node(&child, &path.join(OsStr::from_bytes(&name)), false)?;
                 }
                 set_attr(path, &d.attr())?;
             }
             Node::Symlink(l) => {
-                std::os::unix::fs::symlink(&l.target, path).map_err(|e| Error::io(path, &e))?;
+                std::os::unix::fs::symlink(target(&l.target), path)
+                    .map_err(|e| Error::io(path, &e))?;
+                set_link_attr(path, &l.attr)?;
+            }
+            Node::Special(_) => {
+                log::warn!(
+                    "{}: device node, fifo or socket not exported",
+                    path.display()
+                );
             }
             Node::File(f) => {
-                let id = Arc::as_ptr(f) as *const ();
+                let id = f
+                    .identity()
+                    .unwrap_or((Arc::as_ptr(f) as *const () as usize, 0));
                 if let Some(first) = self.links.get(&id) {
                     fs::hard_link(first, path).map_err(|e| Error::io(path, &e))?;
                     return Ok(());
@@ -194,16 +214,30 @@ impl Exporter<'_> {
     }
 }
 
-fn set_attr(path: &Path, attr: &Attr) -> Result<()> {
+/// A link target as the bytes it stands for.
+fn target(t: &str) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(&vfs::name_bytes(t)))
+}
+
+/// A symlink's owner (as root) and time; its mode means nothing on Linux.
+fn set_link_attr(path: &Path, attr: &Attr) -> Result<()> {
     let err = |e: std::io::Error| Error::io(path, &e);
     if crate::sys::euid() == 0 {
-        std::os::unix::fs::chown(path, Some(attr.uid), Some(attr.gid)).map_err(err)?;
+        std::os::unix::fs::lchown(path, Some(attr.uid), Some(attr.gid)).map_err(err)?;
     }
-    fs::set_permissions(path, fs::Permissions::from_mode(u32::from(attr.perm))).map_err(err)?;
-    // Opened read-only: the times of a read-only file or folder can still be set by its owner.
+    crate::sys::set_symlink_mtime(path, attr.mtime).map_err(err)
+}
+
+fn set_attr(path: &Path, attr: &Attr) -> Result<()> {
+    let err = |e: std::io::Error| Error::io(path, &e);
+    // The time first: opening needs read permission, which the final mode may not give.
     File::open(path)
         .map_err(err)?
         .set_modified(attr.mtime)
         .map_err(err)?;
+    if crate::sys::euid() == 0 {
+        std::os::unix::fs::chown(path, Some(attr.uid), Some(attr.gid)).map_err(err)?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(u32::from(attr.perm))).map_err(err)?;
     Ok(())
 }

@@ -95,6 +95,51 @@ pub fn unmount(path: &Path, lazy: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the modification time of the symlink `path` itself (`utimensat` with
+/// `AT_SYMLINK_NOFOLLOW`; std sets times only through open files, which follow links).
+pub fn set_symlink_mtime(path: &Path, mtime: std::time::SystemTime) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let since = |t: std::time::SystemTime| match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, i64::from(d.subsec_nanos())),
+        Err(e) => {
+            let d = e.duration();
+            let nanos = i64::from(d.subsec_nanos());
+            let secs = -(d.as_secs() as i64);
+            if nanos == 0 {
+                (secs, 0)
+            } else {
+                (secs - 1, 1_000_000_000 - nanos)
+            }
+        }
+    };
+    let (secs, nanos) = since(mtime);
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: nanos,
+        },
+    ];
+    // SAFETY: `c` is a valid NUL-terminated string and `times` two timespecs, both outliving
+    // the call.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The effective user id of this process.
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.

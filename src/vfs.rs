@@ -41,6 +41,8 @@ pub enum Node {
     File(Arc<dyn FileNode>),
     /// A symbolic link.
     Symlink(Arc<Symlink>),
+    /// A device node, fifo or socket inside a disk image: shown, never opened.
+    Special(Arc<Special>),
 }
 
 /// What a node is, without the node.
@@ -52,6 +54,31 @@ pub enum NodeKind {
     File,
     /// A symbolic link.
     Symlink,
+    /// A device node, fifo or socket.
+    Special(SpecialKind),
+}
+
+/// Which kind of special file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecialKind {
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket.
+    Socket,
+}
+
+/// A device node, fifo or socket: its kind, device number and attributes.
+pub struct Special {
+    /// What it is.
+    pub kind: SpecialKind,
+    /// Device number (Linux's encoding), 0 for fifos and sockets.
+    pub rdev: u32,
+    /// Its attributes.
+    pub attr: Attr,
 }
 
 impl Node {
@@ -61,6 +88,7 @@ impl Node {
             Node::Dir(_) => NodeKind::Dir,
             Node::File(_) => NodeKind::File,
             Node::Symlink(_) => NodeKind::Symlink,
+            Node::Special(s) => NodeKind::Special(s.kind),
         }
     }
 
@@ -70,6 +98,7 @@ impl Node {
             Node::Dir(d) => d.attr(),
             Node::File(f) => f.attr(),
             Node::Symlink(s) => s.attr,
+            Node::Special(s) => s.attr,
         }
     }
 }
@@ -103,6 +132,12 @@ pub trait Directory: Send + Sync {
     /// Whether the listing can change while mounted (then the kernel caches it only briefly).
     fn live(&self) -> bool {
         false
+    }
+
+    /// What the folder holds, for `ls --json` and `info.json` (a disk image's partitions and
+    /// file systems); `None` for plain folders.
+    fn describe(&self) -> Option<serde_json::Value> {
+        None
     }
 
     /// Whether the folder lists nothing and only answers lookups of names it makes up (`at/`):
@@ -198,6 +233,12 @@ pub trait FileNode: Send + Sync {
         1
     }
 
+    /// What makes two nodes one file (hard links of a file system inside an image): the file
+    /// system's identity and the inode number. `None`: the node itself is the identity.
+    fn identity(&self) -> Option<(usize, u64)> {
+        None
+    }
+
     /// Bytes that hold data (not holes), for `st_blocks`.
     fn allocated(&self) -> Result<u64> {
         self.size()
@@ -209,7 +250,7 @@ pub trait FileNode: Send + Sync {
 
 /// A symbolic link with a relative target.
 pub struct Symlink {
-    /// Where it points.
+    /// Where it points (bytes that are not UTF-8 escaped as [`name_from_bytes`] does).
     pub target: String,
     /// Its attributes.
     pub attr: Attr,
@@ -316,6 +357,56 @@ impl FileNode for ErrorFile {
     fn attr(&self) -> Attr {
         self.attr
     }
+}
+
+/// First of the private-use characters that stand for single bytes in names (`U+EF80` is
+/// byte `0x80`, ... `U+EFFF` is `0xFF`).
+const BYTE_ESCAPE: u32 = 0xEF00;
+
+fn is_byte_escape(c: char) -> bool {
+    (BYTE_ESCAPE + 0x80..=BYTE_ESCAPE + 0xFF).contains(&u32::from(c))
+}
+
+/// A name (or link target) from a file system inside an image as a tree name: valid UTF-8
+/// stays as it is; every other byte (and any character of the escape range itself) becomes
+/// one private-use character, so that [`name_bytes`] gives the exact bytes back.
+pub fn name_from_bytes(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len());
+    for chunk in b.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if is_byte_escape(c) {
+                let mut utf8 = [0; 4];
+                for &x in c.encode_utf8(&mut utf8).as_bytes() {
+                    out.push(escape_byte(x));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out.extend(chunk.invalid().iter().map(|&x| escape_byte(x)));
+    }
+    out
+}
+
+fn escape_byte(x: u8) -> char {
+    char::from_u32(BYTE_ESCAPE + u32::from(x)).expect("private-use character")
+}
+
+/// The bytes a tree name stands for: what front ends give the kernel and the local disk.
+pub fn name_bytes(name: &str) -> std::borrow::Cow<'_, [u8]> {
+    if !name.chars().any(is_byte_escape) {
+        return std::borrow::Cow::Borrowed(name.as_bytes());
+    }
+    let mut out = Vec::with_capacity(name.len());
+    for c in name.chars() {
+        if is_byte_escape(c) {
+            out.push((u32::from(c) - BYTE_ESCAPE) as u8);
+        } else {
+            let mut utf8 = [0; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Follows `path` (relative, `/`-separated) from `root`, resolving symlinks inside the tree.
@@ -480,6 +571,23 @@ mod tests {
         assert_eq!(edit_distance(&['a', 'b'], &['b']), 1);
         let e = resolve(&tree(), "p2/a.txt").err().unwrap().to_string();
         assert!(e.ends_with("no 'p2' here; nearest: p1, at, latest"), "{e}");
+    }
+
+    #[test]
+    fn names_round_trip_as_bytes() {
+        let cases: [&[u8]; 5] = [
+            b"plain",
+            b"caf\xc3\xa9",
+            b"bad\xff\xfe",
+            b"\xee\xbe\x80",
+            b"",
+        ];
+        for b in cases {
+            let name = name_from_bytes(b);
+            assert_eq!(&*name_bytes(&name), b, "{name:?}");
+        }
+        assert_eq!(name_from_bytes(b"caf\xc3\xa9"), "café");
+        assert_ne!(name_from_bytes(b"\xff"), name_from_bytes(b"\xee\xbf\xbf"));
     }
 
     #[test]

@@ -80,6 +80,11 @@ fn nbd_survives_damaged_client_streams() {
 }
 
 #[test]
+fn inside_survives_damaged_tables_and_file_systems() {
+    fixed_run(Format::Inside, 150);
+}
+
+#[test]
 fn cases_repeat_from_their_seed() {
     for format in Format::ALL {
         let a = fuzzing::prepare(format, 42);

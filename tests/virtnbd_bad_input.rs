@@ -709,5 +709,6 @@ fn vmconfig_name_from_meta_stays_in_the_backup_folder() {
         .iter()
         .map(|f| f["path"].as_str().unwrap())
         .collect();
-    assert_eq!(files, ["vda.raw"]);
+    // The image and its folder (what it holds), no vmconfig.
+    assert_eq!(files, ["vda", "vda.raw"]);
 }

@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use fuser::{
@@ -98,6 +99,10 @@ impl FuseFs {
             Node::File(f) => Ok(f),
             Node::Dir(_) => Err(Error::from_errno(libc::EISDIR, "is a folder")),
             Node::Symlink(_) => Err(Error::usage("is a symlink")),
+            Node::Special(_) => Err(Error::from_errno(
+                libc::EACCES,
+                "a device node, fifo or socket",
+            )),
         }
     }
 }
@@ -132,12 +137,10 @@ impl Filesystem for FuseFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guard("lookup", || {
-            let Some(name) = name.to_str() else {
-                return reply.error(Errno::ENOENT);
-            };
+            let name = crate::vfs::name_from_bytes(name.as_bytes());
             match self
                 .inodes
-                .lookup(parent.0, name)
+                .lookup(parent.0, &name)
                 .and_then(|(ino, node)| attr(ino, &node))
                 .map(|a| self.owner.apply(a))
             {
@@ -165,7 +168,7 @@ impl Filesystem for FuseFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         guard("readlink", || match self.inodes.node(ino.0) {
-            Ok(Node::Symlink(l)) => reply.data(l.target.as_bytes()),
+            Ok(Node::Symlink(l)) => reply.data(&crate::vfs::name_bytes(&l.target)),
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(self.fail("readlink", ino.0, &e)),
         });
@@ -249,7 +252,9 @@ impl Filesystem for FuseFs {
         _owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to flush in a read-only tree: ENOSYS once and the kernel stops sending a
+        // flush on every close (a round trip per file when copying many small files).
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsync(
@@ -289,7 +294,12 @@ impl Filesystem for FuseFs {
             match names.and_then(|n| self.inodes.readdir(ino.0, &n, offset)) {
                 Ok(list) => {
                     for (child, next, k, name) in list {
-                        if reply.add(INodeNo(child), next, k, &name) {
+                        if reply.add(
+                            INodeNo(child),
+                            next,
+                            k,
+                            OsStr::from_bytes(&crate::vfs::name_bytes(&name)),
+                        ) {
                             break;
                         }
                     }
@@ -356,15 +366,13 @@ impl Filesystem for FuseFs {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::ENODATA);
+        // The tree has no extended attributes: ENOSYS once and the kernel stops asking (`ls -l`
+        // asks twice per file, `cp -a` once), answering "not supported" itself.
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn ioctl(

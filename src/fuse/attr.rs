@@ -3,7 +3,7 @@
 use fuser::{FileAttr, FileType, INodeNo};
 
 use crate::error::{Error, Result};
-use crate::vfs::{FileNode, Node, NodeKind};
+use crate::vfs::{FileNode, Node, NodeKind, SpecialKind, name_bytes};
 
 /// Block size `stat` reports: large, so that `cp` and friends read in big pieces.
 pub const BLKSIZE: u32 = 1 << 20;
@@ -14,16 +14,21 @@ pub fn file_type(k: NodeKind) -> FileType {
         NodeKind::Dir => FileType::Directory,
         NodeKind::File => FileType::RegularFile,
         NodeKind::Symlink => FileType::Symlink,
+        NodeKind::Special(SpecialKind::CharDevice) => FileType::CharDevice,
+        NodeKind::Special(SpecialKind::BlockDevice) => FileType::BlockDevice,
+        NodeKind::Special(SpecialKind::Fifo) => FileType::NamedPipe,
+        NodeKind::Special(SpecialKind::Socket) => FileType::Socket,
     }
 }
 
 /// `stat` of a node.
 pub fn attr(ino: u64, node: &Node) -> Result<FileAttr> {
     let a = node.attr();
-    let (size, blocks, nlink) = match node {
-        Node::Dir(_) => (0, 0, 2),
-        Node::File(f) => (f.size()?, f.allocated()?.div_ceil(512), f.nlink()),
-        Node::Symlink(l) => (l.target.len() as u64, 0, 1),
+    let (size, blocks, nlink, rdev) = match node {
+        Node::Dir(_) => (0, 0, 2, 0),
+        Node::File(f) => (f.size()?, f.allocated()?.div_ceil(512), f.nlink(), 0),
+        Node::Symlink(l) => (name_bytes(&l.target).len() as u64, 0, 1, 0),
+        Node::Special(s) => (0, 0, 1, s.rdev),
     };
     Ok(FileAttr {
         ino: INodeNo(ino),
@@ -38,7 +43,7 @@ pub fn attr(ino: u64, node: &Node) -> Result<FileAttr> {
         nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev,
         blksize: BLKSIZE,
         flags: 0,
     })

@@ -25,7 +25,7 @@ const READDIR_BATCH: usize = 1024;
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Key {
     Root,
-    File(usize),
+    File(usize, u64),
     Child(u64, String),
 }
 
@@ -165,7 +165,10 @@ impl Inodes {
     /// The inode number for `node` found as `name` in `parent`, adding `count` kernel references.
     fn assign(&self, parent: u64, name: &str, node: Node, count: u64) -> u64 {
         let key = match &node {
-            Node::File(f) => Key::File(Arc::as_ptr(f) as *const () as usize),
+            Node::File(f) => match f.identity() {
+                Some((fs, ino)) => Key::File(fs, ino),
+                None => Key::File(Arc::as_ptr(f) as *const () as usize, 0),
+            },
             _ => Key::Child(parent, name.to_owned()),
         };
         self.assign_key(key, parent, name, Some(node), count)

@@ -81,6 +81,8 @@ pub enum Format {
     Freezer,
     /// The NBD server's option and request parser, fed damaged client streams.
     Nbd,
+    /// Disk images with partition tables and file systems inside (a raw virtnbdbackup copy).
+    Inside,
 }
 
 impl Format {
@@ -90,6 +92,7 @@ impl Format {
         Format::Clightning,
         Format::Freezer,
         Format::Nbd,
+        Format::Inside,
     ];
 
     /// Its name on the command line and in reports.
@@ -99,6 +102,7 @@ impl Format {
             Format::Clightning => "clightning",
             Format::Freezer => "freezer",
             Format::Nbd => "nbd",
+            Format::Inside => "inside",
         }
     }
 
@@ -304,6 +308,7 @@ pub fn prepare(format: Format, seed: u64) -> Case {
         Format::Clightning => clightning_case(&mut rng, &mut case),
         Format::Freezer => freezer_case(&mut rng, &mut case),
         Format::Nbd => nbd_case(&mut rng, &mut case),
+        Format::Inside => inside_case(&mut rng, &mut case),
     }
     // Over-long hostile names would drown the report; the seed repeats them anyway.
     for m in &mut case.mutations {
@@ -518,10 +523,14 @@ fn walk(node: &Node, depth: usize, limits: &Limits, rng: &mut Rng, stats: &mut C
         Node::Symlink(l) => {
             let _ = l.target.len();
         }
+        Node::Special(s) => {
+            let _ = s.attr;
+        }
         Node::File(f) => read_file(f.as_ref(), limits, rng, stats),
         Node::Dir(d) => {
             let _ = d.attr();
             let _ = d.names();
+            let _ = d.describe();
             // Looking up what a folder does not list (times under `at/`, odd names).
             for name in [
                 "2026-11-20T10:00",
@@ -1653,4 +1662,130 @@ fn nbd_exercise(src: &Path, cache_dir: &Path, limits: &Limits) -> CaseStats {
         }
     });
     stats
+}
+
+/// Sample disks for `inside` cases, made once per process by the file systems' own tools:
+/// (name, 2 MiB disk image, start of the partition holding the file system).
+fn inside_disks() -> &'static [(&'static str, Vec<u8>, u64)] {
+    static DISKS: std::sync::OnceLock<Vec<(&'static str, Vec<u8>, u64)>> =
+        std::sync::OnceLock::new();
+    DISKS.get_or_init(|| {
+        let tmp = tempfile::tempdir().expect("temp folder");
+        let t = tmp.path();
+        let src = t.join("src");
+        std::fs::create_dir_all(src.join("etc/sub")).expect("src");
+        std::fs::write(src.join("etc/a.conf"), b"a = 1\n").expect("src");
+        std::fs::write(src.join("etc/sub/big"), vec![7u8; 70_000]).expect("src");
+        std::fs::hard_link(src.join("etc/a.conf"), src.join("hard")).expect("src");
+        std::os::unix::fs::symlink("etc/a.conf", src.join("link")).expect("src");
+        for i in 0..60 {
+            std::fs::write(src.join(format!("etc/f{i:02}")), [i as u8; 10]).expect("src");
+        }
+        let run = |cmd: &str, args: &[&str], stdin: &str| {
+            let mut c = std::process::Command::new(cmd)
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{cmd} (needed for inside fuzz cases): {e}"));
+            let _ = c.stdin.take().expect("stdin").write_all(stdin.as_bytes());
+            assert!(c.wait().expect("wait").success(), "{cmd} {args:?}");
+        };
+        let fs = |name: &str, mkfs: &str, sectors: u64, journal: &str| {
+            let p = t.join(name);
+            std::fs::File::create(&p).and_then(|f| f.set_len(sectors * 512)).expect("fs");
+            let (s, ps) = (src.to_str().expect("utf-8"), p.to_str().expect("utf-8"));
+            run(mkfs, &["-q", "-F", "-b", "1024", "-O", journal, "-d", s, ps], "");
+            std::fs::read(&p).expect("fs")
+        };
+        let disk = |name: &str, part: &[u8], start: u64, table: &dyn Fn(&str)| {
+            let p = t.join(name);
+            std::fs::File::create(&p).and_then(|f| f.set_len(2 << 20)).expect("disk");
+            table(p.to_str().expect("utf-8"));
+            let f = std::fs::OpenOptions::new().write(true).open(&p).expect("disk");
+            std::os::unix::fs::FileExt::write_all_at(&f, part, start * 512).expect("disk");
+            drop(f);
+            std::fs::read(&p).expect("disk")
+        };
+        let gpt_fs = fs("gpt.fs", "mkfs.ext4", 3968, "has_journal");
+        let gpt = disk("gpt", &gpt_fs, 40, &|p| {
+            run("sgdisk", &["-a", "8", "-n", "1:40:+3968", "-t", "1:8300", p], "");
+        });
+        let mbr_fs = fs("mbr.fs", "mkfs.ext2", 3000, "^has_journal");
+        let mbr = disk("mbr", &mbr_fs, 1048, &|p| {
+            let table = "label: dos\nstart=8, size=1000, type=83\nstart=1040, size=3008, type=5\nstart=1048, size=3000, type=83\n";
+            run("sfdisk", &["-q", p], table);
+        });
+        vec![("gpt+ext4", gpt, 40 * 512), ("mbr+ext2", mbr, 1048 * 512)]
+    })
+}
+
+/// A raw disk copy whose partition table or file system metadata is damaged: GPT headers and
+/// entries (with their CRCs made right again half the time, so damage gets past them), MBR
+/// and extended boot records, superblock, group descriptors, inodes, extent and directory
+/// blocks.
+fn inside_case(rng: &mut Rng, case: &mut Case) {
+    let dir = case.source().join("inside");
+    copy_tree(&data_dir().join("virtnbd/v1-misc-copyraw"), &dir);
+    let (name, base, fs_start) = rng.pick(inside_disks());
+    let mut disk = base.clone();
+    case.mutations.push(format!("disk {name}"));
+    let len = disk.len();
+    for _ in 0..1 + rng.below(4) {
+        let (region, at) = match rng.below(4) {
+            0 => ("table", rng.below(34 * 512)),
+            1 => ("backup table", len - 1 - rng.below(33 * 512)),
+            2 => ("superblock", *fs_start as usize + 1024 + rng.below(3072)),
+            _ => ("fs metadata", *fs_start as usize + rng.below(400 << 10)),
+        };
+        let what = match rng.below(4) {
+            0 => {
+                disk[at] ^= 1 << rng.below(8);
+                "bit flip".to_owned()
+            }
+            1 => {
+                let end = (at + 4).min(len);
+                let v = *rng.pick(&[0u8, 0xFF, 0x80, 1]);
+                disk[at..end].fill(v);
+                format!("4 bytes of {v:#x}")
+            }
+            2 => {
+                let end = (at + 1 + rng.below(1024)).min(len);
+                disk[at..end].fill(0);
+                format!("{} bytes zeroed", end - at)
+            }
+            _ => {
+                let end = (at + 16).min(len);
+                let junk = rng.bytes(end - at);
+                disk[at..end].copy_from_slice(&junk);
+                "16 random bytes".to_owned()
+            }
+        };
+        case.mutations.push(format!("{region} at {at}: {what}"));
+    }
+    if rng.one_in(3) {
+        // Says the journal needs replaying, so that a damaged journal is read too.
+        disk[*fs_start as usize + 1024 + 96] |= 0x4;
+        case.mutations.push("needs_recovery set".into());
+    }
+    if rng.one_in(2) && &disk[512..520] == b"EFI PART" {
+        fix_gpt_crcs(&mut disk);
+        case.mutations.push("GPT CRCs fixed".into());
+    }
+    let _ = std::fs::write(dir.join("vda.copy.data"), &disk);
+}
+
+/// Recomputes the primary GPT's entry and header CRCs (within bounds the header gives).
+fn fix_gpt_crcs(disk: &mut [u8]) {
+    let le32 = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4"));
+    let (count, size) = (le32(disk, 512 + 80) as usize, le32(disk, 512 + 84) as usize);
+    if let Some(entries) = disk.get(1024..1024 + count.min(4096) * size.min(4096)) {
+        let crc = crc32fast::hash(entries);
+        disk[512 + 88..512 + 92].copy_from_slice(&crc.to_le_bytes());
+    }
+    let hsize = (le32(disk, 512 + 12) as usize).clamp(92, 512);
+    disk[512 + 16..512 + 20].fill(0);
+    let crc = crc32fast::hash(&disk[512..512 + hsize]);
+    disk[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
 }

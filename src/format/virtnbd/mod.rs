@@ -16,6 +16,7 @@ use serde_json::{Map, json};
 
 use crate::error::{Error, Result};
 use crate::image::{ImageFile, Layer};
+use crate::inside::DiskDir;
 use crate::model::{
     self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanContext,
 };
@@ -230,8 +231,13 @@ impl Folder<'_> {
         let mut disks = Disks::default();
         let mut by_disk: Vec<usize> = members.to_vec();
         by_disk.sort_by(|&a, &b| infos[a].disk.cmp(&infos[b].disk));
+        let name = format!(
+            "{}_{kind}",
+            time.as_ref()
+                .map_or_else(|| "unknown-time".to_owned(), timefmt::to_name)
+        );
         for &m in &by_disk {
-            self.expose_disk(m, attr, &mut disks, &mut warnings);
+            self.expose_disk(m, &name, attr, &mut disks, &mut warnings);
         }
         let Disks {
             mut exposed,
@@ -253,11 +259,6 @@ impl Folder<'_> {
             }
             Ok(exposed)
         };
-        let name = format!(
-            "{}_{kind}",
-            time.as_ref()
-                .map_or_else(|| "unknown-time".to_owned(), timefmt::to_name)
-        );
         used.sort_unstable();
         used.dedup();
         (
@@ -268,8 +269,17 @@ impl Folder<'_> {
     }
 
     /// Adds the image of stream `m`'s disk to `disks` (a failing file when its chain does not
-    /// resolve); disks whose name is not a usable file name are left out with a warning.
-    fn expose_disk(&self, m: usize, attr: Attr, disks: &mut Disks, warnings: &mut Vec<String>) {
+    /// resolve), with its folder of partitions and files (`inside::DiskDir`), named in errors
+    /// by the set's folder, `point` and the image; disks whose name is not a usable file name
+    /// are left out with a warning.
+    fn expose_disk(
+        &self,
+        m: usize,
+        point: &str,
+        attr: Attr,
+        disks: &mut Disks,
+        warnings: &mut Vec<String>,
+    ) {
         let info = &self.infos[m];
         let file_name = format!("{}.raw", info.disk);
         if !vfs::is_safe_name(&info.disk) || !vfs::is_safe_name(&file_name) {
@@ -298,11 +308,23 @@ impl Folder<'_> {
             Ok((seq, layers)) => {
                 disks.used.extend(&seq);
                 let image = ImageFile::new(size, layers, Arc::clone(&self.opts.cache), attr);
+                let image: Arc<dyn vfs::FileNode> = Arc::new(image);
+                let sources: Vec<String> =
+                    seq.iter().map(|&i| self.infos[i].name.clone()).collect();
+                let what = format!("{}/{point}/{file_name}", self.dir.display());
+                let dir_attr = Attr::read_only(true, attr.mtime);
+                disks.exposed.push(Exposed {
+                    path: info.disk.clone(),
+                    node: Node::Dir(DiskDir::new(Arc::clone(&image), what, dir_attr)),
+                    size: None,
+                    sources: sources.clone(),
+                    error: None,
+                });
                 disks.exposed.push(Exposed {
                     path: file_name,
-                    node: Node::File(Arc::new(image)),
+                    node: Node::File(image),
                     size: Some(size),
-                    sources: seq.iter().map(|&i| self.infos[i].name.clone()).collect(),
+                    sources,
                     error: None,
                 });
             }

@@ -1,0 +1,209 @@
+//! The ext3/4 journal (jbd2), replayed in memory as the kernel replays it on mount: committed
+//! transactions that were not yet written to their place say which file system blocks to read
+//! from the journal instead. Nothing is written; a log that ends early (a torn or damaged
+//! block) ends the replay there, as in the kernel.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+const MAGIC: u32 = 0xC03B_3998;
+const DESCRIPTOR: u32 = 1;
+const COMMIT: u32 = 2;
+const REVOKE: u32 = 5;
+const INCOMPAT_64BIT: u32 = 0x2;
+const INCOMPAT_CSUM_V2: u32 = 0x8;
+const INCOMPAT_CSUM_V3: u32 = 0x10;
+const TAG_ESCAPE: u32 = 1;
+const TAG_SAME_UUID: u32 = 2;
+const TAG_LAST: u32 = 8;
+
+/// File system block → (block holding its newest committed copy, whether that copy's first
+/// four bytes were escaped because they looked like the journal magic).
+pub type Overlay = HashMap<u64, (u64, bool)>;
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// The journal's geometry, from its superblock.
+struct Log {
+    first: u64,
+    maxlen: u64,
+    incompat: u32,
+    tag_size: usize,
+    tail: usize,
+}
+
+impl Log {
+    fn next(&self, pos: u64) -> u64 {
+        if pos + 1 >= self.maxlen {
+            self.first
+        } else {
+            pos + 1
+        }
+    }
+}
+
+/// One transaction being read: its block copies (fs block, journal position, escaped) and its
+/// revoked blocks.
+#[derive(Default)]
+struct Pending {
+    copies: Vec<(u64, u64, bool)>,
+    revoked: Vec<u64>,
+}
+
+/// The journal as the file system holds it.
+pub struct Source<'a> {
+    /// Journal block `n`: its bytes and the file system block it is stored in.
+    pub read: &'a dyn Fn(u64) -> Result<(Vec<u8>, u64)>,
+    /// The file system's block size.
+    pub block_size: u64,
+    /// Image and partition, for errors.
+    pub what: &'a str,
+}
+
+/// The blocks the journal replaces: empty when the file system was cleanly unmounted.
+pub fn load(fs: &Source) -> Result<Overlay> {
+    let (jsb, at_block) = (fs.read)(0)?;
+    let bad = |msg: &str| {
+        let at = at_block.saturating_mul(fs.block_size);
+        Error::corrupt(Path::new(fs.what), at, format!("journal superblock: {msg}"))
+    };
+    if be32(&jsb, 0) != MAGIC || !matches!(be32(&jsb, 4), 3 | 4) {
+        return Err(bad("no magic"));
+    }
+    let (first, maxlen) = (u64::from(be32(&jsb, 20)), u64::from(be32(&jsb, 16)));
+    let (sequence, start) = (be32(&jsb, 24), u64::from(be32(&jsb, 28)));
+    if start == 0 {
+        return Ok(Overlay::new());
+    }
+    if u64::from(be32(&jsb, 12)) != fs.block_size || first == 0 || first >= maxlen {
+        return Err(bad("geometry"));
+    }
+    if start < first || start >= maxlen {
+        return Err(bad("start outside the log"));
+    }
+    let incompat = if be32(&jsb, 4) == 4 {
+        be32(&jsb, 40)
+    } else {
+        0
+    };
+    let wide = incompat & INCOMPAT_64BIT != 0;
+    let csum3 = incompat & INCOMPAT_CSUM_V3 != 0;
+    let csum = csum3 || incompat & INCOMPAT_CSUM_V2 != 0;
+    let tag_size = match (csum3, csum, wide) {
+        (true, _, true) => 16,
+        (true, _, false) => 12,
+        (false, true, true) => 14,
+        (false, true, false) => 10,
+        (false, false, true) => 12,
+        (false, false, false) => 8,
+    };
+    let log = Log {
+        first,
+        maxlen,
+        incompat,
+        tag_size,
+        tail: if csum { 4 } else { 0 },
+    };
+    let committed = walk(fs, &log, start, sequence)?;
+    replay(fs, committed)
+}
+
+/// Reads the log from `start`: the committed transactions, oldest first, with their sequence.
+fn walk(fs: &Source, log: &Log, start: u64, mut seq: u32) -> Result<Vec<(u32, Pending)>> {
+    let mut committed = Vec::new();
+    let mut pending = Pending::default();
+    let mut pos = start;
+    // Every block of the log at most once: the walk cannot loop.
+    let mut budget = log.maxlen - log.first;
+    while budget > 0 {
+        budget -= 1;
+        let (b, _) = (fs.read)(pos)?;
+        if be32(&b, 0) != MAGIC || be32(&b, 8) != seq {
+            break;
+        }
+        match be32(&b, 4) {
+            DESCRIPTOR => {
+                for (block, escaped) in tags(&b, log) {
+                    pos = log.next(pos);
+                    budget = budget.saturating_sub(1);
+                    pending.copies.push((block, pos, escaped));
+                }
+            }
+            COMMIT => {
+                committed.push((seq, std::mem::take(&mut pending)));
+                seq = seq.wrapping_add(1);
+            }
+            REVOKE => {
+                let wide = log.incompat & INCOMPAT_64BIT != 0;
+                let end = (be32(&b, 12) as usize).min(b.len());
+                let size = if wide { 8 } else { 4 };
+                for r in b.get(16..end).unwrap_or_default().chunks_exact(size) {
+                    let n = if wide {
+                        u64::from(be32(r, 0)) << 32 | u64::from(be32(r, 4))
+                    } else {
+                        u64::from(be32(r, 0))
+                    };
+                    pending.revoked.push(n);
+                }
+            }
+            _ => break,
+        }
+        pos = log.next(pos);
+    }
+    Ok(committed)
+}
+
+/// The block tags of a descriptor block: (file system block, escaped).
+fn tags(b: &[u8], log: &Log) -> Vec<(u64, bool)> {
+    let csum3 = log.incompat & INCOMPAT_CSUM_V3 != 0;
+    let wide = log.incompat & INCOMPAT_64BIT != 0;
+    let limit = b.len() - log.tail;
+    let mut out = Vec::new();
+    let mut at = 12;
+    while at + log.tag_size <= limit {
+        let t = &b[at..at + log.tag_size];
+        let flags = if csum3 {
+            be32(t, 4)
+        } else {
+            u32::from(u16::from_be_bytes([t[6], t[7]]))
+        };
+        let high = if wide { u64::from(be32(t, 8)) << 32 } else { 0 };
+        out.push((high | u64::from(be32(t, 0)), flags & TAG_ESCAPE != 0));
+        at += log.tag_size;
+        if flags & TAG_SAME_UUID == 0 {
+            at += 16;
+        }
+        if flags & TAG_LAST != 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// Applies the committed transactions in order: a block's newest copy wins, unless a revoke
+/// record of the same or a later transaction cancels it.
+fn replay(fs: &Source, committed: Vec<(u32, Pending)>) -> Result<Overlay> {
+    let mut revoked: HashMap<u64, u32> = HashMap::new();
+    for (seq, t) in &committed {
+        for &b in &t.revoked {
+            revoked.insert(b, *seq);
+        }
+    }
+    let mut overlay = Overlay::new();
+    for (seq, t) in committed {
+        for (block, pos, escaped) in t.copies {
+            let cancelled = revoked
+                .get(&block)
+                .is_some_and(|&r| r.wrapping_sub(seq) as i32 >= 0);
+            if !cancelled {
+                let (_, at) = (fs.read)(pos)?;
+                overlay.insert(block, (at, escaped));
+            }
+        }
+    }
+    Ok(overlay)
+}
