@@ -87,7 +87,7 @@ pub enum Format {
 
 impl Format {
     /// Every format.
-    pub const ALL: [Format; 4] = [
+    pub const ALL: [Format; 5] = [
         Format::Virtnbd,
         Format::Clightning,
         Format::Freezer,
