@@ -1,5 +1,5 @@
-//! A disk image served through a block map: uncompressed extents straight from the mapped backup
-//! files (zero-copy when a read falls in one extent), compressed chunks through the shared cache.
+//! A disk image served through a block map: uncompressed extents straight from the backup files
+//! (zero-copy from a mapped file when a read falls in one extent), compressed chunks through the shared cache.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
@@ -33,7 +33,7 @@ pub struct LayerIndex {
 
 /// One backup file of an image's sequence, as the block map sees it.
 pub trait Layer: Send + Sync {
-    /// The mapped file.
+    /// The backup file.
     fn source(&self) -> &Arc<Source>;
     /// Its index (loaded on first use).
     fn index(&self) -> Result<&LayerIndex>;
@@ -171,16 +171,18 @@ impl ImageFile {
         let at = e.off + (pos - e.start);
         if e.chunk == NO_CHUNK {
             let source = layer.source();
-            if dst.len() < SMALL_READ {
-                return source.read_exact_at(at, dst);
+            let len = dst.len() as u64;
+            if dst.len() >= SMALL_READ
+                && let Some(bytes) = source.view(at, len, "data frame")?
+            {
+                if prefetch {
+                    source.prefetch(at, len);
+                }
+                dst.copy_from_slice(bytes);
+                source.served(len);
+                return Ok(());
             }
-            let bytes = source.slice(at, dst.len() as u64, "data frame")?;
-            if prefetch {
-                source.prefetch(at, dst.len() as u64);
-            }
-            dst.copy_from_slice(bytes);
-            source.served(dst.len() as u64);
-            return Ok(());
+            return source.read_exact_at(at, dst, "data frame");
         }
         self.chunk(layer, e.chunk)?.read(at as usize, dst)
     }
@@ -315,11 +317,12 @@ impl FileNode for ImageFile {
             return Ok(true);
         }
         let source = layer.source();
-        let bytes = source.slice(at, len as u64, "data frame")?;
+        // Lent straight from a mapped file (zero-copy); other storage reads into a buffer.
+        let bytes = source.range(at, len as u64, "data frame")?;
         if !covered {
             source.prefetch(at, len as u64);
         }
-        f(bytes);
+        f(&bytes);
         source.served(len as u64);
         Ok(true)
     }

@@ -5,6 +5,7 @@
 //! in the middle of a 32 MiB frame decodes from the start up to that read, and the decoded prefix
 //! stays in the shared cache for the next reader.
 
+use std::borrow::Cow;
 use std::io::Read;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -188,6 +189,8 @@ pub struct DecodedChunk {
 #[derive(Default)]
 struct State {
     out: Vec<u8>,
+    /// The compressed frame while it is being decoded, when the source lends no view of it.
+    comp: Option<Vec<u8>>,
     decoded: usize,
     /// Offset in the frame of the next block header; 0 before the frame header was read.
     input: usize,
@@ -334,18 +337,27 @@ impl DecodedChunk {
     }
 
     fn decode_to(&self, st: &mut State, need: usize) -> Result<()> {
-        let frame = self.source.slice(self.offset, self.comp_len, "LZ4 frame")?;
         if st.input == 0 {
             // One read of the whole compressed frame rather than a page fault per 4 KiB.
             self.source.prefetch(self.offset, self.comp_len);
-            self.header(st, frame)?;
+        }
+        // Borrowed from a mapped file; from other storage read once and kept until decoded.
+        let frame = match st.comp.take() {
+            Some(bytes) => Cow::Owned(bytes),
+            None => self.source.range(self.offset, self.comp_len, "LZ4 frame")?,
+        };
+        if st.input == 0 {
+            self.header(st, &frame)?;
         }
         let target = need.div_ceil(STEP).saturating_mul(STEP).min(self.raw_len);
         while st.decoded < target {
-            self.block(st, frame)?;
+            self.block(st, &frame)?;
         }
         if st.decoded == self.raw_len {
-            self.end(st, frame)?;
+            return self.end(st, &frame);
+        }
+        if let Cow::Owned(bytes) = frame {
+            st.comp = Some(bytes);
         }
         Ok(())
     }
@@ -489,7 +501,10 @@ mod tests {
     fn decodes_only_as_far_as_a_read_needs() {
         let raw = data(8 << 20);
         let (_f, src, comp) = frame_file(&raw);
-        assert_eq!(declared_size(src.bytes()).unwrap(), Some(raw.len() as u64));
+        assert_eq!(
+            declared_size(&src.range(0, comp, "t").unwrap()).unwrap(),
+            Some(raw.len() as u64)
+        );
         let chunk = DecodedChunk::new(src, Lz4Runtime::new(), 0, comp, raw.len() as u64);
         let mut buf = vec![0u8; 4096];
         chunk.read(3 << 20, &mut buf).unwrap();
@@ -498,6 +513,20 @@ mod tests {
         assert_eq!(decoded, 4 << 20, "decoded up to the next 1 MiB step only");
         chunk.read(raw.len() - 10, &mut buf[..10]).unwrap();
         assert_eq!(buf[..10], raw[raw.len() - 10..]);
+    }
+
+    #[test]
+    fn frames_decode_from_storage_without_a_view() {
+        let raw = data(6 << 20);
+        let (f, _, comp) = frame_file(&raw);
+        let src = crate::storage::tests::Unmapped::source(f.path());
+        assert_eq!(decode_count(&src, 0, comp).unwrap(), raw.len() as u64);
+        let chunk = DecodedChunk::new(src, Lz4Runtime::new(), 0, comp, raw.len() as u64);
+        let mut buf = vec![0u8; 5000];
+        for at in [(5 << 20) + 17, 100, raw.len() - 5000] {
+            chunk.read(at, &mut buf).unwrap();
+            assert_eq!(buf, raw[at..at + 5000], "at {at}");
+        }
     }
 
     #[test]
