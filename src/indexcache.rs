@@ -37,6 +37,12 @@ impl IndexCache {
         self.dir.join(format!("{key}.idx"))
     }
 
+    /// Where the decoder checkpoints of the LZ4 frame at `frame_off` of the file kept under
+    /// `key` go (`lz4::Checkpoints`; they carry their own checks).
+    pub fn checkpoint_path(&self, key: &str, frame_off: u64) -> PathBuf {
+        self.dir.join(format!("{key}.{frame_off}.lz4cp"))
+    }
+
     /// Whether an entry exists under `key` (it is checked when loaded).
     pub fn has(&self, key: &str) -> bool {
         self.path(key).is_file()

@@ -29,6 +29,8 @@ pub struct Stream {
     meta: Option<StreamMeta>,
     index: OnceLock<Result<LayerIndex>>,
     cached: Option<(Arc<IndexCache>, String)>,
+    /// Where its LZ4 frames' checkpoints are kept: the index cache and the file's key.
+    kept: Option<(Arc<IndexCache>, String)>,
     owner: u64,
     lz4: Arc<Lz4Runtime>,
 }
@@ -57,6 +59,10 @@ impl Layer for Stream {
     }
     fn lz4(&self) -> &Arc<Lz4Runtime> {
         &self.lz4
+    }
+    fn checkpoints(&self, chunk: &Chunk) -> Option<PathBuf> {
+        let (ix, key) = self.kept.as_ref()?;
+        Some(ix.checkpoint_path(key, chunk.file_off))
     }
 }
 
@@ -106,22 +112,26 @@ impl Stream {
                 meta,
                 index: OnceLock::new(),
                 cached: Some((Arc::clone(ix), k.clone())),
+                kept: Some((Arc::clone(ix), k.clone())),
                 owner: cache::new_owner_id(),
                 lz4: Arc::clone(&io.lz4),
             });
         }
         let (meta, index) = parse(&source)?;
         // Kept only if the file did not change while it was read.
-        if let (Some(ix), Some(k)) = (cache, kept)
-            && key(&source).as_ref() == Some(&k)
-        {
-            ix.store(&k, &encode(&index));
-        }
+        let kept = match (cache, kept) {
+            (Some(ix), Some(k)) if key(&source).as_ref() == Some(&k) => {
+                ix.store(&k, &encode(&index));
+                Some((Arc::clone(ix), k))
+            }
+            _ => None,
+        };
         Ok(Stream {
             source,
             meta,
             index: OnceLock::from(Ok(index)),
             cached: None,
+            kept,
             owner: cache::new_owner_id(),
             lz4: Arc::clone(&io.lz4),
         })
@@ -162,8 +172,9 @@ impl Stream {
         frames + sum
     }
 
-    /// Decodes every LZ4 frame (block and content checksums, sizes) and checks the
-    /// `<file>.chksum` Adler-32 when there is one. `progress` advances by file bytes.
+    /// Decodes every LZ4 frame (block and content checksums, sizes), keeping its decoder
+    /// checkpoints, and checks the `<file>.chksum` Adler-32 when there is one. `progress`
+    /// advances by file bytes.
     pub fn verify(&self, progress: &ProgressBar) -> Result<()> {
         for c in &self.index()?.chunks {
             // Decoding the last byte decodes the whole frame and checks every checksum.
@@ -173,7 +184,8 @@ impl Stream {
                 c.file_off,
                 c.comp_len,
                 c.raw_len,
-            );
+            )
+            .keeping_checkpoints(self.checkpoints(c));
             if let Some(last) = c.raw_len.checked_sub(1) {
                 chunk.read(last as usize, &mut [0u8])?;
             }
