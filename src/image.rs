@@ -1,5 +1,6 @@
 //! A disk image served through a block map: uncompressed extents straight from the backup files
-//! (zero-copy from a mapped file when a read falls in one extent), compressed chunks through the shared cache.
+//! (zero-copy from a mapped file when a read falls in one extent), compressed chunks through the
+//! shared cache (random reads from their kept decoder checkpoints).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -228,11 +229,23 @@ impl ImageFile {
             owner,
             index: SEGMENT | ((i as u64) << 32) | u64::from(idx),
         };
-        let built = self.cache.get_or_build(key, OnFailure::Retry, || {
-            let s = Segment::decode(layer.source(), c.file_off, cps, i)?;
-            let cost = s.heap_bytes();
-            Ok((s, cost))
-        });
+        let decode = || {
+            self.cache.get_or_build(key, OnFailure::Retry, || {
+                let s =
+                    Segment::decode(layer.source(), layer.lz4(), c.file_off, (cps, i), at + len)?;
+                let cost = s.heap_bytes();
+                Ok((s, cost))
+            })
+        };
+        let mut built = decode();
+        // Decoded for an earlier read, not as far as this one: decoded again, further.
+        if built
+            .as_ref()
+            .is_ok_and(|s| !s.value().is_some_and(|s| s.covers(at, len)))
+        {
+            self.cache.remove(key);
+            built = decode();
+        }
         match built {
             Ok(seg) => Some(seg),
             Err(e) => {

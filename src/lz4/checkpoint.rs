@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 
 use twox_hash::XxHash32;
 
-use super::{MAX_HEADER, decode_block, frame_info, u32_at};
+use super::{Lz4Runtime, MAX_HEADER, decode_block, frame_info, u32_at};
 use crate::error::{Error, Result};
 use crate::storage::Source;
+use crate::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"RFSLZ4C1";
 /// Magic, frame offset, compressed and decoded lengths, checkpoint count.
@@ -252,24 +253,40 @@ impl Checkpoints {
     }
 }
 
-/// The decoded bytes of one frame between two checkpoints, decoded from the first.
+/// Decoded bytes of one frame from a checkpoint: the segment up to the next checkpoint, or
+/// the part of it a read needed.
 pub struct Segment {
     /// Where they start in the frame's decoded bytes.
     start: usize,
-    /// The dictionary, then the segment's bytes.
+    /// How many are decoded.
+    len: usize,
+    /// `DICT` bytes for the dictionary (at their end), then the segment's; a whole segment's
+    /// length, so that buffers of dropped segments fit the next one (see `Lz4Runtime::buffer`).
     bytes: Vec<u8>,
-    dict_len: usize,
+    runtime: Arc<Lz4Runtime>,
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        self.runtime.give_back(std::mem::take(&mut self.bytes));
+    }
 }
 
 impl Segment {
-    /// Decodes segment `i` of the frame at `offset` of `source` from its checkpoint, checking
-    /// block checksums and that the frame reaches the next checkpoint exactly as the file
-    /// says (its block, and the hash of the 64 KiB before it). Any mismatch is an error: the
-    /// caller then drops the checkpoints and decodes the frame from its start.
-    pub fn decode(source: &Source, offset: u64, cps: &Checkpoints, i: usize) -> Result<Segment> {
+    /// Decodes segment `i` of the frame at `offset` of `source` from its checkpoint, as far as
+    /// the block holding decoded byte `need - 1`, checking block checksums; one decoded to its
+    /// end must reach the next checkpoint exactly as the file says (its block, and the hash of
+    /// the 64 KiB before it). Any mismatch is an error: the caller then drops the checkpoints
+    /// and decodes the frame from its start.
+    pub fn decode(
+        source: &Source,
+        runtime: &Arc<Lz4Runtime>,
+        offset: u64,
+        (cps, i): (&Checkpoints, usize),
+        need: usize,
+    ) -> Result<Segment> {
         let e = cps.entries[i];
         let next = cps.entries.get(i + 1);
-        let end = cps.segment_end(i);
         let dict = cps.dict(i)?;
         let head = source.range(offset, (cps.comp_len as u64).min(MAX_HEADER), "LZ4 frame")?;
         let at_frame =
@@ -280,39 +297,54 @@ impl Segment {
         let in_end = next.map_or(cps.comp_len, |n| n.mark.input);
         let blocks = source.range(offset + base as u64, (in_end - base) as u64, "LZ4 frame")?;
         let at_block = |(at, m): (usize, String)| at_frame((at + base, m));
-        let mut bytes = vec![0u8; dict.len() + (end - e.mark.out)];
-        bytes[..dict.len()].copy_from_slice(&dict);
+        let mut bytes = runtime.buffer(DICT + cps.segment_end(i) - e.mark.out);
+        // The dictionary right before the segment, and nothing before it as history.
+        let work = &mut bytes[DICT - dict.len()..];
+        work[..dict.len()].copy_from_slice(&dict);
+        let want = dict.len().saturating_add(need.saturating_sub(e.mark.out));
         let (mut filled, mut at) = (dict.len(), 0);
-        while filled < bytes.len() {
-            let decoded = decode_block(&info, &blocks, at, &mut bytes, filled).map_err(at_block)?;
+        while filled < want.min(work.len()) {
+            let decoded = decode_block(&info, &blocks, at, work, filled).map_err(at_block)?;
             let Some((k, next_at)) = decoded else {
                 return Err(cps.wrong(0, "the frame ends before the next checkpoint"));
             };
             filled += k;
             at = next_at;
         }
-        let reaches = match next {
-            Some(n) => {
-                let tail = bytes.get(bytes.len().saturating_sub(n.dict_len)..);
-                at + base == n.mark.input && tail.is_some_and(|t| XxHash32::oneshot(0, t) == n.hash)
+        if filled == work.len() {
+            let reaches = match next {
+                Some(n) => {
+                    let tail = work.get(work.len().saturating_sub(n.dict_len)..);
+                    at + base == n.mark.input
+                        && tail.is_some_and(|t| XxHash32::oneshot(0, t) == n.hash)
+                }
+                None => u32_at(&blocks, at, "the end mark").is_ok_and(|w| w == 0),
+            };
+            if !reaches {
+                return Err(cps.wrong(0, "the frame does not reach the next checkpoint"));
             }
-            None => u32_at(&blocks, at, "the end mark").is_ok_and(|w| w == 0),
-        };
-        if !reaches {
-            return Err(cps.wrong(0, "the frame does not reach the next checkpoint"));
         }
         Ok(Segment {
             start: e.mark.out,
+            len: filled - dict.len(),
             bytes,
-            dict_len: dict.len(),
+            runtime: Arc::clone(runtime),
         })
     }
 
-    /// Hands bytes `at..at+len` of the frame (inside this segment) to `f`; false when they
-    /// are not all in it.
+    /// Whether decoded bytes `at..at+len` of the frame are all here.
+    pub fn covers(&self, at: usize, len: usize) -> bool {
+        at >= self.start && at + len <= self.start + self.len
+    }
+
+    /// Hands bytes `at..at+len` of the frame to `f`; false when they are not all here.
     pub fn read_with(&self, at: usize, len: usize, f: &mut dyn FnMut(&[u8])) -> bool {
-        let from = at.checked_sub(self.start).map(|a| a + self.dict_len);
-        match from.and_then(|a| self.bytes.get(a..a.checked_add(len)?)) {
+        let from = DICT + at.wrapping_sub(self.start);
+        match self
+            .bytes
+            .get(from..from + len)
+            .filter(|_| self.covers(at, len))
+        {
             Some(b) => {
                 f(b);
                 true
@@ -330,9 +362,8 @@ impl Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lz4::{DecodedChunk, Lz4Runtime};
-    use crate::storage::{Mappings, Source};
-    use crate::sync::Arc;
+    use crate::lz4::DecodedChunk;
+    use crate::storage::Mappings;
     use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
 
     /// Compressible, not trivially: runs and noise.
@@ -393,10 +424,11 @@ mod tests {
         chunk.read(raw.len() - 1, &mut last).unwrap();
     }
 
-    /// Every segment decoded from the checkpoints, or the first error.
+    /// Every segment decoded whole from the checkpoints, or the first error.
     fn segments(src: &Source, cps: &Checkpoints) -> Result<Vec<Segment>> {
+        let rt = Lz4Runtime::new();
         (0..cps.entries.len())
-            .map(|i| Segment::decode(src, 100, cps, i))
+            .map(|i| Segment::decode(src, &rt, 100, (cps, i), usize::MAX))
             .collect()
     }
 
@@ -427,10 +459,21 @@ mod tests {
                 let Some(i) = cps.segment_of(at, len) else {
                     continue;
                 };
-                assert!(segs[i].bytes.len() - segs[i].dict_len <= 4 << 20);
+                assert!(segs[i].len <= 4 << 20);
                 let mut got = Vec::new();
                 assert!(segs[i].read_with(at, len, &mut |b| got.extend_from_slice(b)));
                 assert_eq!(got, raw[at..at + len], "at {at} (linked: {linked})");
+            }
+            // A read decodes from the checkpoint before it up to the block holding its end.
+            let at = (2 << 20) + 5000;
+            let i = cps.segment_of(at, 10).unwrap();
+            let part = Segment::decode(&src, &Lz4Runtime::new(), 100, (&cps, i), at + 10).unwrap();
+            let mut got = Vec::new();
+            assert!(part.read_with(at, 10, &mut |b| got.extend_from_slice(b)));
+            assert_eq!(got, raw[at..at + 10]);
+            if linked {
+                assert_eq!((i, part.len), (2, 64 << 10), "one 64 KiB block decoded");
+                assert!(!part.covers(at, 1 << 20));
             }
             // The checkpoints of another frame, or of this one with another length, are not used.
             assert!(Checkpoints::load(&cp, 101, comp, raw.len() as u64).is_none());
