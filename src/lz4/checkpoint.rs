@@ -311,6 +311,8 @@ impl Segment {
             filled += k;
             at = next_at;
         }
+        // Counted against the mapped files' resident budget, as whole-frame decoding is.
+        source.served(at as u64);
         if filled == work.len() {
             let reaches = match next {
                 Some(n) => {
