@@ -4,7 +4,8 @@
 # hits both; the spread of each side's runs is the noise to compare the difference with.
 #
 #   scripts/bench-compare.sh BEFORE_BINARY [AFTER_BINARY]   # RUNS (default 3), BENCH_DIR,
-#                                                           # SOURCES (default "plain lz4")
+#                                                           # SOURCES (default "plain lz4"),
+#                                                           # FIO_SECONDS, DROP_CACHES=0
 #
 # AFTER_BINARY defaults to this tree's release build. Needs root (FUSE, drop_caches) and fio.
 set -euo pipefail
@@ -14,11 +15,11 @@ before=$(realpath "$1")
 dir=${BENCH_DIR:-/var/tmp/restorefs-bench}
 runs=${RUNS:-3}
 sources=${SOURCES:-plain lz4}
-cargo build --release -q
-cargo build --release -q --example gen_chain
+[ -n "${2:-}" ] || cargo build --release -q
 after=$(realpath "${2:-target/release/restorefs}")
 install_missing fio
 if [ ! -f "$dir/plain/vm/vda.inc.virtnbdbackup.3.data" ]; then
+    cargo build --release -q --example gen_chain
     rm -rf "$dir"
     target/release/examples/gen_chain "$dir" 4096 3 1
 fi

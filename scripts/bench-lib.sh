@@ -3,7 +3,8 @@
 
 now() { date +%s%N; }
 ms_since() { echo $(( ($(now) - $1) / 1000000 )); }
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# DROP_CACHES=0 keeps the page cache (a shared machine): "cold" figures are then warm.
+drop_caches() { [ "${DROP_CACHES:-1}" = 0 ] || { sync; echo 3 > /proc/sys/vm/drop_caches; }; }
 # Peak RSS (KiB) of a running process.
 peak_rss() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 # Returns once the first 4 KiB of a served file can be read.
@@ -14,9 +15,9 @@ install_missing() {
     for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
     [ ${#need[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
 }
-# fio, 12 s: prints MiB/s and IOPS.
+# fio, FIO_SECONDS (default 12) s: prints MiB/s and IOPS.
 fio_run() { # file rw bs direct jobs
     fio --name=b --filename="$1" --rw="$2" --bs="$3" --direct="$4" --numjobs="$5" \
-        --ioengine=psync --group_reporting --readonly --runtime=12 --output-format=json 2>/dev/null |
+        --ioengine=psync --group_reporting --readonly --runtime="${FIO_SECONDS:-12}" --output-format=json 2>/dev/null |
         python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; print(round(r["bw_bytes"]/1048576,1), round(r["iops"]))'
 }

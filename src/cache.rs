@@ -138,6 +138,17 @@ impl Cache {
         value
     }
 
+    /// The value under `key` when the cache holds one of type `T` (a hit, marked recently
+    /// used); `None` creates nothing.
+    pub fn get<T: Any + Send + Sync>(&self, key: Key) -> Option<Arc<T>> {
+        let mut inner = self.lock();
+        let value = Arc::clone(&inner.lru.get(&key)?.value)
+            .downcast::<T>()
+            .ok()?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(value)
+    }
+
     /// The cell under `key`, built by its first user with `build` (outside the cache's lock;
     /// other users of the key wait for that one build) and from then on charged the cost `build`
     /// returned. A failed build is handled as `on_failure` says.

@@ -91,6 +91,9 @@ struct CacheArgs {
     /// File whose first line is Freezer's encryption password (for encrypted backups).
     #[arg(long, value_name = "FILE")]
     freezer_key: Option<PathBuf>,
+    /// Decoded bytes between two kept LZ4 decoder checkpoints (at least 1M).
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    lz4_checkpoint_spacing: u64,
 }
 
 impl CacheArgs {
@@ -99,7 +102,9 @@ impl CacheArgs {
             .cache_dir
             .clone()
             .unwrap_or_else(workdir::default_cache_dir);
-        let ctx = ScanContext::new(Cache::new(self.cache_size), &dir);
+        let mut ctx = ScanContext::new(Cache::new(self.cache_size), &dir);
+        let spacing = usize::try_from(self.lz4_checkpoint_spacing).unwrap_or(usize::MAX);
+        ctx.io.lz4 = crate::lz4::Lz4Runtime::with_spacing(spacing);
         let mut formats = FormatOptions::default();
         if let Some(f) = &self.freezer_key {
             let text = std::fs::read(f).map_err(|e| Error::io(f, &e))?;

@@ -1,13 +1,15 @@
-//! A disk image served through a block map: uncompressed extents straight from the mapped backup
-//! files (zero-copy when a read falls in one extent), compressed chunks through the shared cache.
+//! A disk image served through a block map: uncompressed extents straight from the backup files
+//! (zero-copy from a mapped file when a read falls in one extent), compressed chunks through the
+//! shared cache (random reads from their kept decoder checkpoints).
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use crate::blockmap::{BlockMap, Extent, NO_CHUNK};
 use crate::cache::{Built, Cache, Key, OnFailure};
 use crate::error::{Error, Result};
-use crate::lz4::{DecodedChunk, Lz4Runtime};
+use crate::lz4::{Checkpoints, DecodedChunk, Lz4Runtime, Segment};
 use crate::storage::{SMALL_READ, Source};
 use crate::vfs::{self, Attr, Cursor, FileNode};
 
@@ -33,7 +35,7 @@ pub struct LayerIndex {
 
 /// One backup file of an image's sequence, as the block map sees it.
 pub trait Layer: Send + Sync {
-    /// The mapped file.
+    /// The backup file.
     fn source(&self) -> &Arc<Source>;
     /// Its index (loaded on first use).
     fn index(&self) -> Result<&LayerIndex>;
@@ -41,7 +43,14 @@ pub trait Layer: Send + Sync {
     fn cache_owner(&self) -> u64;
     /// What its LZ4 frames decode with.
     fn lz4(&self) -> &Arc<Lz4Runtime>;
+    /// Where the decoder checkpoints of its compressed `chunk` are kept (`None`: nowhere).
+    fn checkpoints(&self, chunk: &Chunk) -> Option<PathBuf>;
 }
+
+/// Cache indexes of a layer's checkpoint tables and segments, beside its decoded chunks (whose
+/// index is the chunk's number, below 2^32).
+const TABLE: u64 = 1 << 62;
+const SEGMENT: u64 = 1 << 63;
 
 /// A handle on a cached block map.
 pub struct MapRef(Arc<Built<BlockMap>>);
@@ -132,14 +141,16 @@ impl ImageFile {
         Ok(MapRef(cell))
     }
 
+    fn chunk_of(layer: &Arc<dyn Layer>, idx: u32) -> Result<Chunk> {
+        let c = layer.index()?.chunks.get(idx as usize).copied();
+        c.ok_or_else(|| {
+            let path = layer.source().path();
+            Error::corrupt(path, 0, format!("no compressed chunk #{idx}"))
+        })
+    }
+
     fn chunk(&self, layer: &Arc<dyn Layer>, idx: u32) -> Result<Arc<DecodedChunk>> {
-        let c = *layer.index()?.chunks.get(idx as usize).ok_or_else(|| {
-            Error::corrupt(
-                layer.source().path(),
-                0,
-                format!("no compressed chunk #{idx}"),
-            )
-        })?;
+        let c = Self::chunk_of(layer, idx)?;
         let key = Key {
             owner: layer.cache_owner(),
             index: u64::from(idx),
@@ -152,7 +163,98 @@ impl ImageFile {
                 c.comp_len,
                 c.raw_len,
             )
+            .keeping_checkpoints(layer.checkpoints(&c))
         }))
+    }
+
+    /// Hands `len` decoded bytes at `at` of chunk `idx` to `f`: from the frame when it is
+    /// decoded that far; else, for a read that does not follow sequential reading, from a
+    /// segment decoded from the frame's kept checkpoints; else by decoding the frame from its
+    /// start (which keeps its checkpoints once it reaches the end).
+    fn read_chunk(
+        &self,
+        layer: &Arc<dyn Layer>,
+        idx: u32,
+        (at, len): (usize, usize),
+        sequential: bool,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        let key = Key {
+            owner: layer.cache_owner(),
+            index: u64::from(idx),
+        };
+        let whole = self.cache.get::<DecodedChunk>(key);
+        if !sequential
+            && whole.as_ref().is_none_or(|c| !c.decoded_to(at + len))
+            && let Some(seg) = self.segment(layer, idx, at, len)
+            && seg.value().is_some_and(|s| s.read_with(at, len, &mut *f))
+        {
+            return Ok(());
+        }
+        match whole {
+            Some(c) => c.read_with(at, len, f),
+            None => self.chunk(layer, idx)?.read_with(at, len, f),
+        }
+    }
+
+    /// The segment of chunk `idx` holding `at..at+len`, decoded from the frame's kept
+    /// checkpoints; `None` without checkpoints, for a read across two segments, or when the
+    /// checkpoints do not match the frame (they are then removed).
+    fn segment(
+        &self,
+        layer: &Arc<dyn Layer>,
+        idx: u32,
+        at: usize,
+        len: usize,
+    ) -> Option<Arc<Built<Segment>>> {
+        let c = Self::chunk_of(layer, idx).ok()?;
+        let path = layer.checkpoints(&c)?;
+        let owner = layer.cache_owner();
+        let table_key = Key {
+            owner,
+            index: TABLE | u64::from(idx),
+        };
+        let table = self
+            .cache
+            .get_or_build(table_key, OnFailure::Retry, || {
+                let t = Checkpoints::load(&path, c.file_off, c.comp_len, c.raw_len)
+                    .ok_or_else(|| Error::not_found("no LZ4 checkpoints"))?;
+                let cost = t.heap_bytes();
+                Ok((t, cost))
+            })
+            .ok()?;
+        let cps = table.value()?;
+        let i = cps.segment_of(at, len)?;
+        let key = Key {
+            owner,
+            index: SEGMENT | ((i as u64) << 32) | u64::from(idx),
+        };
+        let decode = || {
+            self.cache.get_or_build(key, OnFailure::Retry, || {
+                let s =
+                    Segment::decode(layer.source(), layer.lz4(), c.file_off, (cps, i), at + len)?;
+                let cost = s.heap_bytes();
+                Ok((s, cost))
+            })
+        };
+        let mut built = decode();
+        // Decoded for an earlier read, not as far as this one: decoded again, further.
+        if built
+            .as_ref()
+            .is_ok_and(|s| !s.value().is_some_and(|s| s.covers(at, len)))
+        {
+            self.cache.remove(key);
+            built = decode();
+        }
+        match built {
+            Ok(seg) => Some(seg),
+            Err(e) => {
+                log::debug!("{e}");
+                cps.discard();
+                self.cache.remove(table_key);
+                None
+            }
+        }
     }
 
     /// The layer extent `e` reads from.
@@ -171,18 +273,23 @@ impl ImageFile {
         let at = e.off + (pos - e.start);
         if e.chunk == NO_CHUNK {
             let source = layer.source();
-            if dst.len() < SMALL_READ {
-                return source.read_exact_at(at, dst);
+            let len = dst.len() as u64;
+            if dst.len() >= SMALL_READ
+                && let Some(bytes) = source.view(at, len, "data frame")?
+            {
+                if prefetch {
+                    source.prefetch(at, len);
+                }
+                dst.copy_from_slice(bytes);
+                source.served(len);
+                return Ok(());
             }
-            let bytes = source.slice(at, dst.len() as u64, "data frame")?;
-            if prefetch {
-                source.prefetch(at, dst.len() as u64);
-            }
-            dst.copy_from_slice(bytes);
-            source.served(dst.len() as u64);
-            return Ok(());
+            return source.read_exact_at(at, dst, "data frame");
         }
-        self.chunk(layer, e.chunk)?.read(at as usize, dst)
+        let at_len = (at as usize, dst.len());
+        self.read_chunk(layer, e.chunk, at_len, !prefetch, &mut |b| {
+            dst.copy_from_slice(b)
+        })
     }
 
     /// Notes a read of `offset..end`; when reading is sequential (it continues the last read,
@@ -311,15 +418,16 @@ impl FileNode for ImageFile {
         let layer = self.layer(&e)?;
         let at = e.off + (offset - e.start);
         if e.chunk != NO_CHUNK {
-            self.chunk(layer, e.chunk)?.read_with(at as usize, len, f)?;
+            self.read_chunk(layer, e.chunk, (at as usize, len), covered, f)?;
             return Ok(true);
         }
         let source = layer.source();
-        let bytes = source.slice(at, len as u64, "data frame")?;
+        // Lent straight from a mapped file (zero-copy); other storage reads into a buffer.
+        let bytes = source.range(at, len as u64, "data frame")?;
         if !covered {
             source.prefetch(at, len as u64);
         }
-        f(bytes);
+        f(&bytes);
         source.served(len as u64);
         Ok(true)
     }

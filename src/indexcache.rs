@@ -1,10 +1,9 @@
 //! Indexes of backup files kept in the cache folder, so that a remount reads them instead of
-//! parsing the backup files again. An entry is keyed by the file's path, device, inode, size,
-//! mtime and ctime: a changed or replaced file gets a new key and is never served from a stale
-//! index. Entries carry a checksum; a torn or foreign entry is ignored (and rebuilt).
+//! parsing the backup files again. An entry is keyed by the file's identity (for a local file:
+//! its path, device, inode, size, mtime and ctime): a changed or replaced file gets a new key
+//! and is never served from a stale index. Entries carry a checksum; a torn or foreign entry is ignored (and rebuilt).
 
 use std::hash::Hasher;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -26,24 +25,22 @@ impl IndexCache {
         }
     }
 
-    /// The key of `path` as it is now; `None` if it cannot be read.
-    pub fn key(path: &Path) -> Option<String> {
-        let md = std::fs::metadata(path).ok()?;
-        let canon = path.canonicalize().ok()?;
+    /// The key of the backup object that `identity` names (`storage::Source::identity`).
+    pub fn key(identity: &str) -> String {
         let mut h = Sha256::new();
         h.update(VERSION);
-        h.update(canon.as_os_str().as_encoded_bytes());
-        for v in [md.dev(), md.ino(), md.len()] {
-            h.update(v.to_le_bytes());
-        }
-        for v in [md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec()] {
-            h.update(v.to_le_bytes());
-        }
-        Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        h.update(identity.as_bytes());
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     fn path(&self, key: &str) -> PathBuf {
         self.dir.join(format!("{key}.idx"))
+    }
+
+    /// Where the decoder checkpoints of the LZ4 frame at `frame_off` of the file kept under
+    /// `key` go (`lz4::Checkpoints`; they carry their own checks).
+    pub fn checkpoint_path(&self, key: &str, frame_off: u64) -> PathBuf {
+        self.dir.join(format!("{key}.{frame_off}.lz4cp"))
     }
 
     /// Whether an entry exists under `key` (it is checked when loaded).
@@ -145,13 +142,18 @@ mod tests {
         let c = IndexCache::new(dir.path());
         let f = dir.path().join("backup");
         std::fs::write(&f, b"one").unwrap();
-        let k1 = IndexCache::key(&f).unwrap();
+        let id = |f: &Path| {
+            crate::storage::Source::open(f, &Default::default())
+                .unwrap()
+                .identity()
+        };
+        let k1 = IndexCache::key(&id(&f).unwrap());
         c.store(&k1, b"index bytes");
         assert_eq!(c.load(&k1).as_deref(), Some(&b"index bytes"[..]));
         // A rewritten file has a new key.
         std::thread::sleep(std::time::Duration::from_millis(10));
         std::fs::write(&f, b"two").unwrap();
-        assert_ne!(IndexCache::key(&f).unwrap(), k1);
+        assert_ne!(IndexCache::key(&id(&f).unwrap()), k1);
         // A torn entry is ignored.
         let p = c.path(&k1);
         let mut d = std::fs::read(&p).unwrap();

@@ -1,24 +1,17 @@
-//! A local backup file opened for serving: memory-mapped read-only, with bounds-checked slicing
-//! whose errors name the file and the offset.
+//! A local backup file: memory-mapped read-only, so readers borrow its bytes without a copy;
+//! [`Mappings`] keeps the resident pages of a run's mapped files within a budget.
 
 use std::fs::File;
-use std::io::Read;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use memmap2::Mmap;
 
-use crate::error::{Error, Result};
+use super::Backend;
 use crate::sys;
-
-/// One backup file, mapped once and shared by every point that reads it.
-pub struct Source {
-    path: PathBuf,
-    file: File,
-    map: Option<Mmap>,
-    mappings: Arc<Mappings>,
-}
 
 /// Bytes served from mappings after which every mapping's resident pages are released, so that
 /// mapped backup files never hold more than this much of the process's resident set.
@@ -27,9 +20,6 @@ const RELEASE_EVERY: u64 = 32 << 20;
 /// What a page fault may map beyond the faulting page (the kernel's fault-around).
 const FAULT_AROUND: u64 = 64 << 10;
 
-/// Reads shorter than this are copied with `pread` rather than through the mapping.
-pub const SMALL_READ: usize = 64 << 10;
-
 /// The mapped backup files of one run and the bytes served from them: every
 /// `RELEASE_EVERY` bytes, the resident pages of all of them are released, so that mapped
 /// backup files never hold much of the process's resident set.
@@ -37,7 +27,7 @@ pub const SMALL_READ: usize = 64 << 10;
 pub struct Mappings {
     served: AtomicU64,
     releases: AtomicU64,
-    mapped: Mutex<Vec<Weak<Source>>>,
+    mapped: Mutex<Vec<Weak<Mmap>>>,
 }
 
 impl Mappings {
@@ -61,8 +51,8 @@ impl Mappings {
         self.releases.fetch_add(1, Ordering::Relaxed);
         let mut list = self.mapped.lock().unwrap_or_else(|p| p.into_inner());
         list.retain(|w| match w.upgrade() {
-            Some(s) => {
-                s.release();
+            Some(m) => {
+                sys::release(&m);
                 true
             }
             None => false,
@@ -81,137 +71,100 @@ impl Mappings {
     }
 }
 
-impl Source {
+/// A local file, mapped once (an empty file has no mapping) and counted in its run's
+/// [`Mappings`].
+pub struct LocalFile {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    map: Option<Arc<Mmap>>,
+    mappings: Arc<Mappings>,
+}
+
+impl LocalFile {
     /// Opens and maps `path`, counted in `mappings`.
-    pub fn open(path: &Path, mappings: &Arc<Mappings>) -> Result<Arc<Source>> {
-        let file = File::open(path).map_err(|e| Error::io(path, &e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, &e))?.len();
-        let map = sys::map_file(&file, len).map_err(|e| Error::io(path, &e))?;
-        let source = Arc::new(Source {
+    pub fn open(path: &Path, mappings: &Arc<Mappings>) -> io::Result<LocalFile> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let map = sys::map_file(&file, len)?.map(Arc::new);
+        if let Some(m) = &map {
+            let mut list = mappings.mapped.lock().unwrap_or_else(|p| p.into_inner());
+            list.push(Arc::downgrade(m));
+        }
+        Ok(LocalFile {
             path: path.to_path_buf(),
             file,
+            len,
             map,
             mappings: Arc::clone(mappings),
-        });
-        mappings
-            .mapped
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::downgrade(&source));
-        Ok(source)
+        })
+    }
+}
+
+impl Backend for LocalFile {
+    fn size(&self) -> u64 {
+        self.len
     }
 
-    /// Asks the kernel to read `len` bytes at `offset` ahead of their use.
-    pub fn prefetch(&self, offset: u64, len: u64) {
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn mapped(&self) -> Option<&[u8]> {
+        self.map.as_deref().map(|m| &m[..])
+    }
+
+    fn prefetch(&self, offset: u64, len: u64) {
         if let Some(m) = &self.map {
             sys::prefetch(m, offset as usize, len as usize);
         }
     }
 
-    /// Releases the resident pages of this file's mapping (after indexing touched it).
-    pub fn release(&self) {
+    fn served(&self, len: u64) {
+        self.mappings.served(len);
+    }
+
+    fn release(&self) {
         if let Some(m) = &self.map {
             sys::release(m);
         }
     }
 
-    /// Copies `buf.len()` bytes at `offset` with `pread`, without touching the mapping (small
-    /// reads: a page fault would map 64 KiB around the page).
-    pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        use std::os::unix::fs::FileExt;
-        self.slice(offset, buf.len() as u64, "data frame")?;
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| Error::io(&self.path, &e).context(format!("reading at offset {offset}")))
+    /// The canonical path with device, inode, size, mtime and ctime as they are now (not as
+    /// when opened): a file changed while it was indexed names itself differently after.
+    fn identity(&self) -> Option<String> {
+        let md = std::fs::metadata(&self.path).ok()?;
+        let canon = self.path.canonicalize().ok()?;
+        Some(format!(
+            "local:{:?}:{}:{}:{}:{}.{}:{}.{}",
+            canon,
+            md.dev(),
+            md.ino(),
+            md.len(),
+            md.mtime(),
+            md.mtime_nsec(),
+            md.ctime(),
+            md.ctime_nsec()
+        ))
     }
 
-    /// Records that `len` bytes of the mapping were handed out (see [`Mappings`]).
-    pub fn served(&self, len: u64) {
-        self.mappings.served(len);
-    }
-
-    /// The file's path, for error messages.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The open file, for calls the mapping cannot answer (holes).
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
-    /// The whole file.
-    pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
-    }
-
-    /// File length in bytes.
-    pub fn len(&self) -> u64 {
-        self.bytes().len() as u64
-    }
-
-    /// True for an empty file.
-    pub fn is_empty(&self) -> bool {
-        self.bytes().is_empty()
-    }
-
-    /// `len` bytes at `offset`, or an error naming what was being read when the file is too short.
-    pub fn slice(&self, offset: u64, len: u64, what: &str) -> Result<&[u8]> {
-        let end = offset.checked_add(len).filter(|&e| e <= self.len());
-        match end.and_then(|end| self.bytes().get(offset as usize..end as usize)) {
-            Some(bytes) => Ok(bytes),
-            None => Err(Error::corrupt(
-                &self.path,
-                offset,
-                format!(
-                    "truncated file: {what} needs {len} bytes, the file ends at {}",
-                    self.len()
-                ),
-            )),
+    fn next_data(&self, offset: u64) -> io::Result<Option<(u64, u64)>> {
+        if offset >= self.len {
+            return Ok(None);
         }
-    }
-
-    /// A reader over `len` bytes at `offset` that owns a reference to the file.
-    pub fn reader(self: &Arc<Self>, offset: u64, len: u64) -> Result<SliceReader> {
-        self.slice(offset, len, "compressed data")?;
-        Ok(SliceReader {
-            source: Arc::clone(self),
-            pos: offset as usize,
-            end: (offset + len) as usize,
-        })
-    }
-}
-
-/// `io::Read` over a range of a mapped file; keeps the mapping alive on its own.
-pub struct SliceReader {
-    source: Arc<Source>,
-    pos: usize,
-    end: usize,
-}
-
-impl SliceReader {
-    /// Bytes not read yet.
-    pub fn remaining(&self) -> usize {
-        self.end - self.pos
-    }
-}
-
-impl Read for SliceReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let avail = self
-            .source
-            .bytes()
-            .get(self.pos..self.end)
-            .unwrap_or_default();
-        let n = avail.len().min(buf.len());
-        buf[..n].copy_from_slice(&avail[..n]);
-        self.pos += n;
-        Ok(n)
+        let Some(data) = sys::seek_data(&self.file, offset)? else {
+            return Ok(None);
+        };
+        let hole = sys::seek_hole(&self.file, data)?
+            .unwrap_or(self.len)
+            .min(self.len);
+        Ok((data < hole).then_some((data, hole)))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::Source;
     use super::*;
 
     #[test]
@@ -226,7 +179,7 @@ mod tests {
             s.served(1 << 20);
         }
         assert_eq!((a.releases(), b.releases()), (1, 0));
-        assert_eq!(s.slice(0, 4, "test").unwrap(), [7u8; 4]);
+        assert_eq!(s.view(0, 4, "test").unwrap(), Some(&[7u8; 4][..]));
         drop(s);
         assert_eq!(a.live(), 0);
     }

@@ -506,12 +506,26 @@ fn exercise(src: &Path, cache_dir: &Path, limits: &Limits, seed: u64) -> CaseSta
     // Half the cases scan again, as the next `ls` or mount would: indexes now come from the
     // index cache the first scan filled, and are loaded on first use.
     if rng.one_in(2) {
+        damage_kept(cache_dir, &mut rng);
         let ctx = ScanContext::new(Cache::new(limits.cache), cache_dir);
         if let Ok(cat) = scan(src, &formats, &ctx, &hidden) {
             walk(&cat.tree(None), 0, limits, &mut rng, &mut stats);
         }
     }
     stats
+}
+
+/// Damages some of what a run kept in the cache folder (indexes, LZ4 decoder checkpoints), as
+/// a broken disk would: the next run must notice it and rebuild, never serve from it.
+fn damage_kept(cache_dir: &Path, rng: &mut Rng) {
+    for path in files_below(&cache_dir.join("index")) {
+        if rng.one_in(3)
+            && let Ok(mut data) = std::fs::read(&path)
+        {
+            mutate_bytes(rng, &mut data);
+            let _ = std::fs::write(&path, data);
+        }
+    }
 }
 
 fn walk(node: &Node, depth: usize, limits: &Limits, rng: &mut Rng, stats: &mut CaseStats) {

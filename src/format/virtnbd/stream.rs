@@ -2,6 +2,7 @@
 //! a plain raw image. Parsing checks what can be checked without decoding: frame headers, CRLFs,
 //! `dataSize`, the trailer, every LZ4 frame's header. `verify` decodes the rest.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -19,7 +20,6 @@ use crate::lz4;
 use crate::lz4::Lz4Runtime;
 use crate::model::Io;
 use crate::storage::Source;
-use crate::sys;
 use crate::vfs;
 
 /// One `.data` file: its meta header (read when opened) and its index of extents and chunks
@@ -29,6 +29,8 @@ pub struct Stream {
     meta: Option<StreamMeta>,
     index: OnceLock<Result<LayerIndex>>,
     cached: Option<(Arc<IndexCache>, String)>,
+    /// Where its LZ4 frames' checkpoints are kept: the index cache and the file's key.
+    kept: Option<(Arc<IndexCache>, String)>,
     owner: u64,
     lz4: Arc<Lz4Runtime>,
 }
@@ -58,11 +60,20 @@ impl Layer for Stream {
     fn lz4(&self) -> &Arc<Lz4Runtime> {
         &self.lz4
     }
+    fn checkpoints(&self, chunk: &Chunk) -> Option<PathBuf> {
+        let (ix, key) = self.kept.as_ref()?;
+        Some(ix.checkpoint_path(key, chunk.file_off))
+    }
+}
+
+/// Whether the file is a stream (it starts with a meta frame) rather than a raw image.
+fn is_stream(source: &Source) -> Result<bool> {
+    Ok(*source.prefix(0, 4, "the file's first bytes")? == *b"meta")
 }
 
 /// Parses the whole file: a stream's frames, or a raw image's data runs.
 fn parse(source: &Arc<Source>) -> Result<(Option<StreamMeta>, LayerIndex)> {
-    let r = if source.bytes().starts_with(b"meta") {
+    let r = if is_stream(source)? {
         let (meta, index) = Parser::new(source).parse()?;
         (Some(meta), index)
     } else {
@@ -86,11 +97,12 @@ impl Stream {
     /// budget; LZ4 frames decode with its runtime.
     pub fn open(path: &Path, cache: Option<&Arc<IndexCache>>, io: &Io) -> Result<Stream> {
         let source = Source::open(path, &io.mappings)?;
-        let key = cache.and_then(|_| IndexCache::key(path));
-        if let (Some(ix), Some(k)) = (cache, &key)
+        let key = |s: &Source| cache.and(s.identity()).map(|id| IndexCache::key(&id));
+        let kept = key(&source);
+        if let (Some(ix), Some(k)) = (cache, &kept)
             && ix.has(k)
         {
-            let meta = if source.bytes().starts_with(b"meta") {
+            let meta = if is_stream(&source)? {
                 Some(Parser::new(&source).meta()?.0)
             } else {
                 None
@@ -100,22 +112,26 @@ impl Stream {
                 meta,
                 index: OnceLock::new(),
                 cached: Some((Arc::clone(ix), k.clone())),
+                kept: Some((Arc::clone(ix), k.clone())),
                 owner: cache::new_owner_id(),
                 lz4: Arc::clone(&io.lz4),
             });
         }
         let (meta, index) = parse(&source)?;
         // Kept only if the file did not change while it was read.
-        if let (Some(ix), Some(k)) = (cache, key)
-            && IndexCache::key(path).as_ref() == Some(&k)
-        {
-            ix.store(&k, &encode(&index));
-        }
+        let kept = match (cache, kept) {
+            (Some(ix), Some(k)) if key(&source).as_ref() == Some(&k) => {
+                ix.store(&k, &encode(&index));
+                Some((Arc::clone(ix), k))
+            }
+            _ => None,
+        };
         Ok(Stream {
             source,
             meta,
             index: OnceLock::from(Ok(index)),
             cached: None,
+            kept,
             owner: cache::new_owner_id(),
             lz4: Arc::clone(&io.lz4),
         })
@@ -156,8 +172,9 @@ impl Stream {
         frames + sum
     }
 
-    /// Decodes every LZ4 frame (block and content checksums, sizes) and checks the
-    /// `<file>.chksum` Adler-32 when there is one. `progress` advances by file bytes.
+    /// Decodes every LZ4 frame (block and content checksums, sizes), keeping its decoder
+    /// checkpoints, and checks the `<file>.chksum` Adler-32 when there is one. `progress`
+    /// advances by file bytes.
     pub fn verify(&self, progress: &ProgressBar) -> Result<()> {
         for c in &self.index()?.chunks {
             // Decoding the last byte decodes the whole frame and checks every checksum.
@@ -167,7 +184,8 @@ impl Stream {
                 c.file_off,
                 c.comp_len,
                 c.raw_len,
-            );
+            )
+            .keeping_checkpoints(self.checkpoints(c));
             if let Some(last) = c.raw_len.checked_sub(1) {
                 chunk.read(last as usize, &mut [0u8])?;
             }
@@ -184,8 +202,10 @@ impl Stream {
                 )
             })?;
             let mut adler = adler2::Adler32::new();
-            for piece in self.source.bytes().chunks(8 << 20) {
-                adler.write_slice(piece);
+            let len = self.source.len();
+            for at in (0..len).step_by(8 << 20) {
+                let piece = self.source.range(at, (len - at).min(8 << 20), "the file")?;
+                adler.write_slice(&piece);
                 progress.inc(piece.len() as u64);
             }
             if adler.checksum() != want {
@@ -300,19 +320,10 @@ fn checksum_path(path: &Path) -> PathBuf {
 
 /// Extents of a raw image: its data runs, and its holes as holes.
 fn raw_extents(source: &Source) -> Result<Vec<Extent>> {
-    let len = source.len();
-    let err = |e: std::io::Error| Error::io(source.path(), &e);
     let mut out = Vec::new();
     let mut pos = 0;
-    while pos < len {
-        let Some(data) = sys::seek_data(source.file(), pos).map_err(err)? else {
-            break;
-        };
-        let hole = sys::seek_hole(source.file(), data)
-            .map_err(err)?
-            .unwrap_or(len)
-            .min(len);
-        if data >= hole {
+    while let Some((data, hole)) = source.next_data(pos)? {
+        if data < pos || data >= hole {
             break;
         }
         out.push(Extent {
@@ -342,18 +353,26 @@ struct FrameWalk {
     prev_end: u64,
 }
 
-/// Walks a stream's frames once.
+/// Walks a stream's frames once, reading each header, trailer and LZ4 frame header by range
+/// (from the mapping without a copy, or from storage that has none).
 struct Parser<'a> {
     source: &'a Arc<Source>,
-    bytes: &'a [u8],
 }
+
+/// The longest LZ4 frame header `lz4::declared_size` reads.
+const LZ4_HEADER: u64 = 15;
 
 impl<'a> Parser<'a> {
     fn new(source: &'a Arc<Source>) -> Self {
-        Parser {
-            source,
-            bytes: source.bytes(),
+        Parser { source }
+    }
+
+    /// `n` bytes at `pos`; `None` when the file ends before.
+    fn get(&self, pos: u64, n: u64, what: &str) -> Result<Option<Cow<'a, [u8]>>> {
+        if pos.checked_add(n).is_none_or(|end| end > self.source.len()) {
+            return Ok(None);
         }
+        self.source.range(pos, n, what).map(Some)
     }
 
     fn err(&self, offset: u64, msg: impl Into<String>) -> Error {
@@ -361,22 +380,20 @@ impl<'a> Parser<'a> {
     }
 
     fn header(&self, pos: u64) -> Result<frame::FrameHeader> {
-        let rest = self.bytes.get(pos as usize..).unwrap_or(&[]);
-        if rest.len() < FRAME_LEN {
+        let Some(bytes) = self.get(pos, FRAME_LEN as u64, "a frame header")? else {
             return Err(self.err(
                 pos,
                 format!(
                     "truncated stream: a frame header needs {FRAME_LEN} bytes, the file ends at {} (no stop frame)",
-                    self.bytes.len()
+                    self.source.len()
                 ),
             ));
-        }
-        frame::parse(rest).map_err(|m| self.err(pos, m))
+        };
+        frame::parse(&bytes).map_err(|m| self.err(pos, m))
     }
 
     fn expect_crlf(&self, pos: u64, after: &str) -> Result<()> {
-        let at = usize::try_from(pos).unwrap_or(usize::MAX);
-        match self.bytes.get(at..at.saturating_add(2)) {
+        match self.get(pos, 2, after)?.as_deref() {
             Some(b"\r\n") => Ok(()),
             Some(_) => Err(self.err(pos, format!("missing CRLF after {after}"))),
             None => Err(self.err(pos, format!("truncated stream: file ends inside {after}"))),
@@ -389,8 +406,8 @@ impl<'a> Parser<'a> {
         if h.kind != FrameKind::Meta {
             return Err(self.err(0, "first frame is not meta"));
         }
-        let json = self.source.slice(FRAME_LEN as u64, h.length, "meta JSON")?;
-        let meta = meta::parse(json).map_err(|m| self.err(FRAME_LEN as u64, m))?;
+        let json = self.source.range(FRAME_LEN as u64, h.length, "meta JSON")?;
+        let meta = meta::parse(&json).map_err(|m| self.err(FRAME_LEN as u64, m))?;
         if let Some(name) = &meta.disk_name
             && !vfs::is_safe_name(name)
         {
@@ -399,7 +416,7 @@ impl<'a> Parser<'a> {
                 format!("unsafe disk name {name:?} in meta: refusing to expose it"),
             ));
         }
-        // The slice above proved FRAME_LEN + length lies inside the file.
+        // The range above proved FRAME_LEN + length lies inside the file.
         let pos = FRAME_LEN as u64 + h.length;
         self.expect_crlf(pos, "meta JSON")?;
         Ok((meta, pos + 2))
@@ -502,7 +519,7 @@ impl<'a> Parser<'a> {
         let payload = pos + FRAME_LEN as u64;
         let stored = match trailer {
             None => {
-                self.source.slice(payload, h.length, "data payload")?;
+                self.source.check(payload, h.length, "data payload")?;
                 walk.extents.push(Extent {
                     start: h.start,
                     len: h.length,
@@ -591,8 +608,11 @@ impl<'a> Parser<'a> {
         let mut file_off = payload;
         let mut guest = h.start;
         for &comp_len in sizes {
-            let bytes = self.source.slice(file_off, comp_len, "LZ4 frame")?;
-            let raw_len = match lz4::declared_size(bytes).map_err(|m| self.err(file_off, m))? {
+            self.source.check(file_off, comp_len, "LZ4 frame")?;
+            let head = self
+                .source
+                .range(file_off, comp_len.min(LZ4_HEADER), "LZ4 frame")?;
+            let raw_len = match lz4::declared_size(&head).map_err(|m| self.err(file_off, m))? {
                 Some(n) => n,
                 None => lz4::decode_count(self.source, file_off, comp_len)?,
             };
@@ -643,14 +663,16 @@ impl<'a> Parser<'a> {
     /// Reads the compression trailer: per data frame the compressed sizes of its LZ4 frames.
     /// Returns them with the trailer's file offset.
     fn trailer(&self) -> Result<Trailer> {
-        let len = self.bytes.len() as u64;
+        let len = self.source.len();
         let missing = |what: &str| self.err(len, format!("compression trailer missing: {what}"));
         if len < FRAME_LEN as u64 + 2 {
             return Err(missing("file too short"));
         }
         let hpos = len - FRAME_LEN as u64;
-        let tail = self.bytes.get(hpos as usize..).unwrap_or_default();
-        let h = frame::parse(tail).map_err(|m| missing(&m))?;
+        let tail = self
+            .source
+            .range(hpos, FRAME_LEN as u64, "the comp frame")?;
+        let h = frame::parse(&tail).map_err(|m| missing(&m))?;
         if h.kind != FrameKind::Comp {
             return Err(missing("the file does not end with a comp frame"));
         }
@@ -659,11 +681,10 @@ impl<'a> Parser<'a> {
             .ok_or_else(|| self.err(hpos, "comp frame gives a trailer longer than the file"))?;
         self.expect_crlf(hpos - 2, "compression trailer")?;
         let json = self
-            .bytes
-            .get(start as usize..(hpos - 2) as usize)
-            .unwrap_or_default();
+            .source
+            .range(start, hpos - 2 - start, "compression trailer")?;
         let bad = |m: String| self.err(start, format!("bad compression trailer: {m}"));
-        let v: Vec<Value> = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+        let v: Vec<Value> = serde_json::from_slice(&json).map_err(|e| bad(e.to_string()))?;
         let entries = v
             .iter()
             .map(|e| match e {
@@ -692,5 +713,41 @@ impl<'a> Parser<'a> {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok((entries, start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Mappings;
+    use crate::storage::tests::Unmapped;
+
+    /// Storage that lends no view (as a remote object store) indexes every stream of the
+    /// reference chains, LZ4 ones included, exactly as the mapped file does.
+    #[test]
+    fn storage_without_a_view_indexes_like_the_mapped_file() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/virtnbd");
+        let mut compared = 0;
+        for set in ["v1-lz4", "v1-misc"] {
+            for entry in std::fs::read_dir(root.join(set)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_none_or(|e| e != "data") {
+                    continue;
+                }
+                let mapped = parse(&Source::open(&path, &Mappings::new()).unwrap()).unwrap();
+                let remote = parse(&Unmapped::source(&path)).unwrap();
+                assert_eq!(mapped.0.is_some(), remote.0.is_some(), "{}", path.display());
+                if mapped.0.is_none() {
+                    // A raw image: storage that knows no holes serves it as one data run.
+                    let len = std::fs::metadata(&path).unwrap().len();
+                    let e = &remote.1.extents;
+                    assert_eq!((e.len(), e[0].start, e[0].len), (1, 0, len));
+                    continue;
+                }
+                assert_eq!(encode(&mapped.1), encode(&remote.1), "{}", path.display());
+                compared += 1;
+            }
+        }
+        assert!(compared >= 10, "only {compared} files compared");
     }
 }

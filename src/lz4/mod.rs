@@ -1,0 +1,315 @@
+//! LZ4 frames inside backup files: reading a frame's declared size, decoding one frame on
+//! demand into a cache entry ([`DecodedChunk`]), only as far as readers need, and decoder
+//! checkpoints ([`Checkpoints`]) that let a random read start near its bytes.
+//!
+//! virtnbdbackup writes linked blocks, so any byte of a frame needs every byte before it: a read
+//! in the middle of a 32 MiB frame decodes from the start up to that read, and the decoded prefix
+//! stays in the shared cache for the next reader. Once a frame was decoded whole, its
+//! checkpoints are kept on disk; a later random read decodes one [`Segment`] (at most one
+//! spacing) from the checkpoint before it instead.
+
+mod checkpoint;
+mod chunk;
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::sync::mpsc::{SyncSender, sync_channel};
+
+use lz4_flex::frame::FrameDecoder;
+use twox_hash::XxHash32;
+
+use crate::error::{Error, Result};
+use crate::storage::Source;
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{Arc, Mutex};
+
+pub use checkpoint::{Checkpoints, MIN_SPACING, Segment};
+pub use chunk::DecodedChunk;
+
+const MAGIC: [u8; 4] = [0x04, 0x22, 0x4d, 0x18];
+
+/// The largest LZ4 frame restorefs decodes into memory. virtnbdbackup splits extents into
+/// frames of the NBD maximum request size (32 MiB with qemu); anything far beyond is hostile.
+pub const MAX_FRAME: u64 = 256 << 20;
+
+/// The longest frame header: magic, FLG, BD, content size, header checksum.
+const MAX_HEADER: u64 = 15;
+
+/// The content size an LZ4 frame header declares (`None` when the frame does not declare it).
+// A bare message: every caller wraps it at once into an `Error` with the file and offset.
+pub fn declared_size(frame: &[u8]) -> Result<Option<u64>, String> {
+    let (Some(magic), Some(&flg)) = (frame.get(..4), frame.get(4)) else {
+        return Err("not an LZ4 frame (bad magic)".into());
+    };
+    if frame.len() < 7 || magic != MAGIC {
+        return Err("not an LZ4 frame (bad magic)".into());
+    }
+    if flg >> 6 != 1 {
+        return Err(format!(
+            "unsupported LZ4 frame version in FLG byte {flg:#04x}"
+        ));
+    }
+    if flg & 0x08 == 0 {
+        return Ok(None);
+    }
+    let size = frame
+        .get(6..14)
+        .ok_or("LZ4 frame header is cut short")?
+        .try_into()
+        .map(u64::from_le_bytes)
+        .map_err(|_| "LZ4 frame header is cut short")?;
+    Ok(Some(size))
+}
+
+/// Decodes the frame at `offset..offset+len` of `source` completely, checking its block and
+/// content checksums, and returns its decoded size. Stops with an error past [`MAX_FRAME`]
+/// bytes: a small hostile frame could otherwise keep it decoding for a long time.
+pub fn decode_count(source: &Arc<Source>, offset: u64, len: u64) -> Result<u64> {
+    let mut dec = FrameDecoder::new(source.reader(offset, len)?);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        match dec.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) => return Err(decode_error(source.path(), offset, &e)),
+        }
+        if total > MAX_FRAME {
+            return Err(Error::corrupt(
+                source.path(),
+                offset,
+                format!("LZ4 frame decodes to more than the {MAX_FRAME} bytes restorefs accepts"),
+            ));
+        }
+    }
+    if dec.get_ref().remaining() != 0 {
+        return Err(Error::corrupt(
+            source.path(),
+            offset,
+            format!(
+                "LZ4 frame ends {} bytes before the {len} bytes the trailer gives it",
+                dec.get_ref().remaining()
+            ),
+        ));
+    }
+    Ok(total)
+}
+
+fn decode_error(path: &Path, offset: u64, e: &std::io::Error) -> Error {
+    Error::corrupt(path, offset, format!("LZ4 frame fails to decode: {e}"))
+}
+
+/// What went wrong in a frame: the offset in the frame and a message (callers add the file
+/// and the frame's offset).
+type FrameError = (usize, String);
+
+/// What decoding needs from a frame's header.
+#[derive(Clone, Copy, Debug, Default)]
+struct FrameInfo {
+    /// Blocks may refer to the 64 KiB of output before them.
+    linked: bool,
+    block_checksums: bool,
+    content_checksum: bool,
+    max_block: usize,
+    /// Offset of the first block header.
+    data_start: usize,
+}
+
+/// Parses and checks the header at the start of `frame`.
+fn frame_info(frame: &[u8]) -> Result<FrameInfo, FrameError> {
+    let bad_magic = || (0, "LZ4 frame fails to decode: bad magic".to_string());
+    let (Some(magic), Some(&flg), Some(&bd)) = (frame.get(..4), frame.get(4), frame.get(5)) else {
+        return Err(bad_magic());
+    };
+    if frame.len() < 7 || magic != MAGIC {
+        return Err(bad_magic());
+    }
+    if flg >> 6 != 1 || flg & 0x01 != 0 {
+        return Err((
+            4,
+            format!("LZ4 frame fails to decode: unsupported FLG {flg:#04x}"),
+        ));
+    }
+    let max_block = match (bd >> 4) & 7 {
+        4 => 64 << 10,
+        5 => 256 << 10,
+        6 => 1 << 20,
+        7 => 4 << 20,
+        _ => return Err((5, format!("LZ4 frame fails to decode: bad BD {bd:#04x}"))),
+    };
+    let desc_end = 6 + if flg & 0x08 != 0 { 8 } else { 0 };
+    let (Some(&hc), Some(desc)) = (frame.get(desc_end), frame.get(4..desc_end)) else {
+        return Err((desc_end, "LZ4 frame header cut short".into()));
+    };
+    if (XxHash32::oneshot(0, desc) >> 8) as u8 != hc {
+        return Err((
+            desc_end,
+            "LZ4 frame fails to decode: header checksum mismatch".into(),
+        ));
+    }
+    Ok(FrameInfo {
+        linked: flg & 0x20 == 0,
+        block_checksums: flg & 0x10 != 0,
+        content_checksum: flg & 0x04 != 0,
+        max_block,
+        data_start: desc_end + 1,
+    })
+}
+
+fn u32_at(frame: &[u8], at: usize, what: &str) -> Result<u32, FrameError> {
+    at.checked_add(4)
+        .and_then(|end| frame.get(at..end))
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| (at, format!("LZ4 frame ends inside {what}")))
+}
+
+/// Decodes the block whose header is at `at` in `frame` onto `out[filled..]` (a linked block
+/// reads the 64 KiB before `filled` as its dictionary), checking its checksum first. Returns
+/// how many bytes it wrote and the offset of the next block header; `None` at the end mark.
+fn decode_block(
+    info: &FrameInfo,
+    frame: &[u8],
+    at: usize,
+    out: &mut [u8],
+    filled: usize,
+) -> Result<Option<(usize, usize)>, FrameError> {
+    let word = u32_at(frame, at, "a block header")?;
+    if word == 0 {
+        return Ok(None);
+    }
+    // Block sizes are below 2^31 and offsets inside the frame: no overflow.
+    let n = (word & 0x7fff_ffff) as usize;
+    let data = frame
+        .get(at + 4..at + 4 + n)
+        .filter(|_| n <= info.max_block)
+        .ok_or_else(|| {
+            (
+                at,
+                "LZ4 frame fails to decode: block larger than the frame allows".to_string(),
+            )
+        })?;
+    let mut next = at + 4 + n;
+    if info.block_checksums {
+        let want = u32_at(frame, next, "a block checksum")?;
+        if XxHash32::oneshot(0, data) != want {
+            return Err((at, "LZ4 frame fails to decode: BlockChecksumError".into()));
+        }
+        next += 4;
+    }
+    let room = out.len().saturating_sub(filled).min(info.max_block);
+    let (history, rest) = out.split_at_mut(filled.min(out.len()));
+    let dst = rest.get_mut(..room).unwrap_or_default();
+    let too_much = || {
+        (
+            at,
+            "LZ4 frame decodes to more than its declared size".to_string(),
+        )
+    };
+    let k = if word & 0x8000_0000 != 0 {
+        let dst = dst.get_mut(..data.len()).ok_or_else(too_much)?;
+        dst.copy_from_slice(data);
+        data.len()
+    } else {
+        let dict = if info.linked {
+            history
+                .get(history.len().saturating_sub(64 << 10)..)
+                .unwrap_or_default()
+        } else {
+            &[]
+        };
+        lz4_flex::block::decompress_into_with_dict(data, dst, dict)
+            .map_err(|e| (at, format!("LZ4 frame fails to decode: {e}")))?
+    };
+    Ok(Some((k, next)))
+}
+
+/// What decoding shares across frames, made once per run (no process globals): buffers left by
+/// dropped frames for reuse, the decode-ahead worker, and the spacing of kept checkpoints.
+#[derive(Default)]
+pub struct Lz4Runtime {
+    /// Buffers of dropped chunks kept for reuse, `POOL_BYTES` in all at most.
+    pool: Mutex<Vec<Vec<u8>>>,
+    /// The queue of the decode-ahead thread, started on first use.
+    ahead: OnceLock<Option<SyncSender<Arc<DecodedChunk>>>>,
+    reused: AtomicU64,
+    /// Decoded bytes between two kept checkpoints (0: [`MIN_SPACING`]).
+    spacing: usize,
+}
+
+const POOL_BYTES: usize = 16 << 20;
+
+impl Lz4Runtime {
+    /// A runtime with an empty pool; its thread starts on the first decode-ahead.
+    pub fn new() -> Arc<Lz4Runtime> {
+        Arc::default()
+    }
+
+    /// A runtime keeping checkpoints every `spacing` decoded bytes (at least [`MIN_SPACING`],
+    /// so that they take at most 1/16 of a frame's decoded size).
+    pub fn with_spacing(spacing: usize) -> Arc<Lz4Runtime> {
+        Arc::new(Lz4Runtime {
+            spacing,
+            ..Lz4Runtime::default()
+        })
+    }
+
+    /// Decoded bytes between two kept checkpoints.
+    pub fn spacing(&self) -> usize {
+        self.spacing.max(MIN_SPACING)
+    }
+
+    /// How many frames were decoded into a reused buffer.
+    pub fn reused(&self) -> u64 {
+        self.reused.load(Ordering::Relaxed)
+    }
+
+    /// A buffer of `len` bytes: one left by a dropped chunk when one fits closely (no page
+    /// faults, no zeroing; decoded bytes overwrite it before any reader sees them), else a new
+    /// one whose zeroed pages the kernel provides only when touched.
+    fn buffer(&self, len: usize) -> Vec<u8> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        // Only a close fit: the cache charges `len`, so a much larger buffer would hide memory.
+        if let Some(i) = pool
+            .iter()
+            .position(|b| b.len() >= len && b.len() <= len + len / 4)
+        {
+            let mut b = pool.swap_remove(i);
+            b.truncate(len);
+            self.reused.fetch_add(1, Ordering::Relaxed);
+            return b;
+        }
+        drop(pool);
+        vec![0u8; len]
+    }
+
+    /// Keeps a dropped frame's buffer for reuse while the pool has room.
+    fn give_back(&self, out: Vec<u8>) {
+        if out.len() >= 1 << 20 && out.len() == out.capacity() {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.iter().map(Vec::len).sum::<usize>() + out.len() <= POOL_BYTES {
+                pool.push(out);
+            }
+        }
+    }
+
+    /// Queues `chunk` for decoding on the decode-ahead thread; dropped when the queue is full.
+    fn decode_ahead(&self, chunk: Arc<DecodedChunk>) {
+        let queue = self.ahead.get_or_init(|| {
+            let (tx, rx) = sync_channel::<Arc<DecodedChunk>>(2);
+            std::thread::Builder::new()
+                .name("lz4-ahead".into())
+                .spawn(move || {
+                    for chunk in rx {
+                        chunk.decode_all();
+                    }
+                })
+                .ok()
+                .map(|_| tx)
+        });
+        if let Some(tx) = queue {
+            let _ = tx.try_send(chunk);
+        }
+    }
+}
