@@ -1,12 +1,17 @@
 //! The Core Lightning backup plugin's file: a 512-byte header, then entries of a 9-byte header
 //! (`u32 length, u32 version, u8 type`, big-endian) and a payload (spec §1).
 
+use std::cell::Cell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use twox_hash::XxHash3_128;
 
 use super::sandbox::{self, Forbidden};
 use crate::error::{Error, Result};
+use crate::sys;
 
 /// Size of the file header; entries start here.
 pub const HEADER_LEN: u64 = 512;
@@ -134,6 +139,9 @@ pub struct Entry {
     pub bump: bool,
     /// A statement the sandbox refuses, found while walking.
     pub forbidden: Option<Forbidden>,
+    /// Hash of every entry from the first up to this one (headers and payloads): equal chains
+    /// mean equal logs up to here, so a kept checkpoint is tied to the bytes it was made from.
+    pub chain: u128,
 }
 
 impl Entry {
@@ -164,6 +172,7 @@ pub struct Tail {
 /// resynchronises) and says why; `None` when the walk reached the end cleanly.
 pub fn walk(file: &File, from: u64, len: u64, entries: &mut Vec<Entry>) -> Option<Tail> {
     let mut pos = from;
+    let mut chain = entries.last().map_or(0, |e| e.chain);
     while pos < len {
         let tail = |version: Option<u32>, msg: String| Tail {
             offset: pos,
@@ -202,13 +211,20 @@ pub fn walk(file: &File, from: u64, len: u64, entries: &mut Vec<Entry>) -> Optio
                 ),
             ));
         }
-        let (bump, forbidden) = match kind {
-            EntryKind::Snapshot => (false, None),
-            EntryKind::Transaction => match inspect(file, payload, length) {
-                Ok(found) => found,
-                Err(e) => return Some(tail(Some(version), format!("cannot read payload: {e}"))),
-            },
+        let mut hasher = XxHash3_128::new();
+        hasher.write(&chain.to_le_bytes());
+        hasher.write(&h);
+        let found = match kind {
+            EntryKind::Snapshot => {
+                hash_range(file, payload, length, &mut hasher).map(|()| (false, None))
+            }
+            EntryKind::Transaction => inspect(file, payload, length, &mut hasher),
         };
+        let (bump, forbidden) = match found {
+            Ok(found) => found,
+            Err(e) => return Some(tail(Some(version), format!("cannot read payload: {e}"))),
+        };
+        chain = hasher.finish_128();
         entries.push(Entry {
             offset: pos,
             length,
@@ -216,6 +232,7 @@ pub fn walk(file: &File, from: u64, len: u64, entries: &mut Vec<Entry>) -> Optio
             kind,
             bump,
             forbidden,
+            chain,
         });
         pos = end;
     }
@@ -223,16 +240,37 @@ pub fn walk(file: &File, from: u64, len: u64, entries: &mut Vec<Entry>) -> Optio
 }
 
 /// Whether a transaction payload ends with the bump, and its first statement the sandbox
-/// refuses (payloads larger than `SCREEN_MAX` are not screened).
-fn inspect(file: &File, payload: u64, length: u32) -> std::io::Result<(bool, Option<Forbidden>)> {
+/// refuses (payloads larger than `SCREEN_MAX` are not screened); hashes the payload.
+fn inspect(
+    file: &File,
+    payload: u64,
+    length: u32,
+    hasher: &mut XxHash3_128,
+) -> std::io::Result<(bool, Option<Forbidden>)> {
     if u64::from(length) > SCREEN_MAX {
+        hash_range(file, payload, length, hasher)?;
         return Ok((is_bump(&last_statement(file, payload, length)?), None));
     }
     let mut buf = vec![0u8; length as usize];
     file.read_exact_at(&mut buf, payload)?;
+    hasher.write(&buf);
     let last = buf.rsplit(|&b| b == 0).next().unwrap_or_default();
     let bump = is_bump(&String::from_utf8_lossy(last));
     Ok((bump, sandbox::screen(&buf)))
+}
+
+/// Feeds `length` bytes of `file` at `at` to `hasher`, a piece at a time.
+fn hash_range(file: &File, at: u64, length: u32, hasher: &mut XxHash3_128) -> std::io::Result<()> {
+    let mut buf = vec![0u8; (length as usize).min(1 << 20)];
+    let mut done = 0u64;
+    while done < u64::from(length) {
+        let n = (u64::from(length) - done).min(buf.len() as u64) as usize;
+        let piece = buf.get_mut(..n).unwrap_or_default();
+        file.read_exact_at(piece, at.saturating_add(done))?;
+        hasher.write(piece);
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// The end of a transaction payload after its last NUL (at most `TAIL_WINDOW` bytes).
@@ -261,42 +299,77 @@ pub fn is_bump(stmt: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Reads a transaction entry's payload (at most `MAX_TRANSACTION` bytes: memory is not spent on
-/// more than SQLite would take).
-pub fn payload(file: &File, path: &Path, e: &Entry) -> Result<Vec<u8>> {
-    if u64::from(e.length) > MAX_TRANSACTION {
-        return Err(Error::corrupt(
-            path,
-            e.offset,
-            format!(
-                "a transaction of {} bytes; restorefs replays at most {MAX_TRANSACTION}",
-                e.length
-            ),
-        ));
-    }
-    let mut buf = vec![0u8; e.length as usize];
-    file.read_exact_at(&mut buf, e.payload_offset())
-        .map_err(|err| Error::io(path, &err).context(format!("entry at offset {}", e.offset)))?;
-    Ok(buf)
+/// Mapped bytes read between two releases of the mapping's pages (so a replay does not pile
+/// the whole log up in the resident set).
+const RELEASE_EVERY: u64 = 32 << 20;
+
+/// The log mapped for one rebuild: payloads are slices of it, not one read each.
+pub struct Mapped {
+    map: Option<Mmap>,
+    path: PathBuf,
+    /// Bytes touched since the pages were last released.
+    touched: Cell<u64>,
 }
 
-/// Copies an entry's payload into a new file at `out`, a piece at a time.
-pub fn copy_payload(file: &File, path: &Path, e: &Entry, out: &Path) -> Result<()> {
-    use std::io::Write;
-    let mut w = File::create(out).map_err(|err| Error::io(out, &err))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    while done < u64::from(e.length) {
-        let n = (u64::from(e.length) - done).min(buf.len() as u64) as usize;
-        let piece = buf.get_mut(..n).unwrap_or_default();
-        file.read_exact_at(piece, e.payload_offset().saturating_add(done))
-            .map_err(|err| {
-                Error::io(path, &err).context(format!("entry at offset {}", e.offset))
-            })?;
-        w.write_all(piece).map_err(|err| Error::io(out, &err))?;
-        done += n as u64;
+impl Mapped {
+    /// Maps `file` (the log at `path`) as it is now.
+    pub fn new(file: &File, path: &Path) -> Result<Mapped> {
+        let len = file.metadata().map_err(|e| Error::io(path, &e))?.len();
+        let map = sys::map_file(file, len).map_err(|e| Error::io(path, &e))?;
+        Ok(Mapped {
+            map,
+            path: path.to_path_buf(),
+            touched: Cell::new(0),
+        })
     }
-    Ok(())
+
+    fn bytes(&self, e: &Entry) -> Result<&[u8]> {
+        let all: &[u8] = self.map.as_deref().unwrap_or_default();
+        let range = usize::try_from(e.payload_offset())
+            .ok()
+            .zip(usize::try_from(e.end()).ok());
+        let bytes = range.and_then(|(a, b)| all.get(a..b)).ok_or_else(|| {
+            Error::corrupt(
+                &self.path,
+                e.offset,
+                "the entry is no longer in the file (it shrank)",
+            )
+        })?;
+        let touched = self.touched.get() + bytes.len() as u64;
+        if touched > RELEASE_EVERY
+            && let Some(m) = &self.map
+        {
+            sys::release(m);
+            self.touched.set(0);
+        } else {
+            self.touched.set(touched);
+        }
+        Ok(bytes)
+    }
+
+    /// A transaction entry's payload (at most `MAX_TRANSACTION` bytes: no more than SQLite would
+    /// take).
+    pub fn payload(&self, e: &Entry) -> Result<&[u8]> {
+        if u64::from(e.length) > MAX_TRANSACTION {
+            return Err(Error::corrupt(
+                &self.path,
+                e.offset,
+                format!(
+                    "a transaction of {} bytes; restorefs replays at most {MAX_TRANSACTION}",
+                    e.length
+                ),
+            ));
+        }
+        self.bytes(e)
+    }
+
+    /// Writes an entry's payload (a snapshot) into a new file at `out`.
+    pub fn copy_payload(&self, e: &Entry, out: &Path) -> Result<()> {
+        use std::io::Write;
+        let bytes = self.bytes(e)?;
+        let mut w = File::create(out).map_err(|err| Error::io(out, &err))?;
+        w.write_all(bytes).map_err(|err| Error::io(out, &err))
+    }
 }
 
 #[cfg(test)]

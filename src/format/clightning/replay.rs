@@ -188,6 +188,15 @@ impl Replayer {
         Ok(())
     }
 
+    /// Commits, and moves a WAL database's committed pages into its main file, so that the
+    /// file alone holds the state (for a checkpoint).
+    pub fn flush(&mut self) -> Result<(), String> {
+        self.commit()?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| self.sandbox.explain(&e))
+    }
+
     /// Commits and closes the database.
     pub fn finish(mut self) -> Result<(), String> {
         self.commit()?;
