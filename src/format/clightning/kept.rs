@@ -264,6 +264,26 @@ fn list(dir: &Path) -> BTreeMap<u64, (u128, u64)> {
     files
 }
 
+/// Copies `len` bytes of `from` at `at` to the end of `to`, inside the kernel where it can
+/// (`copy_file_range`): through a descriptor of its own, so the shared one's position stays.
+pub fn copy_range(from: &File, at: u64, len: u64, to: &mut File) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(());
+    }
+    let mut own = File::open(format!("/proc/self/fd/{}", from.as_raw_fd()))?;
+    own.seek(SeekFrom::Start(at))?;
+    let n = std::io::copy(&mut own.take(len), to)?;
+    if n != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{n} of {len} bytes at offset {at}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The base's bytes, mapped from the log (empty for none).
 fn base_bytes<'m>(stamp: &Stamp<'_>, map: &'m Option<Mmap>) -> Result<&'m [u8], String> {
     let (off, len) = stamp.base_range();
@@ -411,8 +431,8 @@ impl Target {
             }
             Target::File(out) => {
                 let mut w = File::create(&*out)?;
-                let map = map_log(stamp, log)?;
-                w.write_all(base_bytes(stamp, &map).map_err(Refused::Damaged)?)?;
+                let (off, len) = stamp.base_range();
+                copy_range(log, off, len, &mut w)?;
                 w.set_len(db_len)?;
                 Ok(Some(w))
             }

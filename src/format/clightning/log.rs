@@ -362,14 +362,6 @@ impl Mapped {
         }
         self.bytes(e)
     }
-
-    /// Writes an entry's payload (a snapshot) into a new file at `out`.
-    pub fn copy_payload(&self, e: &Entry, out: &Path) -> Result<()> {
-        use std::io::Write;
-        let bytes = self.bytes(e)?;
-        let mut w = File::create(out).map_err(|err| Error::io(out, &err))?;
-        w.write_all(bytes).map_err(|err| Error::io(out, &err))
-    }
 }
 
 #[cfg(test)]

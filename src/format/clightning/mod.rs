@@ -662,7 +662,7 @@ impl DbFile {
             .len();
         let budget = self.sql.budget(log_len);
         let mapped = log::Mapped::new(&self.log.file, &self.log.path)?;
-        let start = self.start_from(&mapped, out)?;
+        let start = self.start_from(out)?;
         let first = start.map_or(0, |s| s + 1);
         if first > self.upto {
             ::log::debug!(
@@ -720,7 +720,7 @@ impl DbFile {
     /// Writes the state to replay from into `out`: the nearest kept checkpoint made from these
     /// same log bytes, else the segment's snapshot, else an empty database. Returns the plan
     /// position that state is at.
-    fn start_from(&self, mapped: &log::Mapped, out: &Path) -> Result<Option<usize>> {
+    fn start_from(&self, out: &Path) -> Result<Option<usize>> {
         let plan = &self.plan;
         let lo = self.base.map_or(0, |b| plan.entry(b).offset);
         let hi = plan.entry(self.upto).offset;
@@ -742,7 +742,14 @@ impl DbFile {
             }
         }
         match self.base_entry() {
-            Some(b) => mapped.copy_payload(b, out)?,
+            Some(b) => {
+                let mut w = File::create(out).map_err(|e| Error::io(out, &e))?;
+                kept::copy_range(&self.log.file, b.payload_offset(), b.length.into(), &mut w)
+                    .map_err(|e| {
+                        Error::io(&self.log.path, &e)
+                            .context(format!("entry at offset {}", b.offset))
+                    })?;
+            }
             None => std::fs::write(out, b"").map_err(|e| Error::io(out, &e))?,
         }
         Ok(self.base)
