@@ -36,6 +36,9 @@ use replay::Replayer;
 
 /// Checkpoints are taken at least this many versions apart.
 pub const CHECKPOINT_EVERY: u64 = 32;
+/// At most this many checkpoints are taken along one segment (a log of a million tiny
+/// versions would otherwise leave tens of thousands of files).
+const MOST_CHECKPOINTS: u64 = 256;
 /// Replaying one transaction costs about as much as copying this many bytes of database, so a
 /// checkpoint every `size / REPLAY_BYTES` versions keeps the copying no costlier than the
 /// replaying it saves.
@@ -792,8 +795,9 @@ impl DbFile {
     }
 
     /// K, the versions between checkpoints: at least `CHECKPOINT_EVERY`, at least one
-    /// checkpoint's copy worth of replay (`size / REPLAY_BYTES`), and sparse enough that the
-    /// segment's checkpoints, were each as large as the database, fit the kept bound.
+    /// checkpoint's copy worth of replay (`size / REPLAY_BYTES`), at most `MOST_CHECKPOINTS`
+    /// along the segment, and sparse enough that they, were each as large as the database,
+    /// fit the kept bound.
     fn checkpoint_spacing(&self, db: &Path) -> u64 {
         let size = std::fs::metadata(db).map_or(0, |m| m.len()).max(1);
         let versions = (self.upto - self.base.unwrap_or(0)) as u64 + 1;
@@ -801,6 +805,7 @@ impl DbFile {
         CHECKPOINT_EVERY
             .max(size / REPLAY_BYTES)
             .max(versions.div_ceil(fit))
+            .max(versions.div_ceil(MOST_CHECKPOINTS))
     }
 }
 
