@@ -573,3 +573,44 @@ fn a_damaged_or_swapped_kept_checkpoint_is_rebuilt_never_served() {
     kept_file(cache.path(), offset(va));
     kept_file(cache.path(), offset(vb));
 }
+
+#[test]
+fn a_grown_log_keeps_the_checkpoints_of_its_earlier_part() {
+    let (tmp, cache) = (scratch(), scratch());
+    let small = std::fs::read(source().join("small.bkp")).unwrap();
+    let offsets = entry_offsets(&small);
+    let version = |o: usize| u32::from_be_bytes(small[o + 4..o + 8].try_into().unwrap());
+    let cut = offsets[offsets.len() / 2];
+    let early = version(offsets[offsets.len() / 2 - 1]);
+    let rows: BTreeMap<u32, ClnRow> = cln_manifest()
+        .into_iter()
+        .filter(|r| r.ok && r.file == "small.bkp")
+        .map(|r| (r.version.unwrap(), r))
+        .collect();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let log = src.join("small.bkp");
+    std::fs::write(&log, partial_log(&small, cut, early)).unwrap();
+    let minute = std::time::Duration::from_secs(60);
+    let first = scan_with(&src, cache.path(), minute);
+    let canon = canon_of(&first, "small.bkp", early, tmp.path());
+    assert_eq!(canon.as_ref(), Ok(&rows[&early].canon));
+    drop(first);
+    // The plugin appends the rest and rewrites the header, in place.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        f.seek(SeekFrom::Start(cut as u64)).unwrap();
+        f.write_all(&small[cut..]).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(&small[..512]).unwrap();
+    }
+    // No SQL time: the early version can only come from its kept checkpoint; the new head,
+    // never opened, cannot.
+    let grown = scan_with(&src, cache.path(), std::time::Duration::ZERO);
+    let canon = canon_of(&grown, "small.bkp", early, tmp.path());
+    assert_eq!(canon.as_ref(), Ok(&rows[&early].canon));
+    let head = *rows.keys().last().unwrap();
+    assert!(head > early);
+    assert!(canon_of(&grown, "small.bkp", head, tmp.path()).is_err());
+}
