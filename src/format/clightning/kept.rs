@@ -526,16 +526,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_checkpoint_round_trips_and_any_damage_or_swap_is_refused() {
+    /// A "log" (9 bytes of entry header, then a 3-block snapshot) and a state kept over it
+    /// (block 1 changed, a block and a half appended) at entry offset 100, chain 42.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        log: File,
+        snap: Entry,
+        e: Entry,
+        db: Vec<u8>,
+        kept: Kept,
+    }
+
+    fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        // The "log": 9 bytes of entry header, then a 3-block snapshot.
         let base: Vec<u8> = (0..3 * BLOCK as usize).map(|i| (i % 251) as u8).collect();
         let log_path = dir.path().join("log");
         std::fs::write(&log_path, [&[0u8; 9][..], &base].concat()).unwrap();
         let log = File::open(&log_path).unwrap();
-        let snap = entry(0, base.len() as u32, 1);
-        // The state: block 1 changed, one block and a half appended.
         let mut db = base.clone();
         db[5000] ^= 0xff;
         db.extend((0..6000).map(|i| (i % 13) as u8));
@@ -544,53 +551,78 @@ mod tests {
         let md = std::fs::metadata(&log_path).unwrap();
         let kept = Kept::open(dir.path(), &log_path, &md);
         kept.set_log_len(1 << 20);
-        let (e, other) = (entry(100, 10, 42), entry(200, 10, 43));
+        let (snap, e) = (entry(0, base.len() as u32, 1), entry(100, 10, 42));
         let stamp = Stamp {
             entry: &e,
             base: Some(&snap),
         };
         kept.put(&stamp, &log, &db_path);
-        assert!(kept.has(&e));
-        // Only the three blocks that differ are kept.
-        assert!(kept.used() < 3 * BLOCK + 200, "{}", kept.used());
-        let out = dir.path().join("out");
-        kept.restore(&stamp, &log, &mut Target::File(out.clone()))
-            .unwrap();
-        assert_eq!(std::fs::read(&out).unwrap(), db);
-        let blocks = |limit| Target::Blocks {
+        Fixture {
+            dir,
+            log,
+            snap,
+            e,
+            db,
+            kept,
+        }
+    }
+
+    fn blocks(limit: u64) -> Target {
+        Target::Blocks {
             limit,
             index: Vec::new(),
             data: Vec::new(),
             len: 0,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_only_the_blocks_that_differ_and_round_trips() {
+        let f = fixture();
+        let stamp = Stamp {
+            entry: &f.e,
+            base: Some(&f.snap),
         };
+        assert!(f.kept.has(&f.e));
+        assert!(f.kept.used() < 3 * BLOCK + 200, "{}", f.kept.used());
+        let out = f.dir.path().join("out");
+        f.kept
+            .restore(&stamp, &f.log, &mut Target::File(out.clone()))
+            .unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), f.db);
         let mut mem = blocks(1 << 20);
-        assert_eq!(kept.restore(&stamp, &log, &mut mem), Ok(true));
+        assert_eq!(f.kept.restore(&stamp, &f.log, &mut mem), Ok(true));
         let Target::Blocks {
             index, data, len, ..
         } = mem
         else {
             unreachable!()
         };
-        assert_eq!((index, len), (vec![1, 3, 4], db.len() as u64));
-        assert_eq!(data, [&db[4096..8192], &db[3 * 4096..]].concat());
-        let mut small = blocks(100);
-        assert_eq!(kept.restore(&stamp, &log, &mut small), Ok(false));
-        assert!(kept.has(&e), "kept when only too large for memory");
-        assert_eq!(kept.candidates(0..=150, |_, c| c == 42), [100]);
-        // Reopened (another run): found again.
-        let again = Kept::open(dir.path(), &log_path, &md);
-        assert!(again.has(&e));
-        // Swapped: the file of `e` under the name of `other`.
+        assert_eq!((index, len), (vec![1, 3, 4], f.db.len() as u64));
+        assert_eq!(data, [&f.db[4096..8192], &f.db[3 * 4096..]].concat());
+        assert_eq!(f.kept.restore(&stamp, &f.log, &mut blocks(100)), Ok(false));
+        assert!(f.kept.has(&f.e), "kept when only too large for memory");
+        assert_eq!(f.kept.candidates(0..=150, |_, c| c == 42), [100]);
+    }
+
+    #[test]
+    fn a_swapped_or_damaged_checkpoint_is_refused_and_removed() {
+        let f = fixture();
+        let log_path = f.dir.path().join("log");
+        let md = std::fs::metadata(&log_path).unwrap();
+        let mut out = Target::File(f.dir.path().join("out"));
+        // Another run finds it again; then the file of `e` is copied under `other`'s name.
+        let again = Kept::open(f.dir.path(), &log_path, &md);
+        assert!(again.has(&f.e));
         std::fs::copy(again.path(100, 42), again.path(200, 43)).unwrap();
-        let again = Kept::open(dir.path(), &log_path, &md);
+        let again = Kept::open(f.dir.path(), &log_path, &md);
+        let other = entry(200, 10, 43);
         let swapped = Stamp {
             entry: &other,
-            base: Some(&snap),
+            base: Some(&f.snap),
         };
-        let err = again
-            .restore(&swapped, &log, &mut Target::File(out.clone()))
-            .unwrap_err();
-        assert!(err.contains("another entry"), "{err}");
+        let err = again.restore(&swapped, &f.log, &mut blocks(1 << 20));
+        assert!(err.unwrap_err().contains("another entry"));
         assert!(!again.has(&other), "the swapped file is removed");
         // Damaged: one byte of a kept block flipped.
         let p = again.path(100, 42);
@@ -598,9 +630,11 @@ mod tests {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 1;
         std::fs::write(&p, bytes).unwrap();
-        let err = again
-            .restore(&stamp, &log, &mut Target::File(out.clone()))
-            .unwrap_err();
+        let stamp = Stamp {
+            entry: &f.e,
+            base: Some(&f.snap),
+        };
+        let err = again.restore(&stamp, &f.log, &mut out).unwrap_err();
         assert!(err.contains("checksum"), "{err}");
         assert!(!p.exists());
     }

@@ -192,54 +192,12 @@ pub fn walk(file: &File, from: u64, len: u64, entries: &mut Vec<Entry>) -> Optio
     let mut chain = entries.last().map_or(0, |e| e.chain);
     let mut released = pos;
     while pos < len {
-        let tail = |version: Option<u32>, msg: String| Tail {
-            offset: pos,
-            version,
-            msg,
+        let e = match entry_at(data, pos, len, chain) {
+            Ok(e) => e,
+            Err(tail) => return Some(tail),
         };
-        let have = len.saturating_sub(pos);
-        let Some(h) = slice(data, pos, ENTRY_HEADER).filter(|_| have >= ENTRY_HEADER) else {
-            return Some(tail(
-                None,
-                format!("entry header cut short: {have} of {ENTRY_HEADER} bytes"),
-            ));
-        };
-        let (length, version) = (be32(h, 0), be32(h, 4));
-        let kind = match h.get(8).copied().unwrap_or_default() {
-            1 => EntryKind::Transaction,
-            2 => EntryKind::Snapshot,
-            t => return Some(tail(Some(version), format!("unknown entry type {t}"))),
-        };
-        let at = pos.saturating_add(ENTRY_HEADER);
-        let end = at.saturating_add(u64::from(length));
-        let Some(payload) = slice(data, at, u64::from(length)).filter(|_| end <= len) else {
-            return Some(tail(
-                Some(version),
-                format!(
-                    "payload cut short: {length} bytes announced, {} present",
-                    len.saturating_sub(at)
-                ),
-            ));
-        };
-        let mut hasher = XxHash3_128::new();
-        hasher.write(&chain.to_le_bytes());
-        hasher.write(h);
-        hasher.write(payload);
-        let (bump, forbidden) = match kind {
-            EntryKind::Snapshot => (false, None),
-            EntryKind::Transaction => inspect(payload),
-        };
-        chain = hasher.finish_128();
-        entries.push(Entry {
-            offset: pos,
-            length,
-            version,
-            kind,
-            bump,
-            forbidden,
-            chain,
-        });
-        pos = end;
+        (chain, pos) = (e.chain, e.end());
+        entries.push(e);
         if pos - released > RELEASE_EVERY
             && let Some(m) = &map
         {
@@ -248,6 +206,57 @@ pub fn walk(file: &File, from: u64, len: u64, entries: &mut Vec<Entry>) -> Optio
         }
     }
     None
+}
+
+/// The entry at `pos` of the log's first `len` bytes `data`, after one whose chain is `chain`;
+/// or why there is none.
+fn entry_at(data: &[u8], pos: u64, len: u64, chain: u128) -> Result<Entry, Tail> {
+    let tail = |version: Option<u32>, msg: String| Tail {
+        offset: pos,
+        version,
+        msg,
+    };
+    let have = len.saturating_sub(pos);
+    let Some(h) = slice(data, pos, ENTRY_HEADER).filter(|_| have >= ENTRY_HEADER) else {
+        return Err(tail(
+            None,
+            format!("entry header cut short: {have} of {ENTRY_HEADER} bytes"),
+        ));
+    };
+    let (length, version) = (be32(h, 0), be32(h, 4));
+    let kind = match h.get(8).copied().unwrap_or_default() {
+        1 => EntryKind::Transaction,
+        2 => EntryKind::Snapshot,
+        t => return Err(tail(Some(version), format!("unknown entry type {t}"))),
+    };
+    let at = pos.saturating_add(ENTRY_HEADER);
+    let end = at.saturating_add(u64::from(length));
+    let Some(payload) = slice(data, at, u64::from(length)).filter(|_| end <= len) else {
+        return Err(tail(
+            Some(version),
+            format!(
+                "payload cut short: {length} bytes announced, {} present",
+                len.saturating_sub(at)
+            ),
+        ));
+    };
+    let mut hasher = XxHash3_128::new();
+    hasher.write(&chain.to_le_bytes());
+    hasher.write(h);
+    hasher.write(payload);
+    let (bump, forbidden) = match kind {
+        EntryKind::Snapshot => (false, None),
+        EntryKind::Transaction => inspect(payload),
+    };
+    Ok(Entry {
+        offset: pos,
+        length,
+        version,
+        kind,
+        bump,
+        forbidden,
+        chain: hasher.finish_128(),
+    })
 }
 
 /// `n` bytes of `data` at `at`, if all there.
