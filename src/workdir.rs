@@ -114,8 +114,8 @@ pub enum Rebuilt {
 /// A file made of a range of another file with some blocks replaced: held in memory are only
 /// the replaced blocks.
 pub struct Patched {
-    /// The file the unreplaced bytes come from.
-    pub base: File,
+    /// The file the unreplaced bytes come from (shared: many files may read over one).
+    pub base: Arc<File>,
     /// Its path, for errors.
     pub base_path: PathBuf,
     /// Where the range starts in `base`.
@@ -285,7 +285,7 @@ mod tests {
         // The base range is bytes 2..10 of the file: "cdefghij".
         std::fs::write(&p, b"abcdefghijkl").unwrap();
         let patched = Rebuilt::Patched(Patched {
-            base: File::open(&p).unwrap(),
+            base: Arc::new(File::open(&p).unwrap()),
             base_path: p.clone(),
             base_offset: 2,
             base_len: 8,

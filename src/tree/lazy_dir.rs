@@ -3,6 +3,7 @@
 //! same tree as a full scan: a folder without sets anywhere below it is not there.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
@@ -111,6 +112,27 @@ impl LazyDir {
         self.lock().entry(name.to_owned()).or_insert(node).clone()
     }
 
+    /// Scans the sub-folders `names` not scanned yet, on every core (a listing scans them all).
+    fn scan_all(&self, names: &[String]) {
+        let todo: Vec<&String> = {
+            let known = self.lock();
+            names.iter().filter(|n| !known.contains_key(*n)).collect()
+        };
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(todo.len());
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    while let Some(name) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        self.sub(name);
+                    }
+                });
+            }
+        });
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Node>>> {
         self.subs.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -160,6 +182,7 @@ impl Directory for LazyDir {
     fn entries(&self) -> Result<Vec<(String, Node)>> {
         let mut out: Vec<(String, Node)> = self.own().to_vec();
         let level = self.folders.level(&self.rel);
+        self.scan_all(&level.dirs);
         for d in &level.dirs {
             if let Some(node) = self.sub(d) {
                 out.push((d.clone(), node));

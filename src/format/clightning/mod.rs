@@ -115,7 +115,8 @@ fn known_failure(
 /// An open backup file, as one refresh saw it.
 struct LogFile {
     path: PathBuf,
-    file: File,
+    /// Shared with the kept versions served over its snapshot (no descriptor each).
+    file: Arc<File>,
     /// Cache and checkpoint owner id of this file (a replaced file gets a new one).
     owner: u64,
     mtime: SystemTime,
@@ -268,7 +269,7 @@ impl ClnSet {
         let file = File::open(&self.path).map_err(|e| Error::io(&self.path, &e))?;
         st.log = Some(Arc::new(LogFile {
             path: self.path.clone(),
-            file,
+            file: Arc::new(file),
             owner: cache::new_owner_id(),
             mtime: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             kept: Kept::open(self.work.cache_dir(), &self.path, md),
@@ -611,7 +612,7 @@ impl DbFile {
         else {
             return None;
         };
-        let base = self.log.file.try_clone().ok()?;
+        let base = Arc::clone(&self.log.file);
         ::log::debug!(
             "{}: version {} copied from a kept checkpoint",
             self.log.path.display(),
