@@ -501,8 +501,10 @@ fn a_second_run_copies_kept_checkpoints_instead_of_replaying() {
 /// The kept checkpoint file of the entry at `offset` of a log.
 fn kept_file(cache: &Path, offset: usize) -> PathBuf {
     let prefix = format!("{offset:016x}-");
-    let dirs = std::fs::read_dir(cache.join("clightning")).unwrap();
-    dirs.flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+    let paths = std::fs::read_dir(cache.join("clightning")).unwrap();
+    paths
+        .flat_map(|p| std::fs::read_dir(p.unwrap().path()).unwrap())
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
         .map(|f| f.unwrap().path())
         .find(|p| {
             p.file_name()

@@ -73,19 +73,15 @@ impl Kept {
     /// The checkpoints of the log at `path` (as `md` describes it) under `cache_dir`; those of a
     /// file that was at that path before (replaced by compaction) are removed.
     pub fn open(cache_dir: &Path, path: &Path, md: &std::fs::Metadata) -> Kept {
-        let root = cache_dir.join("clightning");
         let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        let prefix = format!(
-            "{:016x}-",
+        let per_path = cache_dir.join("clightning").join(format!(
+            "{:016x}",
             XxHash3_64::oneshot(canon.as_os_str().as_encoded_bytes())
-        );
-        let dir = root.join(format!("{prefix}{:x}-{:x}", md.dev(), md.ino()));
-        if let Ok(rd) = std::fs::read_dir(&root) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&prefix) && e.path() != dir {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
+        ));
+        let dir = per_path.join(format!("{:x}-{:x}", md.dev(), md.ino()));
+        if let Ok(rd) = std::fs::read_dir(&per_path) {
+            for e in rd.flatten().filter(|e| e.path() != dir) {
+                let _ = std::fs::remove_dir_all(e.path());
             }
         }
         let kept = Kept {
