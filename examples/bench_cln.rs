@@ -128,6 +128,32 @@ fn read_all(root: &Node, path: &str) -> Result<usize, Box<dyn std::error::Error>
     Ok(size as usize)
 }
 
+/// CPU seconds this process has used (user + system): on a busy machine a fairer measure of
+/// work than wall time.
+fn cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
+}
+
+/// Bytes of the files under `dir`.
+fn du(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => du(&e.path()),
+                _ => e.metadata().map_or(0, |m| m.len()),
+            })
+            .sum()
+    })
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = PathBuf::from(
         std::env::args()
@@ -154,15 +180,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     if std::env::args().nth(3).as_deref() == Some("baseline") {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu());
         replay_in_one_transaction(&log, &dir.join("plugin-restore.sqlite3"))?;
         println!(
-            "replay to head, one tx       {:.2} s (the plugin's restore, same SQLite)",
-            t.elapsed().as_secs_f64()
+            "replay to head, one tx       {:.2} s, {:.2} s CPU (the plugin's restore, same SQLite)",
+            t.elapsed().as_secs_f64(),
+            cpu() - c
         );
         return Ok(());
     }
 
+    env_logger::Builder::from_default_env()
+        .format_timestamp_millis()
+        .init();
     let cache_dir = dir.join("cache");
     let cache_mb: u64 = std::env::var("CACHE_MB")
         .ok()
@@ -177,14 +207,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed().as_secs_f64()
     );
     let root = cat.tree(None);
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu());
     let n = read_all(&root, &format!("node.bkp/v{head:010}/lightningd.sqlite3"))?;
     println!(
-        "open head ({} MB), cold      {:.2} s",
+        "open head ({} MB)            {:.2} s, {:.2} s CPU",
         n >> 20,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        cpu() - c
     );
     let mut rng = Rng(7);
+    let c = cpu();
     let mut times = Vec::new();
     for _ in 0..20 {
         let v = 1 + (rng.next() % u64::from(head)) as u32;
@@ -194,16 +226,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "20 random versions           total {:.2} s, median {:.3} s, max {:.3} s",
+        "20 random versions           total {:.2} s, {:.2} s CPU, median {:.3} s, max {:.3} s",
         times.iter().sum::<f64>(),
+        cpu() - c,
         times[10],
         times[19]
     );
     let s = ctx.cache.stats();
     println!(
-        "checkpoints on disk          {} MB (bound {} MB); cache {} hits {} misses {} evictions",
-        ctx.work.checkpoints().used() >> 20,
-        ctx.work.checkpoints().bound() >> 20,
+        "checkpoints on disk          {} MB ({:.1} × the log); cache {} hits {} misses {} evictions",
+        du(&cache_dir.join("clightning")) >> 20,
+        du(&cache_dir.join("clightning")) as f64 / std::fs::metadata(&log)?.len() as f64,
         s.hits,
         s.misses,
         s.evictions

@@ -623,16 +623,27 @@ fn mount_cmd(m: Mount, helper: bool, report: Option<&Report>) -> Result<ExitCode
     mount::preflight(&args)?;
     let listener = m.nbd.as_deref().map(bind_nbd).transpose()?;
     let setup = m.sql.apply(cache.options()?);
-    let cat = scan(&args.source, &setup)?;
-    let points = visible_points(&cat, args.as_of, m.as_of.as_deref())?;
+    // A large SOURCE mounts before its folders are scanned (unless --as-of must be checked).
+    let cat = scan_with(&args.source, &setup, m.as_of.is_none())?;
+    let what = if cat.is_scanned() {
+        let points = visible_points(&cat, args.as_of, m.as_of.as_deref())?;
+        format!(
+            "{} ({})",
+            plural(cat.sets().len(), "backup set"),
+            plural(points, "restore point")
+        )
+    } else {
+        format!(
+            "{} (folders scanned when first opened)",
+            args.source.display()
+        )
+    };
     let also = listener
         .as_ref()
         .map(|l| format!(" and over NBD at {}", l.address()))
         .unwrap_or_default();
     let serving = format!(
-        "serving {} ({}) at {}{also}; Ctrl-C or `restorefs umount {}` unmounts",
-        plural(cat.sets().len(), "backup set"),
-        plural(points, "restore point"),
+        "serving {what} at {}{also}; Ctrl-C or `restorefs umount {}` unmounts",
         args.mountpoint.display(),
         args.mountpoint.display()
     );
@@ -732,6 +743,11 @@ fn visible_points(cat: &Catalog, as_of: Option<UserTime>, typed: Option<&str>) -
 
 /// Scans SOURCE with a spinner on the terminal.
 fn scan(source: &Path, setup: &ScanSetup) -> Result<Catalog> {
+    scan_with(source, setup, false)
+}
+
+/// Scans SOURCE, `lazy`: a folder at a time when first used, if SOURCE is large.
+fn scan_with(source: &Path, setup: &ScanSetup, lazy: bool) -> Result<Catalog> {
     match std::fs::metadata(source) {
         Err(e) => {
             return Err(Error::from_errno(
@@ -749,10 +765,14 @@ fn scan(source: &Path, setup: &ScanSetup) -> Result<Catalog> {
     }
     let bar = spinner("scanning");
     let formats = format::all(&setup.formats);
-    let cat = scan::scan(source, &formats, &setup.ctx, &bar);
+    let cat = if lazy {
+        scan::scan_lazily(source, formats, &setup.ctx, &bar)
+    } else {
+        scan::scan(source, &formats, &setup.ctx, &bar)
+    };
     bar.finish_and_clear();
     let cat = cat?;
-    if cat.sets().is_empty() {
+    if cat.is_empty() {
         return Err(Error::not_found(format!(
             "SOURCE {}: no backups found (looked at any depth for virtnbdbackup folders, Freezer containers and Core Lightning backup files)",
             source.display()

@@ -52,11 +52,11 @@ pub struct Io {
 }
 
 impl ScanContext {
-    /// A cache and a scratch folder under `cache_dir` with the default checkpoint bound.
+    /// A cache, and a scratch folder and kept indexes under `cache_dir`.
     pub fn new(cache: Arc<Cache>, cache_dir: &Path) -> ScanContext {
         ScanContext {
             cache,
-            work: WorkDir::new(cache_dir, crate::workdir::CHECKPOINT_BYTES),
+            work: WorkDir::new(cache_dir),
             index: Some(Arc::new(IndexCache::new(cache_dir))),
             io: Io::default(),
         }

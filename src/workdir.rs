@@ -1,21 +1,15 @@
 //! restorefs' own scratch space: a folder under the cache folder (never next to a backup) for
-//! rebuilt files too large for memory and for checkpoints of rebuilt states. Removed on exit;
-//! folders left by a killed process are removed by the next one.
+//! rebuilt files too large for memory. Removed on exit; folders left by a killed process are
+//! removed by the next one.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-
-use lru::LruCache;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::vfs;
-
-/// Default bound of the checkpoint store: 2 GiB.
-pub const CHECKPOINT_BYTES: u64 = 2 << 30;
 
 /// The default cache folder: `$XDG_CACHE_HOME/restorefs`, else `~/.cache/restorefs`.
 pub fn default_cache_dir() -> PathBuf {
@@ -32,18 +26,21 @@ pub struct WorkDir {
     root: PathBuf,
     dir: OnceLock<std::result::Result<PathBuf, Error>>,
     next: AtomicU64,
-    checkpoints: CheckpointStore,
 }
 
 impl WorkDir {
-    /// Scratch space under `cache_dir`, holding at most `checkpoint_bytes` of checkpoints.
-    pub fn new(cache_dir: &Path, checkpoint_bytes: u64) -> Arc<WorkDir> {
+    /// Scratch space under `cache_dir`.
+    pub fn new(cache_dir: &Path) -> Arc<WorkDir> {
         Arc::new(WorkDir {
             root: cache_dir.to_path_buf(),
             dir: OnceLock::new(),
             next: AtomicU64::new(0),
-            checkpoints: CheckpointStore::new(checkpoint_bytes),
         })
+    }
+
+    /// The cache folder this scratch space is under (where formats keep data between runs).
+    pub fn cache_dir(&self) -> &Path {
+        &self.root
     }
 
     fn dir(&self) -> Result<&Path> {
@@ -66,11 +63,6 @@ impl WorkDir {
     pub fn file(&self, tag: &str) -> Result<PathBuf> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         Ok(self.dir()?.join(format!("{n}-{tag}")))
-    }
-
-    /// The checkpoint store.
-    pub fn checkpoints(&self) -> &CheckpointStore {
-        &self.checkpoints
     }
 }
 
@@ -114,6 +106,63 @@ pub enum Rebuilt {
         /// Its length.
         len: u64,
     },
+    /// Some blocks over a range of another file (a kept checkpoint over the snapshot it was
+    /// made against).
+    Patched(Patched),
+}
+
+/// A file made of a range of another file with some blocks replaced: held in memory are only
+/// the replaced blocks.
+pub struct Patched {
+    /// The file the unreplaced bytes come from (shared: many files may read over one).
+    pub base: Arc<File>,
+    /// Its path, for errors.
+    pub base_path: PathBuf,
+    /// Where the range starts in `base`.
+    pub base_offset: u64,
+    /// The range's length; bytes past it and not replaced are zeros.
+    pub base_len: u64,
+    /// Block size.
+    pub block: u64,
+    /// Numbers of the replaced blocks, ascending.
+    pub index: Vec<u64>,
+    /// Their bytes, in the same order, each `block` long but the file's last.
+    pub data: Vec<u8>,
+    /// The file's length.
+    pub len: u64,
+}
+
+impl Patched {
+    /// Reads at `offset`; short only at the end.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let n = vfs::clamp(offset, buf.len(), self.len);
+        let mut done = 0;
+        while done < n {
+            let at = offset + done as u64;
+            let b = at / self.block;
+            let within = (at % self.block) as usize;
+            let next = match self.index.binary_search(&b) {
+                Ok(i) => {
+                    let start = i * self.block as usize + within;
+                    let k = (self.block as usize - within).min(n - done);
+                    buf[done..done + k].copy_from_slice(&self.data[start..start + k]);
+                    done += k;
+                    continue;
+                }
+                Err(i) => self.index.get(i).map_or(self.len, |&nb| nb * self.block),
+            };
+            // A run of unreplaced bytes up to the next replaced block: one read of the base.
+            let k = usize::try_from(next - at).map_or(n - done, |k| k.min(n - done));
+            let piece = &mut buf[done..done + k];
+            let from_base = vfs::clamp(at, k, self.base_len);
+            self.base
+                .read_exact_at(&mut piece[..from_base], self.base_offset + at)
+                .map_err(|e| Error::io(&self.base_path, &e))?;
+            piece[from_base..].fill(0);
+            done += k;
+        }
+        Ok(n)
+    }
 }
 
 impl Rebuilt {
@@ -137,6 +186,7 @@ impl Rebuilt {
         match self {
             Rebuilt::Memory(d) => d.len() as u64,
             Rebuilt::Disk { len, .. } => *len,
+            Rebuilt::Patched(p) => p.len,
         }
     }
 
@@ -160,6 +210,7 @@ impl Rebuilt {
                     .map_err(|e| Error::io(path, &e))?;
                 Ok(n)
             }
+            Rebuilt::Patched(p) => p.read_at(offset, buf),
         }
     }
 
@@ -168,6 +219,7 @@ impl Rebuilt {
         match self {
             Rebuilt::Memory(d) => d.len() as u64,
             Rebuilt::Disk { .. } => 0,
+            Rebuilt::Patched(p) => (p.data.len() + p.index.len() * 8) as u64,
         }
     }
 
@@ -175,7 +227,7 @@ impl Rebuilt {
     /// cache's bound also bounds the scratch folder (256 MiB of cache: at most 2 GiB on disk).
     pub fn cost(&self) -> u64 {
         match self {
-            Rebuilt::Memory(d) => d.len() as u64,
+            Rebuilt::Memory(_) | Rebuilt::Patched(_) => self.memory(),
             Rebuilt::Disk { len, .. } => len / 8,
         }
     }
@@ -189,107 +241,6 @@ impl Drop for Rebuilt {
     }
 }
 
-/// Key of a checkpoint: (owner id, position) as its user defines them.
-pub type CheckpointKey = (u64, u64);
-
-/// Checkpoint files by key (path, length), and the bytes they take.
-type Files = (LruCache<CheckpointKey, (PathBuf, u64)>, u64);
-
-/// Files of rebuilt states, bounded in total bytes, least recently used dropped first.
-pub struct CheckpointStore {
-    bound: u64,
-    inner: Mutex<Files>,
-    /// Per-owner positions present, for "the nearest checkpoint at or below".
-    index: Mutex<HashMap<u64, std::collections::BTreeSet<u64>>>,
-}
-
-impl CheckpointStore {
-    fn new(bound: u64) -> CheckpointStore {
-        CheckpointStore {
-            bound,
-            inner: Mutex::new((LruCache::unbounded(), 0)),
-            index: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The bound in bytes.
-    pub fn bound(&self) -> u64 {
-        self.bound
-    }
-
-    /// The checkpoint of `owner` at the largest position in `range` that `valid` accepts, opened
-    /// (an open file stays readable even if the checkpoint is evicted meanwhile).
-    pub fn nearest(
-        &self,
-        owner: u64,
-        range: std::ops::RangeInclusive<u64>,
-        valid: impl Fn(u64) -> bool,
-    ) -> Option<(u64, File)> {
-        let positions: Vec<u64> = {
-            let idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
-            idx.get(&owner)?
-                .range(range)
-                .rev()
-                .copied()
-                .filter(|&p| valid(p))
-                .collect()
-        };
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        for pos in positions {
-            if let Some((path, _)) = inner.0.get(&(owner, pos))
-                && let Ok(f) = File::open(path)
-            {
-                return Some((pos, f));
-            }
-        }
-        None
-    }
-
-    /// Whether `owner` has a checkpoint at `pos`.
-    pub fn has(&self, owner: u64, pos: u64) -> bool {
-        let idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        idx.get(&owner).is_some_and(|s| s.contains(&pos))
-    }
-
-    /// Stores a copy of the file at `from` as `owner`'s checkpoint at `pos`.
-    pub fn put(&self, work: &WorkDir, owner: u64, pos: u64, from: &Path) -> Result<()> {
-        let path = work.file("checkpoint")?;
-        let len = std::fs::copy(from, &path).map_err(|e| Error::io(&path, &e))?;
-        let mut evicted = Vec::new();
-        {
-            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((old, old_len)) = inner.0.put((owner, pos), (path, len)) {
-                inner.1 -= old_len;
-                evicted.push(((owner, pos), old));
-            }
-            inner.1 += len;
-            while inner.1 > self.bound && inner.0.len() > 1 {
-                let Some((key, (p, l))) = inner.0.pop_lru() else {
-                    break;
-                };
-                inner.1 -= l;
-                evicted.push((key, p));
-            }
-        }
-        let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        idx.entry(owner).or_default().insert(pos);
-        for ((o, p), file) in evicted {
-            if (o, p) != (owner, pos)
-                && let Some(s) = idx.get_mut(&o)
-            {
-                s.remove(&p);
-            }
-            let _ = std::fs::remove_file(file);
-        }
-        Ok(())
-    }
-
-    /// Bytes of checkpoints on disk.
-    pub fn used(&self) -> u64 {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).1
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,7 +250,7 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let stale = cache.path().join("work-999999999");
         std::fs::create_dir_all(&stale).unwrap();
-        let w = WorkDir::new(cache.path(), 100);
+        let w = WorkDir::new(cache.path());
         assert!(stale.exists(), "nothing happens before first use");
         let f = w.file("x").unwrap();
         assert!(!stale.exists(), "a dead process's folder is removed");
@@ -307,31 +258,6 @@ mod tests {
         let dir = f.parent().unwrap().to_path_buf();
         drop(w);
         assert!(!dir.exists());
-    }
-
-    #[test]
-    fn checkpoints_are_bounded_and_found_by_nearest_position() {
-        let cache = tempfile::tempdir().unwrap();
-        let w = WorkDir::new(cache.path(), 10);
-        let src = cache.path().join("src");
-        std::fs::write(&src, b"1234").unwrap();
-        for pos in [10, 20, 30] {
-            w.checkpoints().put(&w, 1, pos, &src).unwrap();
-        }
-        // 3 × 4 bytes > 10: the oldest is gone.
-        assert_eq!(w.checkpoints().used(), 8);
-        assert!(!w.checkpoints().has(1, 10));
-        let any = |_| true;
-        assert_eq!(
-            w.checkpoints().nearest(1, 0..=25, any).map(|c| c.0),
-            Some(20)
-        );
-        assert_eq!(
-            w.checkpoints().nearest(1, 0..=35, |p| p != 30).map(|c| c.0),
-            Some(20)
-        );
-        assert_eq!(w.checkpoints().nearest(1, 0..=15, any).map(|c| c.0), None);
-        assert_eq!(w.checkpoints().nearest(2, 0..=99, any).map(|c| c.0), None);
     }
 
     #[test]
@@ -350,5 +276,30 @@ mod tests {
         assert_eq!(&buf[..2], b"ef");
         drop(big);
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn patched_files_read_blocks_over_their_base() {
+        let cache = tempfile::tempdir().unwrap();
+        let p = cache.path().join("base");
+        // The base range is bytes 2..10 of the file: "cdefghij".
+        std::fs::write(&p, b"abcdefghijkl").unwrap();
+        let patched = Rebuilt::Patched(Patched {
+            base: Arc::new(File::open(&p).unwrap()),
+            base_path: p.clone(),
+            base_offset: 2,
+            base_len: 8,
+            block: 4,
+            index: vec![1, 3],
+            data: b"WXYZuv".to_vec(),
+            len: 14,
+        });
+        let mut all = vec![0u8; 20];
+        assert_eq!(patched.read_at(0, &mut all).unwrap(), 14);
+        assert_eq!(&all[..14], b"cdefWXYZ\0\0\0\0uv");
+        let mut mid = [0u8; 5];
+        assert_eq!(patched.read_at(3, &mut mid).unwrap(), 5);
+        assert_eq!(&mid, b"fWXYZ");
+        assert_eq!((patched.memory(), patched.len()), (6 + 16, 14));
     }
 }

@@ -404,5 +404,215 @@ fn foreign_key_pragmas_hold_across_checkpoints() {
     for v in [50, 40, 47, 33, 45, 46, 2, 6] {
         assert_eq!(count(v), children[&v], "version {v}");
     }
-    assert!(ctx.work.checkpoints().used() > 0, "a checkpoint was taken");
+    assert!(
+        cache_dir.path().join("clightning").is_dir(),
+        "checkpoints were kept"
+    );
+}
+
+/// A scan of `src` with its own cache folder `cache` and SQL time budget.
+fn scan_with(src: &Path, cache: &Path, timeout: std::time::Duration) -> restorefs::vfs::Node {
+    let ctx = restorefs::model::ScanContext::new(restorefs::cache::Cache::new(64 << 20), cache);
+    let mut options = restorefs::format::FormatOptions::default();
+    options.sql.timeout = timeout;
+    let formats = restorefs::format::all(&options);
+    let hidden = indicatif::ProgressBar::hidden();
+    restorefs::scan::scan(src, &formats, &ctx, &hidden)
+        .unwrap()
+        .tree(None)
+}
+
+/// The canon-v1 hash of a version read through `root`, or the read's error.
+fn canon_of(root: &restorefs::vfs::Node, file: &str, v: u32, tmp: &Path) -> Result<String, String> {
+    let path = format!("{file}/{}/lightningd.sqlite3", name(v));
+    let node = restorefs::vfs::resolve(root, &path).map_err(|e| e.to_string())?;
+    let restorefs::vfs::Node::File(f) = node else {
+        return Err("not a file".into());
+    };
+    let mut buf = vec![0u8; f.size().map_err(|e| e.to_string())? as usize];
+    let mut pos = 0;
+    while pos < buf.len() {
+        let n = f
+            .read_at(pos as u64, &mut buf[pos..])
+            .map_err(|e| e.to_string())?;
+        assert!(n > 0, "{path}: short read");
+        pos += n;
+    }
+    let copy = tmp.join(format!("{file}-{v}.db"));
+    std::fs::write(&copy, &buf).unwrap();
+    Ok(canon_v1(&copy))
+}
+
+/// A few ok versions of every reference log (the first, the middle one and the last: their
+/// checkpoints fit the bound of four times the log).
+fn sample_versions() -> Vec<ClnRow> {
+    let mut by_file: BTreeMap<String, Vec<ClnRow>> = BTreeMap::new();
+    for row in cln_manifest().into_iter().filter(|r| r.ok) {
+        if source().join(&row.file).exists() {
+            by_file.entry(row.file.clone()).or_default().push(row);
+        }
+    }
+    by_file
+        .into_values()
+        .flat_map(|rows| {
+            let n = rows.len();
+            rows.into_iter()
+                .enumerate()
+                .filter(move |(i, _)| *i == 0 || *i + 1 == n || *i == n / 2)
+                .map(|(_, r)| r)
+        })
+        .collect()
+}
+
+#[test]
+fn a_second_run_copies_kept_checkpoints_instead_of_replaying() {
+    let (tmp, cache) = (scratch(), scratch());
+    let rows = sample_versions();
+    assert!(rows.len() >= 12, "{} versions sampled", rows.len());
+    let first = scan_with(&source(), cache.path(), std::time::Duration::from_secs(60));
+    for r in &rows {
+        let v = r.version.unwrap();
+        assert_eq!(
+            canon_of(&first, &r.file, v, tmp.path()).as_ref(),
+            Ok(&r.canon),
+            "{r:?}"
+        );
+    }
+    let kept = cache.path().join("clightning");
+    assert!(kept.is_dir(), "checkpoints are kept in the cache folder");
+    // No time at all for SQL: any replay fails, so every version must come from its copy.
+    let second = scan_with(&source(), cache.path(), std::time::Duration::ZERO);
+    for r in &rows {
+        let v = r.version.unwrap();
+        assert_eq!(
+            canon_of(&second, &r.file, v, tmp.path()).as_ref(),
+            Ok(&r.canon),
+            "{r:?}"
+        );
+    }
+    // And the budget does hold: a version never opened before is replayed, and fails.
+    let fresh = scratch();
+    let none = scan_with(&source(), fresh.path(), std::time::Duration::ZERO);
+    let r = &rows[rows.len() - 1];
+    let e = canon_of(&none, &r.file, r.version.unwrap(), tmp.path()).unwrap_err();
+    assert!(e.contains("--sql-timeout"), "{e}");
+}
+
+/// The kept checkpoint file of the entry at `offset` of a log.
+fn kept_file(cache: &Path, offset: usize) -> PathBuf {
+    let prefix = format!("{offset:016x}-");
+    let paths = std::fs::read_dir(cache.join("clightning")).unwrap();
+    paths
+        .flat_map(|p| std::fs::read_dir(p.unwrap().path()).unwrap())
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(&prefix)
+        })
+        .unwrap_or_else(|| panic!("no checkpoint at offset {offset}"))
+}
+
+#[test]
+fn a_damaged_or_swapped_kept_checkpoint_is_rebuilt_never_served() {
+    let (tmp, cache) = (scratch(), scratch());
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::copy(source().join("plain.bkp"), src.join("plain.bkp")).unwrap();
+    let log = std::fs::read(src.join("plain.bkp")).unwrap();
+    let rows: Vec<ClnRow> = cln_manifest()
+        .into_iter()
+        .filter(|r| r.ok && r.file == "plain.bkp")
+        .collect();
+    let (a, b) = (&rows[rows.len() / 3], &rows[rows.len() * 2 / 3]);
+    let (va, vb) = (a.version.unwrap(), b.version.unwrap());
+    // Each version's entry: the last transaction carrying it.
+    let offset = |v: u32| {
+        *entry_offsets(&log)
+            .iter()
+            .rfind(|&&o| u32::from_be_bytes(log[o + 4..o + 8].try_into().unwrap()) == v)
+            .unwrap()
+    };
+    let minute = std::time::Duration::from_secs(60);
+    let first = scan_with(&src, cache.path(), minute);
+    for r in [a, b] {
+        let v = r.version.unwrap();
+        assert_eq!(
+            canon_of(&first, "plain.bkp", v, tmp.path()).as_ref(),
+            Ok(&r.canon)
+        );
+    }
+    drop(first);
+    let (fa, fb) = (
+        kept_file(cache.path(), offset(va)),
+        kept_file(cache.path(), offset(vb)),
+    );
+    // B's name now holds A's state; A's file has one byte flipped in its middle.
+    std::fs::copy(&fa, &fb).unwrap();
+    let mut bytes = std::fs::read(&fa).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&fa, bytes).unwrap();
+    // Without SQL time neither can be served: neither bad file is taken for its version.
+    let none = scan_with(&src, cache.path(), std::time::Duration::ZERO);
+    for v in [va, vb] {
+        let e = canon_of(&none, "plain.bkp", v, tmp.path()).unwrap_err();
+        assert!(e.contains("--sql-timeout"), "version {v}: {e}");
+    }
+    assert!(!fa.exists() && !fb.exists(), "the bad files are removed");
+    // With time, both are rebuilt right, and kept again.
+    let again = scan_with(&src, cache.path(), minute);
+    for r in [a, b] {
+        let v = r.version.unwrap();
+        assert_eq!(
+            canon_of(&again, "plain.bkp", v, tmp.path()).as_ref(),
+            Ok(&r.canon)
+        );
+    }
+    kept_file(cache.path(), offset(va));
+    kept_file(cache.path(), offset(vb));
+}
+
+#[test]
+fn a_grown_log_keeps_the_checkpoints_of_its_earlier_part() {
+    let (tmp, cache) = (scratch(), scratch());
+    let small = std::fs::read(source().join("small.bkp")).unwrap();
+    let offsets = entry_offsets(&small);
+    let version = |o: usize| u32::from_be_bytes(small[o + 4..o + 8].try_into().unwrap());
+    let cut = offsets[offsets.len() / 2];
+    let early = version(offsets[offsets.len() / 2 - 1]);
+    let rows: BTreeMap<u32, ClnRow> = cln_manifest()
+        .into_iter()
+        .filter(|r| r.ok && r.file == "small.bkp")
+        .map(|r| (r.version.unwrap(), r))
+        .collect();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let log = src.join("small.bkp");
+    std::fs::write(&log, partial_log(&small, cut, early)).unwrap();
+    let minute = std::time::Duration::from_secs(60);
+    let first = scan_with(&src, cache.path(), minute);
+    let canon = canon_of(&first, "small.bkp", early, tmp.path());
+    assert_eq!(canon.as_ref(), Ok(&rows[&early].canon));
+    drop(first);
+    // The plugin appends the rest and rewrites the header, in place.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        f.seek(SeekFrom::Start(cut as u64)).unwrap();
+        f.write_all(&small[cut..]).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(&small[..512]).unwrap();
+    }
+    // No SQL time: the early version can only come from its kept checkpoint; the new head,
+    // never opened, cannot.
+    let grown = scan_with(&src, cache.path(), std::time::Duration::ZERO);
+    let canon = canon_of(&grown, "small.bkp", early, tmp.path());
+    assert_eq!(canon.as_ref(), Ok(&rows[&early].canon));
+    let head = *rows.keys().last().unwrap();
+    assert!(head > early);
+    assert!(canon_of(&grown, "small.bkp", head, tmp.path()).is_err());
 }

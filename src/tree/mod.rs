@@ -3,6 +3,7 @@
 //! `export`, `ls`) walk it as plain `vfs` nodes; nothing here knows a backup format.
 
 mod at_dir;
+mod lazy_dir;
 mod point_dir;
 mod set_dir;
 
@@ -16,6 +17,7 @@ use crate::model::{BackupSet, PointList};
 use crate::timefmt::UserTime;
 use crate::vfs::{Attr, Node, StaticDir, Symlink};
 
+pub use lazy_dir::{Folders, Level, all_sets, has_sets, root as lazy_root};
 pub use point_dir::point_json;
 
 /// The mount tree: each set's folder at its `/`-separated path, points inside, hiding points
@@ -26,12 +28,7 @@ pub fn root<'a>(
 ) -> Node {
     let mut root = Builder::default();
     for (path, set) in sets {
-        let mut b = &mut root;
-        for c in path.split('/') {
-            b = b.children.entry(c.to_owned()).or_default();
-        }
-        b.set = Some(Arc::clone(set));
-        path.clone_into(&mut b.path);
+        root.insert(path, path, set);
     }
     root.build(as_of, SystemTime::now())
 }
@@ -45,14 +42,30 @@ struct Builder {
 }
 
 impl Builder {
-    fn build(self, as_of: Option<UserTime>, now: SystemTime) -> Node {
-        let children: Vec<(String, Node)> = self
-            .children
+    /// Puts `set`, found at `path` under SOURCE, at `at` (`/`-separated, below this folder).
+    fn insert(&mut self, at: &str, path: &str, set: &Arc<dyn BackupSet>) {
+        let mut b = self;
+        for c in at.split('/') {
+            b = b.children.entry(c.to_owned()).or_default();
+        }
+        b.set = Some(Arc::clone(set));
+        path.clone_into(&mut b.path);
+    }
+
+    /// The nodes of this folder's children.
+    fn children(self, as_of: Option<UserTime>, now: SystemTime) -> Vec<(String, Node)> {
+        self.children
             .into_iter()
             .map(|(name, child)| (name, child.build(as_of, now)))
-            .collect();
-        match self.set {
-            Some(set) => set_dir::SetDir::node(set, self.path, as_of, children),
+            .collect()
+    }
+
+    fn build(self, as_of: Option<UserTime>, now: SystemTime) -> Node {
+        let set = self.set.clone();
+        let path = self.path.clone();
+        let children = self.children(as_of, now);
+        match set {
+            Some(set) => set_dir::SetDir::node(set, path, as_of, children),
             None => Node::Dir(StaticDir::new(Attr::read_only(true, now), children)),
         }
     }

@@ -507,6 +507,7 @@ fn exercise(src: &Path, cache_dir: &Path, limits: &Limits, seed: u64) -> CaseSta
     // index cache the first scan filled, and are loaded on first use.
     if rng.one_in(2) {
         damage_kept(cache_dir, &mut rng);
+        damage_kept_checkpoints(&cache_dir.join("clightning"), &mut rng);
         let ctx = ScanContext::new(Cache::new(limits.cache), cache_dir);
         if let Ok(cat) = scan(src, &formats, &ctx, &hidden) {
             walk(&cat.tree(None), 0, limits, &mut rng, &mut stats);
@@ -525,6 +526,22 @@ fn damage_kept(cache_dir: &Path, rng: &mut Rng) {
             mutate_bytes(rng, &mut data);
             let _ = std::fs::write(&path, data);
         }
+/// Damages some of the Core Lightning checkpoints the first scan kept (bytes flipped, cut,
+/// or one file copied over another), as a torn write or a meddler would.
+fn damage_kept_checkpoints(dir: &Path, rng: &mut Rng) {
+    let kept: Vec<PathBuf> = files_below(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "ck"))
+        .collect();
+    if kept.is_empty() || rng.one_in(3) {
+        return;
+    }
+    let victim = rng.pick(&kept).clone();
+    if rng.one_in(3) {
+        let _ = std::fs::copy(rng.pick(&kept), &victim);
+    } else if let Ok(mut data) = std::fs::read(&victim) {
+        mutate_bytes(rng, &mut data);
+        let _ = std::fs::write(&victim, data);
     }
 }
 

@@ -5,6 +5,7 @@
 //! The set is live: a log that grows while mounted shows its new versions (only those the header
 //! names as written, so never a torn one); a log replaced by compaction is read anew.
 
+mod kept;
 mod log;
 mod replay;
 mod resolve;
@@ -28,12 +29,16 @@ use crate::model::{
     BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanContext,
 };
 use crate::vfs::{Attr, FileNode, Node};
-use crate::workdir::{Rebuilt, WorkDir};
+use crate::workdir::{Patched, Rebuilt, WorkDir};
+use kept::{Kept, Stamp, Target};
 use log::{Entry, EntryKind, Probe};
 use replay::Replayer;
 
 /// Checkpoints are taken at least this many versions apart.
 pub const CHECKPOINT_EVERY: u64 = 32;
+/// At most this many checkpoints are taken along one segment (a log of a million tiny
+/// versions would otherwise leave tens of thousands of files).
+const MOST_CHECKPOINTS: u64 = 256;
 /// Replaying one transaction costs about as much as copying this many bytes of database, so a
 /// checkpoint every `size / REPLAY_BYTES` versions keeps the copying no costlier than the
 /// replaying it saves.
@@ -110,10 +115,13 @@ fn known_failure(
 /// An open backup file, as one refresh saw it.
 struct LogFile {
     path: PathBuf,
-    file: File,
+    /// Shared with the kept versions served over its snapshot (no descriptor each).
+    file: Arc<File>,
     /// Cache and checkpoint owner id of this file (a replaced file gets a new one).
     owner: u64,
     mtime: SystemTime,
+    /// Checkpoints of this file kept between runs.
+    kept: Kept,
 }
 
 /// The entries kept by one resolution, shared by the points it made.
@@ -236,6 +244,7 @@ impl ClnSet {
         let Some(log) = st.log.as_ref().map(Arc::clone) else {
             return;
         };
+        log.kept.set_log_len(seen.2);
         let tail = log::walk(&log.file, st.walked, seen.2, &mut st.entries);
         st.walked = st.entries.last().map_or(log::HEADER_LEN, Entry::end);
         let r = resolve::resolve(&st.entries, header.version, tail.as_ref());
@@ -260,9 +269,10 @@ impl ClnSet {
         let file = File::open(&self.path).map_err(|e| Error::io(&self.path, &e))?;
         st.log = Some(Arc::new(LogFile {
             path: self.path.clone(),
-            file,
+            file: Arc::new(file),
             owner: cache::new_owner_id(),
             mtime: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            kept: Kept::open(self.work.cache_dir(), &self.path, md),
         }));
         st.entries.clear();
         st.walked = log::HEADER_LEN;
@@ -546,9 +556,21 @@ impl DbFile {
         let key = self.key();
         // A failed replay is remembered (in `failures` too), never repeated.
         let db = self.cache.get_or_build(key, OnFailure::Remember, || {
-            let path = self.rebuild_file()?;
             // Databases too large for a quarter of the cache stay on disk.
-            let r = Rebuilt::take(path, self.cache.capacity() / 4)?;
+            let max_memory = self.cache.capacity() / 4;
+            if let Some(r) = self.kept_blocks(max_memory) {
+                let cost = r.cost();
+                return Ok((r, cost));
+            }
+            let path = self.rebuild_file()?;
+            // Once kept, the new version is served from its kept blocks like any other.
+            let r = match self.kept_blocks(max_memory) {
+                Some(r) => {
+                    let _ = std::fs::remove_file(&path);
+                    r
+                }
+                None => Rebuilt::take(path, max_memory)?,
+            };
             let cost = r.cost();
             Ok((r, cost))
         })?;
@@ -557,6 +579,56 @@ impl DbFile {
             sizes.insert((key.owner, key.index), r.len());
         }
         Ok(db)
+    }
+
+    /// This version straight from its kept checkpoint: its kept blocks in memory (at most
+    /// `limit` bytes) over the snapshot in the log. No scratch file, no replay.
+    fn kept_blocks(&self, limit: u64) -> Option<Rebuilt> {
+        let target = self.plan.entry(self.upto);
+        if !self.log.kept.has(target) {
+            return None;
+        }
+        let stamp = Stamp {
+            entry: target,
+            base: self.base_entry(),
+        };
+        let mut to = Target::Blocks {
+            limit,
+            index: Vec::new(),
+            data: Vec::new(),
+            len: 0,
+        };
+        match self.log.kept.restore(&stamp, &self.log.file, &mut to) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(m) => {
+                ::log::warn!("a kept checkpoint is unusable and was removed: {m}");
+                return None;
+            }
+        }
+        let Target::Blocks {
+            index, data, len, ..
+        } = to
+        else {
+            return None;
+        };
+        let base = Arc::clone(&self.log.file);
+        ::log::debug!(
+            "{}: version {} copied from a kept checkpoint",
+            self.log.path.display(),
+            target.version
+        );
+        let base_entry = self.base_entry();
+        Some(Rebuilt::Patched(Patched {
+            base,
+            base_path: self.log.path.clone(),
+            base_offset: base_entry.map_or(0, Entry::payload_offset),
+            base_len: base_entry.map_or(0, |b| u64::from(b.length)),
+            block: kept::BLOCK,
+            index,
+            data,
+            len,
+        }))
     }
 
     fn corrupt(&self, e: &Entry, msg: String) -> Error {
@@ -593,11 +665,23 @@ impl DbFile {
             .map_err(|e| Error::io(&self.log.path, &e))?
             .len();
         let budget = self.sql.budget(log_len);
+        let mapped = log::Mapped::new(&self.log.file, &self.log.path)?;
         let start = self.start_from(out)?;
         let first = start.map_or(0, |s| s + 1);
         if first > self.upto {
+            ::log::debug!(
+                "{}: version {} copied from a kept checkpoint",
+                self.log.path.display(),
+                target.version
+            );
             return Ok(());
         }
+        ::log::debug!(
+            "{}: version {}: replaying {} entries",
+            self.log.path.display(),
+            target.version,
+            self.upto + 1 - first
+        );
         let mut r = Replayer::open(out, budget)
             .map_err(|m| self.corrupt(target, format!("version {}: {m}", target.version)))?;
         // Connection settings (foreign_keys) set by PRAGMA-only entries before a checkpoint
@@ -606,59 +690,93 @@ impl DbFile {
             for pos in self.base.map_or(0, |b| b + 1)..first {
                 let e = plan.entry(pos);
                 if e.kind == EntryKind::Transaction && !e.bump {
-                    let payload = log::payload(&self.log.file, &self.log.path, e)?;
-                    r.reapply_pragmas(&payload)
+                    r.reapply_pragmas(mapped.payload(e)?)
                         .map_err(|m| self.corrupt(e, m))?;
                 }
             }
         }
-        self.replay(&mut r, first, out)?;
-        r.finish().map_err(|m| self.failed(target, m))
+        self.replay(&mut r, &mapped, first, out)?;
+        r.finish().map_err(|m| self.failed(target, m))?;
+        // The version itself is kept too: opening it again, in this run or the next, is a copy.
+        self.keep(self.upto, out);
+        Ok(())
     }
 
-    /// Writes the state to replay from into `out`: the nearest checkpoint, else the segment's
-    /// snapshot, else an empty database. Returns the plan position that state is at.
+    /// The snapshot the segment starts from, if any.
+    fn base_entry(&self) -> Option<&Entry> {
+        self.base.map(|b| self.plan.entry(b))
+    }
+
+    /// Keeps the state at plan position `pos`, now in `db`, unless it is kept already (or is the
+    /// snapshot itself, which the log holds).
+    fn keep(&self, pos: usize, db: &Path) {
+        let e = self.plan.entry(pos);
+        if Some(pos) == self.base || self.log.kept.has(e) {
+            return;
+        }
+        let stamp = Stamp {
+            entry: e,
+            base: self.base_entry(),
+        };
+        self.log.kept.put(&stamp, &self.log.file, db);
+    }
+
+    /// Writes the state to replay from into `out`: the nearest kept checkpoint made from these
+    /// same log bytes, else the segment's snapshot, else an empty database. Returns the plan
+    /// position that state is at.
     fn start_from(&self, out: &Path) -> Result<Option<usize>> {
         let plan = &self.plan;
         let lo = self.base.map_or(0, |b| plan.entry(b).offset);
         let hi = plan.entry(self.upto).offset;
-        let from = self
-            .work
-            .checkpoints()
-            .nearest(self.log.owner, lo..=hi, |off| plan.position(off).is_some());
-        match from {
-            Some((off, mut f)) => {
-                let mut w = File::create(out).map_err(|e| Error::io(out, &e))?;
-                std::io::copy(&mut f, &mut w).map_err(|e| Error::io(out, &e))?;
-                Ok(plan.position(off))
-            }
-            None => {
-                match self.base {
-                    Some(b) => {
-                        log::copy_payload(&self.log.file, &self.log.path, plan.entry(b), out)?
-                    }
-                    None => std::fs::write(out, b"").map_err(|e| Error::io(out, &e))?,
-                }
-                Ok(self.base)
+        let at =
+            |off: u64, chain: u128| plan.position(off).filter(|&p| plan.entry(p).chain == chain);
+        let kept = &self.log.kept;
+        for off in kept.candidates(lo..=hi, |off, chain| at(off, chain).is_some()) {
+            let Some(pos) = plan.position(off) else {
+                continue;
+            };
+            let stamp = Stamp {
+                entry: plan.entry(pos),
+                base: self.base_entry(),
+            };
+            match kept.restore(&stamp, &self.log.file, &mut Target::File(out.to_path_buf())) {
+                Ok(true) => return Ok(Some(pos)),
+                Ok(false) => {}
+                Err(m) => ::log::warn!("a kept checkpoint is unusable and was removed: {m}"),
             }
         }
+        match self.base_entry() {
+            Some(b) => {
+                let mut w = File::create(out).map_err(|e| Error::io(out, &e))?;
+                kept::copy_range(&self.log.file, b.payload_offset(), b.length.into(), &mut w)
+                    .map_err(|e| {
+                        Error::io(&self.log.path, &e)
+                            .context(format!("entry at offset {}", b.offset))
+                    })?;
+            }
+            None => std::fs::write(out, b"").map_err(|e| Error::io(out, &e))?,
+        }
+        Ok(self.base)
     }
 
-    /// Replays the kept entries `first..=upto` into `out`, leaving checkpoints on the way.
-    fn replay(&self, r: &mut Replayer, first: usize, out: &Path) -> Result<()> {
-        let owner = self.log.owner;
-        let store = self.work.checkpoints();
+    /// Replays the kept entries `first..=upto` into `out`, keeping checkpoints on the way.
+    fn replay(
+        &self,
+        r: &mut Replayer,
+        mapped: &log::Mapped,
+        first: usize,
+        out: &Path,
+    ) -> Result<()> {
         let every = self.checkpoint_spacing(out);
         let seg_start = self.base.map_or(0, |b| b + 1);
         for pos in first..=self.upto {
             let e = self.plan.entry(pos);
-            let payload = log::payload(&self.log.file, &self.log.path, e)?;
-            r.apply(&payload, e.bump)
+            r.apply(mapped.payload(e)?, e.bump)
                 .map_err(|m| self.failed(e, format!("replaying version {}: {m}", e.version)))?;
             let n = (pos - seg_start + 1) as u64;
-            if e.bump && pos < self.upto && n.is_multiple_of(every) && !store.has(owner, e.offset) {
-                r.commit().map_err(|m| self.failed(e, m))?;
-                store.put(&self.work, owner, e.offset, out)?;
+            if e.bump && pos < self.upto && n.is_multiple_of(every) && !self.log.kept.has(e) {
+                r.flush().map_err(|m| self.failed(e, m))?;
+                self.keep(pos, out);
             }
         }
         Ok(())
@@ -678,15 +796,17 @@ impl DbFile {
     }
 
     /// K, the versions between checkpoints: at least `CHECKPOINT_EVERY`, at least one
-    /// checkpoint's copy worth of replay (`size / REPLAY_BYTES`), and sparse enough that the
-    /// checkpoints of the whole segment fit the store's bound.
+    /// checkpoint's copy worth of replay (`size / REPLAY_BYTES`), at most `MOST_CHECKPOINTS`
+    /// along the segment, and sparse enough that they, were each as large as the database,
+    /// fit the kept bound.
     fn checkpoint_spacing(&self, db: &Path) -> u64 {
         let size = std::fs::metadata(db).map_or(0, |m| m.len()).max(1);
         let versions = (self.upto - self.base.unwrap_or(0)) as u64 + 1;
-        let fit = (self.work.checkpoints().bound() / size).max(1);
+        let fit = (self.log.kept.bound() / size).max(1);
         CHECKPOINT_EVERY
             .max(size / REPLAY_BYTES)
             .max(versions.div_ceil(fit))
+            .max(versions.div_ceil(MOST_CHECKPOINTS))
     }
 }
 

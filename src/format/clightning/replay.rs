@@ -7,6 +7,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::log;
 use super::sandbox::{self, Budget, Sandbox};
 
 /// Splits a transaction payload into its statements (NUL-separated, strict UTF-8).
@@ -132,13 +133,25 @@ impl Replayer {
         }
         let sql = rewrite_pre_4090(sql);
         self.sandbox.enter();
-        let r = self.step_all(&sql);
+        let r = match log::bump_value(&sql) {
+            // The same statement with the version bound: parsed (and authorized) once.
+            Some(n) => self.step_bump(n),
+            None => self.step_all(&sql),
+        };
         self.sandbox.leave();
         r.map_err(|e| self.sandbox.explain(&e))
     }
 
     fn step_all(&self, sql: &str) -> rusqlite::Result<()> {
         let mut st = self.conn.prepare(sql)?;
+        let mut rows = st.raw_query();
+        while rows.next()?.is_some() {}
+        Ok(())
+    }
+
+    fn step_bump(&self, n: i64) -> rusqlite::Result<()> {
+        let mut st = self.conn.prepare_cached(log::BUMP_BOUND)?;
+        st.raw_bind_parameter(1, n)?;
         let mut rows = st.raw_query();
         while rows.next()?.is_some() {}
         Ok(())
@@ -186,6 +199,15 @@ impl Replayer {
             self.in_tx = false;
         }
         Ok(())
+    }
+
+    /// Commits, and moves a WAL database's committed pages into its main file, so that the
+    /// file alone holds the state (for a checkpoint).
+    pub fn flush(&mut self) -> Result<(), String> {
+        self.commit()?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| self.sandbox.explain(&e))
     }
 
     /// Commits and closes the database.

@@ -189,6 +189,7 @@ mod tests {
             kind: EntryKind::Transaction,
             bump,
             forbidden: None,
+            chain: 0,
         }
     }
 

@@ -491,12 +491,13 @@ mod tests {
             let db = tmp.path().join("derive.db");
             let _ = std::fs::remove_file(&db);
             let mut conn = None;
+            let mapped = log::Mapped::new(&file, &path).unwrap();
             for e in &entries {
                 assert_eq!(e.forbidden, None, "{}: {e:?}", path.display());
-                let payload = log::payload(&file, &path, e).unwrap();
+                let payload = mapped.payload(e).unwrap();
                 if e.kind == EntryKind::Snapshot {
                     drop(conn.take());
-                    std::fs::write(&db, &payload).unwrap();
+                    std::fs::write(&db, payload).unwrap();
                     continue;
                 }
                 let c: &mut Connection = conn.get_or_insert_with(|| {
@@ -521,7 +522,7 @@ mod tests {
                     .unwrap();
                     c
                 });
-                for stmt in statements(&payload).unwrap() {
+                for stmt in statements(payload).unwrap() {
                     statements_run += 1;
                     // Damaged and rewound logs hold statements that fail; only the asking counts.
                     let _ = c.execute_batch(&rewrite_pre_4090(stmt));
