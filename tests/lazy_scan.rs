@@ -59,6 +59,7 @@ fn describe(node: &Node, with_bytes: bool) -> String {
             Err(e) => format!("file error: {e}"),
         },
         Node::File(_) => "file".into(),
+        Node::Special(s) => format!("special {:?} {}", s.kind, s.rdev),
     }
 }
 

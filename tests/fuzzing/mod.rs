@@ -526,6 +526,9 @@ fn damage_kept(cache_dir: &Path, rng: &mut Rng) {
             mutate_bytes(rng, &mut data);
             let _ = std::fs::write(&path, data);
         }
+    }
+}
+
 /// Damages some of the Core Lightning checkpoints the first scan kept (bytes flipped, cut,
 /// or one file copied over another), as a torn write or a meddler would.
 fn damage_kept_checkpoints(dir: &Path, rng: &mut Rng) {
