@@ -313,7 +313,8 @@ fn changed_blocks_beyond_the_previous_file_through_the_mount() {
         .read_to_end(&mut all)
         .unwrap_err();
     assert_eq!(e.raw_os_error(), Some(5), "{e}");
-    assert!(m.stderr().contains("undefined"), "{}", m.stderr());
+    let log = m.stderr_once("undefined");
+    assert!(log.contains("undefined"), "{log}");
 }
 
 #[test]

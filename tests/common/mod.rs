@@ -256,6 +256,19 @@ impl Mounted {
         self.log.lock().unwrap().clone()
     }
 
+    /// What the daemon printed, once it holds `needle` or after 10 s (the log reaches the test
+    /// through a pipe a thread drains, a little after the daemon wrote it).
+    pub fn stderr_once(&self, needle: &str) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let log = self.stderr();
+            if log.contains(needle) || start.elapsed() > std::time::Duration::from_secs(10) {
+                return log;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM to the daemon.
     pub fn signal_term(&self) {
         let status = Command::new("kill")
