@@ -18,6 +18,7 @@ pub mod format;
 pub mod fuse;
 pub mod image;
 pub mod indexcache;
+pub mod inside;
 pub mod lz4;
 pub mod model;
 pub mod mount;

@@ -75,6 +75,11 @@ fn freezer_survives_damaged_backups() {
 }
 
 #[test]
+fn fat_survives_damaged_file_systems() {
+    fixed_run(Format::Fat, 150);
+}
+
+#[test]
 fn cases_repeat_from_their_seed() {
     for format in Format::ALL {
         let a = fuzzing::prepare(format, 42);

@@ -77,11 +77,18 @@ pub enum Format {
     Clightning,
     /// OpenStack Freezer backups.
     Freezer,
+    /// FAT12/16/32 file systems (`inside::fat`), read from a partition's bytes.
+    Fat,
 }
 
 impl Format {
     /// Every format.
-    pub const ALL: [Format; 3] = [Format::Virtnbd, Format::Clightning, Format::Freezer];
+    pub const ALL: [Format; 4] = [
+        Format::Virtnbd,
+        Format::Clightning,
+        Format::Freezer,
+        Format::Fat,
+    ];
 
     /// Its name on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -89,6 +96,7 @@ impl Format {
             Format::Virtnbd => "virtnbd",
             Format::Clightning => "clightning",
             Format::Freezer => "freezer",
+            Format::Fat => "fat",
         }
     }
 
@@ -293,6 +301,7 @@ pub fn prepare(format: Format, seed: u64) -> Case {
         Format::Virtnbd => virtnbd_case(&mut rng, &mut case),
         Format::Clightning => clightning_case(&mut rng, &mut case),
         Format::Freezer => freezer_case(&mut rng, &mut case),
+        Format::Fat => fs_image_case(format, &mut rng, &mut case),
     }
     // Over-long hostile names would drown the report; the seed repeats them anyway.
     for m in &mut case.mutations {
@@ -330,8 +339,9 @@ pub fn run_case(
     let spawned = std::thread::Builder::new()
         .name(format!("fuzz-case-{seed:x}"))
         .spawn(move || {
-            let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                exercise(&src, &cache_dir, &lim, seed)
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| match format {
+                Format::Fat => exercise_fs_image(format, &src, &lim, seed),
+                _ => exercise(&src, &cache_dir, &lim, seed),
             }));
             let _ = tx.send(r.map_err(|p| panic_text(&*p)));
         });
@@ -1470,4 +1480,136 @@ pub fn run(
     }
     report.elapsed = start.elapsed();
     report
+}
+
+// ---------------------------------------------------------------------------------------------
+// File systems inside disk images (FAT), read from a partition's bytes
+
+#[path = "../fsimage/mod.rs"]
+mod fsimage;
+
+/// The pristine images of `format`, made once per process by the file system's own tools:
+/// (name, bytes).
+fn fs_images(format: Format) -> &'static [(String, Vec<u8>)] {
+    static FAT: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
+    let make = || {
+        let dir = tempfile::tempdir().expect("temp folder");
+        let mut tree = fsimage::Tree::new();
+        tree.insert("Folder with a long name".into(), None);
+        tree.insert("Folder with a long name/nested".into(), None);
+        let file = |t: &mut fsimage::Tree, name: String, seed: u64, len: usize| {
+            t.insert(name, Some(fsimage::bytes(seed, len)));
+        };
+        file(
+            &mut tree,
+            "Folder with a long name/nested/Data file.bin".into(),
+            1,
+            20_000,
+        );
+        file(&mut tree, "empty".into(), 2, 0);
+        file(&mut tree, "Ünïcödé.txt".into(), 3, 700);
+        for i in 0..40 {
+            file(
+                &mut tree,
+                format!("Folder with a long name/entry {i}.txt"),
+                10 + i,
+                i as usize * 37,
+            );
+        }
+        [12, 16, 32]
+            .into_iter()
+            .map(|bits| {
+                // mtools wants FAT32 to have 65,525 clusters: its image is cut after the
+                // files (the rest is free space), as small cases run faster.
+                let kib = match bits {
+                    12 => 1200,
+                    16 => 2100,
+                    _ => 36_000,
+                };
+                let img =
+                    fsimage::make_fat(dir.path(), (bits, &["-s", "1"]), kib, &tree, 1_700_000_000);
+                let mut bytes = std::fs::read(img).expect("image");
+                bytes.truncate(1500 << 10);
+                (format!("fat{bits}"), bytes)
+            })
+            .collect()
+    };
+    match format {
+        Format::Fat => FAT.get_or_init(make),
+        _ => &[],
+    }
+}
+
+/// Writes a damaged copy of one of `format`'s images to SOURCE/fs.img.
+fn fs_image_case(format: Format, rng: &mut Rng, case: &mut Case) {
+    let images = fs_images(format);
+    let (name, pristine) = &images[rng.below(images.len())];
+    let mut img = pristine.clone();
+    case.mutations.push(format!("image {name}"));
+    for _ in 0..1 + rng.below(4) {
+        let what = match rng.below(4) {
+            0 => mutate_bytes(rng, &mut img),
+            1 => fat_entry_mutation(rng, &mut img),
+            _ => {
+                // Metadata lives near the start: boot sector, FATs, root and first folders.
+                let cut = (96 << 10).min(img.len());
+                let mut head = img[..cut].to_vec();
+                let what = mutate_bytes(rng, &mut head);
+                img.splice(..cut, head);
+                format!("metadata: {what}")
+            }
+        };
+        case.mutations.push(what);
+    }
+    std::fs::write(case.source().join("fs.img"), &img).expect("write image");
+}
+
+/// Sets one FAT entry to a hostile value (a loop to itself, free, bad, end, out of range).
+fn fat_entry_mutation(rng: &mut Rng, img: &mut [u8]) -> String {
+    if img.len() < 512 {
+        return "no boot sector".into();
+    }
+    let u16at = |at: usize| usize::from(u16::from_le_bytes([img[at], img[at + 1]]));
+    let (bps, reserved) = (u16at(11), u16at(14));
+    let fat_bytes = match u16at(22) {
+        0 => u32::from_le_bytes([img[36], img[37], img[38], img[39]]) as usize,
+        n => n,
+    }
+    .saturating_mul(bps)
+    .min(img.len());
+    let start = reserved.saturating_mul(bps).min(img.len());
+    let entries = fat_bytes.min(img.len() - start) / 2;
+    if entries < 4 {
+        return "no FAT entries".into();
+    }
+    let i = 2 + rng.below(entries.min(400) - 2);
+    let v: u16 = match rng.below(6) {
+        0 => i as u16,
+        1 => 0,
+        2 => 0xfff7,
+        3 => 0xffff,
+        4 => rng.below(entries) as u16,
+        _ => 1,
+    };
+    img[start + 2 * i..start + 2 * i + 2].copy_from_slice(&v.to_le_bytes());
+    format!("16-bit FAT word {i} set to {v:#x}")
+}
+
+/// Opens SOURCE/fs.img with `format`'s reader and walks it like a mount would.
+fn exercise_fs_image(format: Format, src: &Path, limits: &Limits, seed: u64) -> CaseStats {
+    let mut stats = CaseStats::default();
+    let mut rng = Rng::new(seed ^ 0x1a5e);
+    let dev = fsimage::LocalFile::open(&src.join("fs.img"));
+    let opened = match format {
+        Format::Fat => restorefs::inside::fat::open(dev, "fs.img"),
+        _ => return stats,
+    };
+    match opened {
+        Ok(root) => walk(&root, 0, limits, &mut rng, &mut stats),
+        Err(e) => {
+            let _ = e.to_string();
+            stats.errors += 1;
+        }
+    }
+    stats
 }
