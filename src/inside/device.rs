@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::vfs::FileNode;
 
 /// Bytes a [`Device`] reads ahead of a small read (MFT records and index blocks are 1–4 KiB).
-const BUF: usize = 64 << 10;
+const BUF: usize = 16 << 10;
 
 /// Fills `buf` from `offset` of `dev`; a short read is an error naming `what`, the offset and
 /// the `structure` that was being read.
@@ -42,24 +42,27 @@ pub fn read_exact_at(
 }
 
 /// `Read + Seek` over a device node, for one operation of one thread (cheap to make: each
-/// call of a reader makes its own, so readers share no cursor).
+/// call of a reader makes its own, so readers share no cursor). It hands out at most a
+/// budget of bytes: a crate walking hostile metadata in circles fails instead of running on.
 pub struct Device {
     dev: Arc<dyn FileNode>,
     size: u64,
     pos: u64,
+    budget: u64,
     buf: Vec<u8>,
     /// Device offset of `buf[0]`.
     buf_at: u64,
 }
 
 impl Device {
-    /// A stream at offset 0 of `dev`.
-    pub fn new(dev: Arc<dyn FileNode>) -> Result<Device> {
+    /// A stream at offset 0 of `dev` that reads at most `budget` bytes.
+    pub fn new(dev: Arc<dyn FileNode>, budget: u64) -> Result<Device> {
         let size = dev.size()?;
         Ok(Device {
             dev,
             size,
             pos: 0,
+            budget,
             buf: Vec::new(),
             buf_at: 0,
         })
@@ -72,6 +75,19 @@ fn io_error(e: Error) -> io::Error {
 
 impl Read for Device {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.read_buffered(out)?;
+        self.budget = self.budget.checked_sub(n as u64).ok_or_else(|| {
+            io::Error::other(format!(
+                "gave up at offset {}: the structures read for one request exceed their budget (corrupt metadata?)",
+                self.pos
+            ))
+        })?;
+        Ok(n)
+    }
+}
+
+impl Device {
+    fn read_buffered(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let in_buf = self.pos >= self.buf_at && self.pos < self.buf_at + self.buf.len() as u64;
         if !in_buf {
             let n = crate::vfs::clamp(self.pos, out.len(), self.size);
@@ -130,7 +146,7 @@ mod tests {
 
     #[test]
     fn reads_and_seeks_like_a_file() {
-        let mut d = Device::new(dev(200_000)).unwrap();
+        let mut d = Device::new(dev(200_000), 1 << 20).unwrap();
         let mut b = [0u8; 10];
         d.seek(SeekFrom::Start(1000)).unwrap();
         d.read_exact(&mut b).unwrap();
@@ -144,6 +160,9 @@ mod tests {
         assert_eq!(big[0], (150_000 % 251) as u8);
         assert_eq!(d.read(&mut big).unwrap(), 0);
         assert!(d.seek(SeekFrom::Current(-300_000)).is_err());
+        let mut small = Device::new(dev(200_000), 15).unwrap();
+        small.read_exact(&mut b).unwrap();
+        assert!(small.read_exact(&mut b).is_err());
     }
 
     #[test]

@@ -214,3 +214,51 @@ pub fn make_fat(
         .arg("::/"));
     img
 }
+
+/// Whether `path` is a mount point (per /proc/self/mountinfo).
+fn mounted(path: &Path) -> bool {
+    let want = path.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// An NTFS image of `mib` MiB made by `mkntfs`, filled by `fill` through an `ntfs-3g` mount
+/// (with `options`) of it, unmounted and flushed before this returns.
+pub fn make_ntfs(dir: &Path, mib: u64, options: &str, fill: impl FnOnce(&Path)) -> PathBuf {
+    let img = dir.join("ntfs.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(mib << 20)
+        .unwrap();
+    run(Command::new("mkntfs").args(["-F", "-f", "-q"]).arg(&img));
+    let mnt = dir.join("ntfs-mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mnt = mnt.canonicalize().unwrap();
+    let mut daemon = Command::new("ntfs-3g")
+        .args(["-o", &format!("no_detach,{options}")])
+        .arg(&img)
+        .arg(&mnt)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ntfs-3g (.ci/run installs it)");
+    let started = std::time::Instant::now();
+    while !mounted(&mnt) {
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "ntfs-3g did not mount {}",
+            img.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let filled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fill(&mnt)));
+    run(Command::new("umount").arg(&mnt));
+    // ntfs-3g writes everything back before it exits.
+    assert!(daemon.wait().unwrap().success(), "ntfs-3g failed");
+    if let Err(p) = filled {
+        std::panic::resume_unwind(p);
+    }
+    img
+}
