@@ -80,6 +80,11 @@ fn fat_survives_damaged_file_systems() {
 }
 
 #[test]
+fn ntfs_survives_damaged_file_systems() {
+    fixed_run(Format::Ntfs, 150);
+}
+
+#[test]
 fn cases_repeat_from_their_seed() {
     for format in Format::ALL {
         let a = fuzzing::prepare(format, 42);

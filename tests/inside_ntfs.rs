@@ -248,3 +248,99 @@ fn compressed_ntfs_files_fail_with_a_clear_error() {
     );
     assert_eq!(err.errno(), libc::EIO);
 }
+
+/// Offset of the MFT record whose $FILE_NAME holds `name` (found here by scanning the image).
+fn record_of(img: &[u8], name: &str) -> usize {
+    let utf16: Vec<u8> = name.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    (0..img.len() / 1024)
+        .map(|i| i * 1024)
+        .find(|&r| {
+            if &img[r..r + 4] != b"FILE" {
+                return false;
+            }
+            let a = attribute(img, r, 0x30);
+            let len = u32::from_le_bytes(img[a + 4..a + 8].try_into().unwrap()) as usize;
+            img[a..a + len].windows(utf16.len()).any(|w| w == utf16)
+        })
+        .unwrap_or_else(|| panic!("no record names {name}"))
+}
+
+/// Offset of the first attribute of type `ty` in the record at `r` (or of its end).
+fn attribute(img: &[u8], r: usize, ty: u32) -> usize {
+    let mut a = r + usize::from(u16::from_le_bytes([img[r + 0x14], img[r + 0x15]]));
+    while a + 8 < r + 1024 {
+        let t = u32::from_le_bytes(img[a..a + 4].try_into().unwrap());
+        if t == ty || t == 0xffff_ffff {
+            break;
+        }
+        a += (u32::from_le_bytes(img[a + 4..a + 8].try_into().unwrap()) as usize).max(8);
+    }
+    a.min(r + 1016)
+}
+
+/// Opens a damaged image and lists or reads `path`; the error, within 5 seconds.
+fn error_at(img: &[u8], dir: &Path, path: &str) -> String {
+    let p = dir.join("damaged.img");
+    std::fs::write(&p, img).unwrap();
+    let started = std::time::Instant::now();
+    let result =
+        ntfs::open(LocalFile::open(&p), "vm1/vda p2").and_then(|root| {
+            match vfs::resolve(&root, path)? {
+                Node::Dir(d) => d.entries().map(drop),
+                Node::File(f) => f.read_at(0, &mut vec![0; 20_000]).map(drop),
+                Node::Symlink(_) => Ok(()),
+            }
+        });
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{path}: too slow"
+    );
+    result.expect_err("the damage went unnoticed").to_string()
+}
+
+#[test]
+fn damaged_ntfs_gives_errors_naming_image_offset_and_structure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, _) = ntfs_image(dir.path());
+    let good = std::fs::read(&img).unwrap();
+    let leaf = record_of(&good, "leaf.bin");
+    let folder = record_of(&good, "and deeper");
+    let data = attribute(&good, leaf, 0x80);
+    let runs = data + usize::from(u16::from_le_bytes([good[data + 0x20], good[data + 0x21]]));
+    // The first run's cluster, made as large as its field holds.
+    let mut far = vec![0xff; usize::from(good[runs] >> 4) - 1];
+    far.push(0x7f);
+    let cases: Vec<(&str, usize, &[u8], &str, &str)> = vec![
+        ("boot sector", 11, &[3, 0], "", "boot sector"),
+        (
+            "file record",
+            leaf,
+            b"XXXX",
+            "deep/er/and deeper/leaf.bin",
+            "MFT record",
+        ),
+        (
+            "folder record",
+            folder,
+            b"XXXX",
+            "deep/er/and deeper",
+            "MFT record",
+        ),
+        (
+            "data run past the volume",
+            runs + 1 + usize::from(good[runs] & 0x0f),
+            &far,
+            "deep/er/and deeper/leaf.bin",
+            "past the end",
+        ),
+    ];
+    for (name, at, bytes, path, expect) in cases {
+        let mut bad = good.clone();
+        bad[at..at + bytes.len()].copy_from_slice(bytes);
+        let err = error_at(&bad, dir.path(), path);
+        assert!(
+            err.contains("vm1/vda p2") && err.contains("at offset") && err.contains(expect),
+            "{name}: {err}"
+        );
+    }
+}

@@ -41,6 +41,27 @@ const MAX_PIECES: usize = 1 << 16;
 /// returns its root folder.
 pub fn open(dev: Arc<dyn FileNode>, what: &str) -> Result<Node> {
     let what = PathBuf::from(what);
+    guard(&what, "NTFS boot sector and root folder", || {
+        open_root(dev, what.clone())
+    })
+}
+
+/// Runs `f`, turning a panic of the `ntfs` crate into an error: with the checks here its
+/// known panics on damaged metadata cannot happen, but an I/O error from the image in the
+/// middle of one of its structures still makes it panic (it expects no such error there).
+fn guard<T>(what: &std::path::Path, structure: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(Error::corrupt(
+            what,
+            0,
+            format!("{structure}: the ntfs crate failed (damaged metadata or a read error)"),
+        ))
+    })
+}
+
+fn open_root(dev: Arc<dyn FileNode>, what: PathBuf) -> Result<Node> {
+    let mut boot = [0u8; 512];
+    read_exact_at(dev.as_ref(), &what, 0, &mut boot, "NTFS boot sector")?;
     let mut d = Device::new(dev.clone(), METADATA_BUDGET)?;
     let ntfs = Ntfs::new(&mut d).map_err(|e| ntfs_error(&what, 0, "NTFS boot sector", &e))?;
     let vol = Arc::new(Volume {
@@ -105,11 +126,138 @@ impl Volume {
         ntfs_error(&self.what, at, structure, e)
     }
 
-    /// MFT record `frn`.
+    /// MFT record `frn`, its attribute list checked (the crate panics on some damaged ones).
     fn record<'n>(&'n self, d: &mut Device, frn: u64) -> Result<NtfsFile<'n>> {
-        self.ntfs
+        let file = self
+            .ntfs
             .file(d, frn)
-            .map_err(|e| self.error(0, &format!("MFT record {frn}"), &e))
+            .map_err(|e| self.error(0, &format!("MFT record {frn}"), &e))?;
+        self.check_attribute_list(position(&file))?;
+        Ok(file)
+    }
+
+    /// The MFT record at `at`, with its update sequence applied.
+    fn raw_record(&self, at: u64) -> Result<Vec<u8>> {
+        let vol = self;
+        let mut rec = vec![0u8; vol.ntfs.file_record_size() as usize];
+        read_exact_at(vol.dev.as_ref(), &vol.what, at, &mut rec, "MFT record")?;
+        let bad = |msg: &str| Error::corrupt(&vol.what, at, format!("MFT record: {msg}"));
+        if rec.len() < 48 || &rec[..4] != b"FILE" {
+            return Err(bad("no FILE signature"));
+        }
+        let usa = usize::from(u16::from_le_bytes([rec[4], rec[5]]));
+        let count = usize::from(u16::from_le_bytes([rec[6], rec[7]]));
+        if count == 0 || usa + 2 * count > rec.len() || (count - 1) * 512 > rec.len() {
+            return Err(bad("update sequence array out of the record"));
+        }
+        for i in 1..count {
+            let p = i * 512 - 2;
+            if rec[p..p + 2] != rec[usa..usa + 2] {
+                return Err(bad("torn write (update sequence mismatch)"));
+            }
+            rec[p] = rec[usa + 2 * i];
+            rec[p + 1] = rec[usa + 2 * i + 1];
+        }
+        Ok(rec)
+    }
+
+    /// Refuses an attribute list that would make the crate read past its end while parsing
+    /// an entry header (a panic in `ntfs` 0.4), and attributes that must be resident but are not.
+    fn check_attribute_list(&self, at: u64) -> Result<()> {
+        let rec = self.raw_record(at)?;
+        let bad = |off: usize, msg: &str| {
+            Error::corrupt(
+                &self.what,
+                at + off as u64,
+                format!("MFT record attribute: {msg}"),
+            )
+        };
+        let u16at = |o: usize| usize::from(u16::from_le_bytes([rec[o], rec[o + 1]]));
+        let u32at = |o: usize| u32::from_le_bytes([rec[o], rec[o + 1], rec[o + 2], rec[o + 3]]);
+        let mut off = u16at(0x14);
+        while off + 16 <= rec.len() {
+            let (ty, len) = (u32at(off), u32at(off + 4) as usize);
+            if ty == 0xffff_ffff || len < 16 || off + len > rec.len() {
+                break;
+            }
+            let resident = rec[off + 8] == 0;
+            if matches!(ty, 0x10 | 0x30) && !resident {
+                return Err(bad(
+                    off,
+                    "a non-resident $STANDARD_INFORMATION or $FILE_NAME",
+                ));
+            }
+            if ty == 0x20 {
+                let list = if resident {
+                    let (vlen, voff) = (u32at(off + 0x10) as usize, u16at(off + 0x14));
+                    rec.get(off + voff..off + voff + vlen)
+                        .ok_or_else(|| bad(off, "attribute list value out of its record"))?
+                        .to_vec()
+                } else {
+                    self.non_resident_list(&rec, off, at)?
+                };
+                let mut i = 0;
+                while i < list.len() {
+                    if list.len() - i < 26 {
+                        return Err(bad(
+                            off,
+                            &format!("attribute list entry at byte {i} is cut short"),
+                        ));
+                    }
+                    let entry = usize::from(u16::from_le_bytes([list[i + 4], list[i + 5]]));
+                    // Shorter than its header and name: the crate refuses it itself.
+                    if entry < 26 + 2 * usize::from(list[i + 6]) {
+                        break;
+                    }
+                    i += entry;
+                }
+            }
+            off += len;
+        }
+        Ok(())
+    }
+
+    /// The bytes of the non-resident attribute list whose header is at `off` of record `rec`.
+    fn non_resident_list(&self, rec: &[u8], off: usize, at: u64) -> Result<Vec<u8>> {
+        let bad = |msg: &str| {
+            Error::corrupt(
+                &self.what,
+                at + off as u64,
+                format!("attribute list: {msg}"),
+            )
+        };
+        let le = |o: usize, n: usize| -> u64 {
+            let mut v = [0u8; 8];
+            v[..n].copy_from_slice(&rec[off + o..off + o + n]);
+            u64::from_le_bytes(v)
+        };
+        if off + 0x40 > rec.len() {
+            return Err(bad("header out of its record"));
+        }
+        let len = (le(4, 4) as usize).min(rec.len() - off);
+        let (pairs, size) = (le(0x20, 2) as usize, le(0x30, 8));
+        if pairs > len || size > 4 << 20 {
+            return Err(bad("runs out of the attribute, or larger than 4 MiB"));
+        }
+        let cluster = u64::from(self.ntfs.cluster_size());
+        let runs = decode_runs(&rec[off + pairs..off + len], cluster).map_err(|m| bad(&m))?;
+        let mut out = vec![0u8; size as usize];
+        let mut done = 0usize;
+        for r in runs {
+            if done >= out.len() {
+                break;
+            }
+            let n = (r.len.min((out.len() - done) as u64)) as usize;
+            if let Some(disk) = r.disk {
+                let part = &mut out[done..done + n];
+                read_exact_at(self.dev.as_ref(), &self.what, disk, part, "attribute list")?;
+            }
+            done += n;
+        }
+        if done < out.len() {
+            return Err(bad("runs end before the list does"));
+        }
+        Ok(out)
     }
 
     /// The node of file `frn`, shared by all its names.
@@ -229,7 +377,8 @@ impl NtfsDir {
         if let Some(l) = &*self.listing.lock().unwrap_or_else(|p| p.into_inner()) {
             return Ok(l.clone());
         }
-        let l = Arc::new(self.list()?);
+        let structure = format!("NTFS folder in MFT record {}", self.frn);
+        let l = Arc::new(guard(&self.vol.what, &structure, || self.list())?);
         *self.listing.lock().unwrap_or_else(|p| p.into_inner()) = Some(l.clone());
         Ok(l)
     }
@@ -307,7 +456,8 @@ impl NtfsFileNode {
         if let Some(i) = &*self.info.lock().unwrap_or_else(|p| p.into_inner()) {
             return Ok(i.clone());
         }
-        let i = Arc::new(self.load()?);
+        let structure = format!("NTFS file in MFT record {}", self.frn);
+        let i = Arc::new(guard(&self.vol.what, &structure, || self.load())?);
         *self.info.lock().unwrap_or_else(|p| p.into_inner()) = Some(i.clone());
         Ok(i)
     }
@@ -395,7 +545,7 @@ impl NtfsFileNode {
     /// Decodes the non-resident attribute header at `off` in the record at `record_at`.
     fn raw_piece(&self, record_at: u64, off: usize) -> Result<Piece> {
         let vol = &self.vol;
-        let rec = self.raw_record(record_at)?;
+        let rec = vol.raw_record(record_at)?;
         let at = record_at + off as u64;
         let bad = |msg: &str| Error::corrupt(&vol.what, at, format!("NTFS $DATA attribute: {msg}"));
         let le = |o: usize, n: usize| -> u64 {
@@ -430,31 +580,6 @@ impl NtfsFileNode {
             runs,
             sizes: (le(0x30, 8), le(0x38, 8)),
         })
-    }
-
-    /// The MFT record at `at`, with its update sequence applied.
-    fn raw_record(&self, at: u64) -> Result<Vec<u8>> {
-        let vol = &self.vol;
-        let mut rec = vec![0u8; vol.ntfs.file_record_size() as usize];
-        read_exact_at(vol.dev.as_ref(), &vol.what, at, &mut rec, "MFT record")?;
-        let bad = |msg: &str| Error::corrupt(&vol.what, at, format!("MFT record: {msg}"));
-        if rec.len() < 48 || &rec[..4] != b"FILE" {
-            return Err(bad("no FILE signature"));
-        }
-        let usa = usize::from(u16::from_le_bytes([rec[4], rec[5]]));
-        let count = usize::from(u16::from_le_bytes([rec[6], rec[7]]));
-        if count == 0 || usa + 2 * count > rec.len() || (count - 1) * 512 > rec.len() {
-            return Err(bad("update sequence array out of the record"));
-        }
-        for i in 1..count {
-            let p = i * 512 - 2;
-            if rec[p..p + 2] != rec[usa..usa + 2] {
-                return Err(bad("torn write (update sequence mismatch)"));
-            }
-            rec[p] = rec[usa + 2 * i];
-            rec[p + 1] = rec[usa + 2 * i + 1];
-        }
-        Ok(rec)
     }
 
     /// The file's size and content from its $DATA pieces, checked to follow one another.
@@ -530,7 +655,8 @@ impl NtfsFileNode {
         while let Some(item) = attrs.next(d) {
             let a = item?;
             let a = a.to_attribute()?;
-            if a.ty()? == ntfs::NtfsAttributeType::FileName {
+            // A non-resident name is damage; the crate would parse it from the device.
+            if a.ty()? == NtfsAttributeType::FileName && a.is_resident() {
                 let name: NtfsFileName = a.structured_value(d)?;
                 n += u32::from(name.namespace() != NtfsFileNamespace::Dos);
             }

@@ -1,6 +1,6 @@
 //! File system images made by the file systems' own tools (`mkfs.vfat` + `mcopy`, `mkntfs` +
 //! `ntfs-3g`) from source trees the tests write, and what the readers should show of them.
-//! Shared by the FAT and NTFS tests and the fuzz harness.
+//! Shared by the FAT and NTFS tests; the fuzz harness reads images through `LocalFile`.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -186,21 +186,13 @@ pub fn sha(b: &[u8]) -> String {
         .collect()
 }
 
-/// A FAT image of `kib` KiB made by `mkfs.vfat -F bits` (and `mkfs` options) holding `tree`
-/// (copied by `mcopy`).
-pub fn make_fat(
-    dir: &Path,
-    (bits, mkfs): (u32, &[&str]),
-    kib: u64,
-    tree: &Tree,
-    mtime: u64,
-) -> PathBuf {
+/// A FAT image of `kib` KiB made by `mkfs.vfat -F bits` holding `tree` (copied by `mcopy`).
+pub fn make_fat(dir: &Path, bits: u32, kib: u64, tree: &Tree, mtime: u64) -> PathBuf {
     let src = dir.join(format!("fat{bits}-src"));
     write_tree(&src, tree, mtime);
     let img = dir.join(format!("fat{bits}.img"));
     run(Command::new("mkfs.vfat")
         .args(["-C", "-F", &bits.to_string()])
-        .args(mkfs)
         .arg(&img)
         .arg(kib.to_string()));
     let top: Vec<PathBuf> = std::fs::read_dir(&src)

@@ -79,15 +79,18 @@ pub enum Format {
     Freezer,
     /// FAT12/16/32 file systems (`inside::fat`), read from a partition's bytes.
     Fat,
+    /// NTFS file systems (`inside::ntfs`), read from a partition's bytes.
+    Ntfs,
 }
 
 impl Format {
     /// Every format.
-    pub const ALL: [Format; 4] = [
+    pub const ALL: [Format; 5] = [
         Format::Virtnbd,
         Format::Clightning,
         Format::Freezer,
         Format::Fat,
+        Format::Ntfs,
     ];
 
     /// Its name on the command line and in reports.
@@ -97,6 +100,7 @@ impl Format {
             Format::Clightning => "clightning",
             Format::Freezer => "freezer",
             Format::Fat => "fat",
+            Format::Ntfs => "ntfs",
         }
     }
 
@@ -301,7 +305,7 @@ pub fn prepare(format: Format, seed: u64) -> Case {
         Format::Virtnbd => virtnbd_case(&mut rng, &mut case),
         Format::Clightning => clightning_case(&mut rng, &mut case),
         Format::Freezer => freezer_case(&mut rng, &mut case),
-        Format::Fat => fs_image_case(format, &mut rng, &mut case),
+        Format::Fat | Format::Ntfs => fs_image_case(format, &mut rng, &mut case),
     }
     // Over-long hostile names would drown the report; the seed repeats them anyway.
     for m in &mut case.mutations {
@@ -340,7 +344,7 @@ pub fn run_case(
         .name(format!("fuzz-case-{seed:x}"))
         .spawn(move || {
             let r = std::panic::catch_unwind(AssertUnwindSafe(|| match format {
-                Format::Fat => exercise_fs_image(format, &src, &lim, seed),
+                Format::Fat | Format::Ntfs => exercise_fs_image(format, &src, &lim, seed),
                 _ => exercise(&src, &cache_dir, &lim, seed),
             }));
             let _ = tx.send(r.map_err(|p| panic_text(&*p)));
@@ -1483,59 +1487,33 @@ pub fn run(
 }
 
 // ---------------------------------------------------------------------------------------------
-// File systems inside disk images (FAT), read from a partition's bytes
+// File systems inside disk images (FAT, NTFS), read from a partition's bytes
 
 #[path = "../fsimage/mod.rs"]
 mod fsimage;
 
-/// The pristine images of `format`, made once per process by the file system's own tools:
-/// (name, bytes).
+/// The pristine images of `format` (made by `scripts/make-fs-samples.sh` with the file
+/// systems' own tools), read once per process: (name, bytes).
 fn fs_images(format: Format) -> &'static [(String, Vec<u8>)] {
     static FAT: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
-    let make = || {
-        let dir = tempfile::tempdir().expect("temp folder");
-        let mut tree = fsimage::Tree::new();
-        tree.insert("Folder with a long name".into(), None);
-        tree.insert("Folder with a long name/nested".into(), None);
-        let file = |t: &mut fsimage::Tree, name: String, seed: u64, len: usize| {
-            t.insert(name, Some(fsimage::bytes(seed, len)));
-        };
-        file(
-            &mut tree,
-            "Folder with a long name/nested/Data file.bin".into(),
-            1,
-            20_000,
-        );
-        file(&mut tree, "empty".into(), 2, 0);
-        file(&mut tree, "Ünïcödé.txt".into(), 3, 700);
-        for i in 0..40 {
-            file(
-                &mut tree,
-                format!("Folder with a long name/entry {i}.txt"),
-                10 + i,
-                i as usize * 37,
-            );
-        }
-        [12, 16, 32]
-            .into_iter()
-            .map(|bits| {
-                // mtools wants FAT32 to have 65,525 clusters: its image is cut after the
-                // files (the rest is free space), as small cases run faster.
-                let kib = match bits {
-                    12 => 1200,
-                    16 => 2100,
-                    _ => 36_000,
-                };
-                let img =
-                    fsimage::make_fat(dir.path(), (bits, &["-s", "1"]), kib, &tree, 1_700_000_000);
-                let mut bytes = std::fs::read(img).expect("image");
-                bytes.truncate(1500 << 10);
-                (format!("fat{bits}"), bytes)
+    static NTFS: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
+    let load = |names: &[&str]| -> Vec<(String, Vec<u8>)> {
+        names
+            .iter()
+            .map(|name| {
+                let path = data_dir().join("fs").join(format!("{name}.img.gz"));
+                let gz = std::fs::File::open(&path).expect("sample image");
+                let mut bytes = Vec::new();
+                flate2::read::GzDecoder::new(gz)
+                    .read_to_end(&mut bytes)
+                    .expect("gzip");
+                ((*name).to_owned(), bytes)
             })
             .collect()
     };
     match format {
-        Format::Fat => FAT.get_or_init(make),
+        Format::Fat => FAT.get_or_init(|| load(&["fat12", "fat16", "fat32"])),
+        Format::Ntfs => NTFS.get_or_init(|| load(&["ntfs"])),
         _ => &[],
     }
 }
@@ -1549,7 +1527,8 @@ fn fs_image_case(format: Format, rng: &mut Rng, case: &mut Case) {
     for _ in 0..1 + rng.below(4) {
         let what = match rng.below(4) {
             0 => mutate_bytes(rng, &mut img),
-            1 => fat_entry_mutation(rng, &mut img),
+            1 if format == Format::Fat => fat_entry_mutation(rng, &mut img),
+            1 => mft_record_mutation(rng, &mut img),
             _ => {
                 // Metadata lives near the start: boot sector, FATs, root and first folders.
                 let cut = (96 << 10).min(img.len());
@@ -1595,6 +1574,37 @@ fn fat_entry_mutation(rng: &mut Rng, img: &mut [u8]) -> String {
     format!("16-bit FAT word {i} set to {v:#x}")
 }
 
+/// Damages one field of one MFT record (the MFT of a fresh small volume is contiguous).
+fn mft_record_mutation(rng: &mut Rng, img: &mut [u8]) -> String {
+    if img.len() < 512 {
+        return "no boot sector".into();
+    }
+    let cluster = u64::from(u16::from_le_bytes([img[11], img[12]])) * u64::from(img[13]);
+    let mft_lcn = u64::from_le_bytes(img[0x30..0x38].try_into().expect("8 bytes"));
+    let Some(mft) = mft_lcn.checked_mul(cluster).map(|m| m as usize) else {
+        return "MFT position overflows".into();
+    };
+    let record = if rng.one_in(3) {
+        rng.below(16)
+    } else {
+        64 + rng.below(64)
+    };
+    let at = mft
+        .saturating_add(record * 1024)
+        .saturating_add(rng.below(1024));
+    let w = *rng.pick(&[1usize, 2, 4, 8]);
+    if at.saturating_add(w) > img.len() {
+        return format!("MFT record {record} lies past the image");
+    }
+    let v = if rng.one_in(3) {
+        rng.next()
+    } else {
+        *rng.pick(&HUGE)
+    };
+    img[at..at + w].copy_from_slice(&v.to_le_bytes()[..w]);
+    format!("MFT record {record}: {w} bytes at {at} set to {v:#x}")
+}
+
 /// Opens SOURCE/fs.img with `format`'s reader and walks it like a mount would.
 fn exercise_fs_image(format: Format, src: &Path, limits: &Limits, seed: u64) -> CaseStats {
     let mut stats = CaseStats::default();
@@ -1602,6 +1612,7 @@ fn exercise_fs_image(format: Format, src: &Path, limits: &Limits, seed: u64) -> 
     let dev = fsimage::LocalFile::open(&src.join("fs.img"));
     let opened = match format {
         Format::Fat => restorefs::inside::fat::open(dev, "fs.img"),
+        Format::Ntfs => restorefs::inside::ntfs::open(dev, "fs.img"),
         _ => return stats,
     };
     match opened {
