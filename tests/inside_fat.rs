@@ -94,7 +94,7 @@ fn fat_image(dir: &Path, bits: u32) -> (std::path::PathBuf, Tree) {
         _ => 40_000,
     };
     let mut want = source();
-    let img = make_fat(dir, (bits, &[]), kib, &want, MTIME);
+    let img = make_fat(dir, bits, kib, &want, MTIME);
     add_fragmented(&img, dir, &mut want);
     (img, want)
 }
