@@ -76,7 +76,32 @@ fn le32(b: &[u8], at: usize) -> u64 {
     u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
 }
 
+/// Which FAT the boot sector `b` describes (FAT32 when the 16-bit FAT size is 0, like
+/// Linux; else by cluster count), and how many clusters it has that its FAT can describe.
+fn kind_and_clusters(b: &[u8], fat32: bool, clusters: u64, fat_len: u64) -> (Kind, u64) {
+    let kind = if fat32 {
+        Kind::Fat32 {
+            root: le32(b, 44) as u32,
+        }
+    } else if clusters < 4085 {
+        Kind::Fat12
+    } else {
+        Kind::Fat16
+    };
+    // Like Linux: clusters the FAT cannot describe do not exist.
+    let described = match kind {
+        Kind::Fat12 => fat_len * 2 / 3,
+        Kind::Fat16 => fat_len / 2,
+        Kind::Fat32 { .. } => fat_len / 4,
+    };
+    (
+        kind,
+        clusters.min(described.saturating_sub(2)).min(0x0fff_fff5),
+    )
+}
+
 impl Volume {
+    /// Reads and checks the boot sector of `dev`.
     fn read(dev: Arc<dyn FileNode>, what: &str) -> Result<Volume> {
         let what = PathBuf::from(what);
         let mut b = [0u8; 512];
@@ -117,23 +142,8 @@ impl Volume {
         if active >= fats {
             return Err(bad(40, &format!("active FAT {active} of {fats}")));
         }
-        let kind = if fat32 {
-            Kind::Fat32 {
-                root: le32(&b, 44) as u32,
-            }
-        } else if clusters < 4085 {
-            Kind::Fat12
-        } else {
-            Kind::Fat16
-        };
         let fat_len = fat_sectors * bps;
-        // Like Linux: clusters the FAT cannot describe do not exist.
-        let described = match kind {
-            Kind::Fat12 => fat_len * 2 / 3,
-            Kind::Fat16 => fat_len / 2,
-            Kind::Fat32 { .. } => fat_len / 4,
-        };
-        let clusters = clusters.min(described.saturating_sub(2)).min(0x0fff_fff5);
+        let (kind, clusters) = kind_and_clusters(&b, fat32, clusters, fat_len);
         if clusters == 0 {
             return Err(bad(19, "no data clusters"));
         }

@@ -420,14 +420,17 @@ enum Content {
 /// One piece of a $DATA attribute (a large file's runs continue in other MFT records).
 enum Piece {
     Resident(Vec<u8>),
-    NonResident {
-        /// First cluster of the file this piece maps.
-        lowest_vcn: u64,
-        /// Its runs, starting at byte 0 of the piece.
-        runs: Vec<Run>,
-        /// Data and initialized size (valid in the piece with `lowest_vcn` 0).
-        sizes: (u64, u64),
-    },
+    NonResident(Mapped),
+}
+
+/// A non-resident piece of a $DATA attribute.
+struct Mapped {
+    /// First cluster of the file this piece maps.
+    lowest_vcn: u64,
+    /// Its runs, starting at byte 0 of the piece.
+    runs: Vec<Run>,
+    /// Data and initialized size (valid in the piece with `lowest_vcn` 0).
+    sizes: (u64, u64),
 }
 
 /// What a file's MFT record says.
@@ -575,11 +578,11 @@ impl NtfsFileNode {
         }
         let cluster = u64::from(vol.ntfs.cluster_size());
         let runs = decode_runs(&rec[off + pairs..off + len], cluster).map_err(|m| bad(&m))?;
-        Ok(Piece::NonResident {
+        Ok(Piece::NonResident(Mapped {
             lowest_vcn,
             runs,
             sizes: (le(0x30, 8), le(0x38, 8)),
-        })
+        }))
     }
 
     /// The file's size and content from its $DATA pieces, checked to follow one another.
@@ -596,24 +599,21 @@ impl NtfsFileNode {
             return Ok((data.len() as u64, Content::Resident(data)));
         }
         let cluster = u64::from(self.vol.ntfs.cluster_size());
-        let mut runs: Vec<Run> = Vec::new();
-        let mut sizes = (0, 0);
-        let mut parts: Vec<(u64, Vec<Run>, (u64, u64))> = Vec::new();
-        for p in pieces {
-            match p {
-                Piece::Resident(_) => {
-                    return Err(bad("resident data among non-resident pieces".into()));
-                }
-                Piece::NonResident {
-                    lowest_vcn,
-                    runs,
-                    sizes,
-                } => parts.push((lowest_vcn, runs, sizes)),
-            }
-        }
-        parts.sort_by_key(|p| p.0);
-        let mut end = 0u64;
-        for (vcn, piece_runs, piece_sizes) in parts {
+        let mut parts = pieces
+            .into_iter()
+            .map(|p| match p {
+                Piece::NonResident(m) => Ok(m),
+                Piece::Resident(_) => Err(bad("resident data among non-resident pieces".into())),
+            })
+            .collect::<Result<Vec<Mapped>>>()?;
+        parts.sort_by_key(|p| p.lowest_vcn);
+        let (mut runs, mut sizes, mut end) = (Vec::new(), (0, 0), 0u64);
+        for Mapped {
+            lowest_vcn: vcn,
+            runs: piece_runs,
+            sizes: piece_sizes,
+        } in parts
+        {
             let start = vcn
                 .checked_mul(cluster)
                 .filter(|s| *s == end)
