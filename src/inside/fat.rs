@@ -682,3 +682,85 @@ impl FileNode for FatFile {
         self.attr
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The long-name entries (last first, as on disk) of `name` for the short entry `short`.
+    fn lfn(name: &str, short: &[u8; 11]) -> Vec<[u8; 32]> {
+        let sum = short
+            .iter()
+            .fold(0u8, |s, b| s.rotate_right(1).wrapping_add(*b));
+        let mut units: Vec<u16> = name.encode_utf16().collect();
+        units.push(0);
+        let n = units.len().div_ceil(13);
+        units.resize(n * 13, 0xffff);
+        (1..=n)
+            .rev()
+            .map(|seq| {
+                let mut e = [0u8; 32];
+                e[0] = seq as u8 | if seq == n { 0x40 } else { 0 };
+                e[11] = 0x0f;
+                e[13] = sum;
+                for (k, off) in LFN_UNITS.iter().enumerate() {
+                    let u = units[(seq - 1) * 13 + k].to_le_bytes();
+                    e[*off..*off + 2].copy_from_slice(&u);
+                }
+                e
+            })
+            .collect()
+    }
+
+    fn decode(entries: &[[u8; 32]], short: &[u8; 11]) -> Option<String> {
+        let mut l = LongName::default();
+        for e in entries {
+            l.push(e);
+        }
+        let mut s = [0u8; 32];
+        s[..11].copy_from_slice(short);
+        l.finish(&s)
+    }
+
+    #[test]
+    fn long_names_need_every_piece_in_order_and_the_checksum() {
+        let short = b"AVERYL~1TXT";
+        let name = "A very long name, ünïcödé 🎉.txt";
+        let e = lfn(name, short);
+        assert_eq!(decode(&e, short).as_deref(), Some(name));
+        assert_eq!(
+            decode(&e, b"OTHER   TXT"),
+            None,
+            "checksum of another entry"
+        );
+        assert_eq!(decode(&e[1..], short), None, "first piece missing");
+        let mut swapped = e.clone();
+        swapped.swap(0, 1);
+        assert_eq!(decode(&swapped, short), None, "out of order");
+    }
+
+    #[test]
+    fn short_names_follow_nt_case_flags_and_code_page_437() {
+        let mut e = [0u8; 32];
+        e[..11].copy_from_slice(b"README  TXT");
+        assert_eq!(short_name(&e), "README.TXT");
+        e[12] = 0x08 | 0x10;
+        assert_eq!(short_name(&e), "readme.txt");
+        e[..11].copy_from_slice(b"\x05\x81NO       ");
+        e[12] = 0;
+        assert_eq!(short_name(&e), "σüNO");
+    }
+
+    #[test]
+    fn fat_times_are_read_as_utc() {
+        // 2023-11-14 22:13:20 (1,700,000,000 s).
+        let date = (43 << 9) | (11 << 5) | 14;
+        let time = (22 << 11) | (13 << 5) | 10;
+        let t = fat_time(date, time);
+        assert_eq!(
+            t,
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)
+        );
+        assert_eq!(fat_time(0, 0), SystemTime::UNIX_EPOCH, "month 0 is invalid");
+    }
+}
