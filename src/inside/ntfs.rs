@@ -306,18 +306,18 @@ struct NtfsDir {
 impl NtfsDir {
     fn list(&self) -> Result<Vec<(String, Node)>> {
         let vol = &self.vol;
+        let mut d = vol.device()?;
+        let file = vol.record(&mut d, self.frn)?;
         if self.above.contains(&self.frn) || self.above.len() >= MAX_DEPTH {
             return Err(Error::corrupt(
                 &vol.what,
-                0,
+                position(&file),
                 format!(
                     "NTFS folder (MFT record {}) contains itself or nests too deep",
                     self.frn
                 ),
             ));
         }
-        let mut d = vol.device()?;
-        let file = vol.record(&mut d, self.frn)?;
         let at = file.position().value().map_or(0, |p| p.get());
         let structure = format!("index of the folder in MFT record {}", self.frn);
         let index = file
@@ -435,6 +435,8 @@ struct Mapped {
 
 /// What a file's MFT record says.
 struct Info {
+    /// Device offset of the record (for errors).
+    at: u64,
     size: u64,
     mtime: SystemTime,
     nlink: u32,
@@ -478,6 +480,7 @@ impl NtfsFileNode {
         let pieces = self.data_pieces(&file, &mut d)?;
         let (size, content) = self.assemble(pieces, at)?;
         Ok(Info {
+            at,
             size,
             mtime,
             nlink,
@@ -664,8 +667,8 @@ impl NtfsFileNode {
         Ok(n.max(1))
     }
 
-    /// Fills `buf` (inside the file) from `offset` of data held in `runs`.
-    fn read_runs(&self, runs: &[Run], offset: u64, buf: &mut [u8]) -> Result<()> {
+    /// Fills `buf` (inside the file) from `offset` of data held in `runs` of the record at `at`.
+    fn read_runs(&self, (runs, at): (&[Run], u64), offset: u64, buf: &mut [u8]) -> Result<()> {
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
@@ -677,7 +680,7 @@ impl NtfsFileNode {
             let Some(run) = run else {
                 return Err(Error::corrupt(
                     &self.vol.what,
-                    0,
+                    at,
                     format!(
                         "MFT record {}: data runs end at byte {pos} of the file",
                         self.frn
@@ -724,7 +727,7 @@ impl FileNode for NtfsFileNode {
             }
             Content::Runs { runs, initialized } => {
                 let valid = vfs::clamp(offset, n, *initialized);
-                self.read_runs(runs, offset, &mut buf[..valid])?;
+                self.read_runs((runs, info.at), offset, &mut buf[..valid])?;
                 buf[valid..].fill(0);
             }
         }
