@@ -1,7 +1,7 @@
 //! The long fuzz run (`scripts/fuzz.sh`): the harness of `tests/fuzzing` for as many cases or
 //! as long as asked, per format; prints executions and findings, saves failing inputs.
 //!
-//! `fuzz [--formats virtnbd,clightning,freezer,nbd,inside] [--iterations N] [--seconds S] [--seed X]
+//! `fuzz [--formats virtnbd,clightning,freezer,nbd,inside,fat,ntfs] [--iterations N] [--seconds S] [--seed X]
 //!       [--timeout S] [--max-rss MIB] [--out DIR] [--no-verify]`
 //! `fuzz --replay FORMAT:SEED [--out DIR]` runs one case again and prints what it did.
 

@@ -4,7 +4,7 @@
 # the repository, each with a finding.txt that says how to replay it.
 #
 # Usage: scripts/fuzz.sh [-n ITERATIONS] [-t SECONDS] [-s SEED] [-o DIR] [-T TIMEOUT_S] [FORMAT...]
-#   FORMAT: virtnbd, clightning, freezer, nbd, inside (default: all); -n and -t apply per format.
+#   FORMAT: virtnbd, clightning, freezer, nbd, inside, fat, ntfs (default: all); -n and -t apply per format.
 #   Default: 60 seconds per format, seed from the clock, findings in /tmp/restorefs-fuzz.
 # Replay one case: target/release/examples/fuzz --replay FORMAT:SEED
 set -euo pipefail
@@ -25,7 +25,7 @@ while getopts "n:t:s:o:T:" opt; do
     esac
 done
 shift $((OPTIND - 1))
-formats=$(IFS=,; echo "${*:-virtnbd,clightning,freezer,nbd,inside}")
+formats=$(IFS=,; echo "${*:-virtnbd,clightning,freezer,nbd,inside,fat,ntfs}")
 case "$(realpath -m "$out")/" in
     "$(pwd)"/*) echo "fuzz.sh: $out is inside the repository; pick a folder outside it" >&2; exit 2 ;;
 esac

@@ -85,6 +85,16 @@ fn inside_survives_damaged_tables_and_file_systems() {
 }
 
 #[test]
+fn fat_survives_damaged_file_systems() {
+    fixed_run(Format::Fat, 150);
+}
+
+#[test]
+fn ntfs_survives_damaged_file_systems() {
+    fixed_run(Format::Ntfs, 150);
+}
+
+#[test]
 fn cases_repeat_from_their_seed() {
     for format in Format::ALL {
         let a = fuzzing::prepare(format, 42);

@@ -4,8 +4,11 @@
 //! read until the folder is listed or described.
 
 pub mod detect;
+pub mod device;
 pub mod ext4;
+pub mod fat;
 mod journal;
+pub mod ntfs;
 pub mod partition;
 mod slice;
 
@@ -30,6 +33,8 @@ type Reader = fn(Arc<dyn FileNode>, &str) -> Result<Node>;
 fn reader(kind: &str) -> Option<Reader> {
     match kind {
         "ext2" | "ext3" | "ext4" => Some(ext4::open),
+        "vfat" => Some(fat::open),
+        "ntfs" => Some(ntfs::open),
         _ => None,
     }
 }

@@ -83,16 +83,22 @@ pub enum Format {
     Nbd,
     /// Disk images with partition tables and file systems inside (a raw virtnbdbackup copy).
     Inside,
+    /// FAT12/16/32 file systems (`inside::fat`), read from a partition's bytes.
+    Fat,
+    /// NTFS file systems (`inside::ntfs`), read from a partition's bytes.
+    Ntfs,
 }
 
 impl Format {
     /// Every format.
-    pub const ALL: [Format; 5] = [
+    pub const ALL: [Format; 7] = [
         Format::Virtnbd,
         Format::Clightning,
         Format::Freezer,
         Format::Nbd,
         Format::Inside,
+        Format::Fat,
+        Format::Ntfs,
     ];
 
     /// Its name on the command line and in reports.
@@ -103,6 +109,8 @@ impl Format {
             Format::Freezer => "freezer",
             Format::Nbd => "nbd",
             Format::Inside => "inside",
+            Format::Fat => "fat",
+            Format::Ntfs => "ntfs",
         }
     }
 
@@ -309,6 +317,7 @@ pub fn prepare(format: Format, seed: u64) -> Case {
         Format::Freezer => freezer_case(&mut rng, &mut case),
         Format::Nbd => nbd_case(&mut rng, &mut case),
         Format::Inside => inside_case(&mut rng, &mut case),
+        Format::Fat | Format::Ntfs => fs_image_case(format, &mut rng, &mut case),
     }
     // Over-long hostile names would drown the report; the seed repeats them anyway.
     for m in &mut case.mutations {
@@ -348,6 +357,7 @@ pub fn run_case(
         .spawn(move || {
             let r = std::panic::catch_unwind(AssertUnwindSafe(|| match format {
                 Format::Nbd => nbd_exercise(&src, &cache_dir, &lim),
+                Format::Fat | Format::Ntfs => exercise_fs_image(format, &src, &lim, seed),
                 _ => exercise(&src, &cache_dir, &lim, seed),
             }));
             let _ = tx.send(r.map_err(|p| panic_text(&*p)));
@@ -1822,4 +1832,143 @@ fn fix_gpt_crcs(disk: &mut [u8]) {
     disk[512 + 16..512 + 20].fill(0);
     let crc = crc32fast::hash(&disk[512..512 + hsize]);
     disk[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
+}
+}
+
+// File systems inside disk images (FAT, NTFS), read from a partition's bytes
+
+#[path = "../fsimage/mod.rs"]
+mod fsimage;
+
+/// The pristine images of `format` (made by `scripts/make-fs-samples.sh` with the file
+/// systems' own tools), read once per process: (name, bytes).
+fn fs_images(format: Format) -> &'static [(String, Vec<u8>)] {
+    static FAT: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
+    static NTFS: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
+    let load = |names: &[&str]| -> Vec<(String, Vec<u8>)> {
+        names
+            .iter()
+            .map(|name| {
+                let path = data_dir().join("fs").join(format!("{name}.img.gz"));
+                let gz = std::fs::File::open(&path).expect("sample image");
+                let mut bytes = Vec::new();
+                flate2::read::GzDecoder::new(gz)
+                    .read_to_end(&mut bytes)
+                    .expect("gzip");
+                ((*name).to_owned(), bytes)
+            })
+            .collect()
+    };
+    match format {
+        Format::Fat => FAT.get_or_init(|| load(&["fat12", "fat16", "fat32"])),
+        Format::Ntfs => NTFS.get_or_init(|| load(&["ntfs"])),
+        _ => &[],
+    }
+}
+
+/// Writes a damaged copy of one of `format`'s images to SOURCE/fs.img.
+fn fs_image_case(format: Format, rng: &mut Rng, case: &mut Case) {
+    let images = fs_images(format);
+    let (name, pristine) = &images[rng.below(images.len())];
+    let mut img = pristine.clone();
+    case.mutations.push(format!("image {name}"));
+    for _ in 0..1 + rng.below(4) {
+        let what = match rng.below(4) {
+            0 => mutate_bytes(rng, &mut img),
+            1 if format == Format::Fat => fat_entry_mutation(rng, &mut img),
+            1 => mft_record_mutation(rng, &mut img),
+            _ => {
+                // Metadata lives near the start: boot sector, FATs, root and first folders.
+                let cut = (96 << 10).min(img.len());
+                let mut head = img[..cut].to_vec();
+                let what = mutate_bytes(rng, &mut head);
+                img.splice(..cut, head);
+                format!("metadata: {what}")
+            }
+        };
+        case.mutations.push(what);
+    }
+    std::fs::write(case.source().join("fs.img"), &img).expect("write image");
+}
+
+/// Sets one FAT entry to a hostile value (a loop to itself, free, bad, end, out of range).
+fn fat_entry_mutation(rng: &mut Rng, img: &mut [u8]) -> String {
+    if img.len() < 512 {
+        return "no boot sector".into();
+    }
+    let u16at = |at: usize| usize::from(u16::from_le_bytes([img[at], img[at + 1]]));
+    let (bps, reserved) = (u16at(11), u16at(14));
+    let fat_bytes = match u16at(22) {
+        0 => u32::from_le_bytes([img[36], img[37], img[38], img[39]]) as usize,
+        n => n,
+    }
+    .saturating_mul(bps)
+    .min(img.len());
+    let start = reserved.saturating_mul(bps).min(img.len());
+    let entries = fat_bytes.min(img.len() - start) / 2;
+    if entries < 4 {
+        return "no FAT entries".into();
+    }
+    let i = 2 + rng.below(entries.min(400) - 2);
+    let v: u16 = match rng.below(6) {
+        0 => i as u16,
+        1 => 0,
+        2 => 0xfff7,
+        3 => 0xffff,
+        4 => rng.below(entries) as u16,
+        _ => 1,
+    };
+    img[start + 2 * i..start + 2 * i + 2].copy_from_slice(&v.to_le_bytes());
+    format!("16-bit FAT word {i} set to {v:#x}")
+}
+
+/// Damages one field of one MFT record (the MFT of a fresh small volume is contiguous).
+fn mft_record_mutation(rng: &mut Rng, img: &mut [u8]) -> String {
+    if img.len() < 512 {
+        return "no boot sector".into();
+    }
+    let cluster = u64::from(u16::from_le_bytes([img[11], img[12]])) * u64::from(img[13]);
+    let mft_lcn = u64::from_le_bytes(img[0x30..0x38].try_into().expect("8 bytes"));
+    let Some(mft) = mft_lcn.checked_mul(cluster).map(|m| m as usize) else {
+        return "MFT position overflows".into();
+    };
+    let record = if rng.one_in(3) {
+        rng.below(16)
+    } else {
+        64 + rng.below(64)
+    };
+    let at = mft
+        .saturating_add(record * 1024)
+        .saturating_add(rng.below(1024));
+    let w = *rng.pick(&[1usize, 2, 4, 8]);
+    if at.saturating_add(w) > img.len() {
+        return format!("MFT record {record} lies past the image");
+    }
+    let v = if rng.one_in(3) {
+        rng.next()
+    } else {
+        *rng.pick(&HUGE)
+    };
+    img[at..at + w].copy_from_slice(&v.to_le_bytes()[..w]);
+    format!("MFT record {record}: {w} bytes at {at} set to {v:#x}")
+}
+
+/// Opens SOURCE/fs.img with `format`'s reader and walks it like a mount would.
+fn exercise_fs_image(format: Format, src: &Path, limits: &Limits, seed: u64) -> CaseStats {
+    let mut stats = CaseStats::default();
+    let mut rng = Rng::new(seed ^ 0x1a5e);
+    let dev = fsimage::LocalFile::open(&src.join("fs.img"));
+    let opened = match format {
+        Format::Fat => restorefs::inside::fat::open(dev, "fs.img"),
+        Format::Ntfs => restorefs::inside::ntfs::open(dev, "fs.img"),
+        _ => return stats,
+    };
+    match opened {
+        Ok(root) => walk(&root, 0, limits, &mut rng, &mut stats),
+        Err(e) => {
+            let _ = e.to_string();
+            stats.errors += 1;
+        }
+    }
+    stats
 }
