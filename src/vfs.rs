@@ -509,6 +509,16 @@ pub fn is_safe_name(name: &str) -> bool {
 /// The longest name restorefs exposes: leaves room for suffixes within the kernel's 255 bytes.
 pub const MAX_NAME_LEN: usize = 200;
 
+/// Whether `name`, read from a file system inside an image, can be served as one path
+/// component: as [`is_safe_name`], but up to the kernel's 255 bytes (nothing is appended to it).
+pub fn is_guest_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
+        && name_bytes(name).len() <= 255
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,5 +606,11 @@ mod tests {
             assert!(!is_safe_name(bad), "{bad:?}");
         }
         assert!(is_safe_name("vda"));
+        // Names inside guest file systems may use the kernel's whole 255 bytes, not more.
+        assert!(is_guest_name(&"x".repeat(255)) && !is_guest_name(&"x".repeat(256)));
+        assert!(is_guest_name(&"é".repeat(127)) && !is_guest_name(&"é".repeat(128)));
+        for bad in ["", ".", "..", "a/b", "a\0b"] {
+            assert!(!is_guest_name(bad), "{bad:?}");
+        }
     }
 }

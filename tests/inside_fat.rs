@@ -215,7 +215,7 @@ fn first_error(img: &[u8], dir: &Path) -> (String, Duration) {
                 .entries()
                 .map(|es| todo.extend(es.into_iter().map(|e| e.1))),
             Node::File(f) => f.read_at(0, &mut vec![0; 400_000]).map(|_| ()),
-            Node::Symlink(_) => Ok(()),
+            Node::Symlink(_) | Node::Special(_) => Ok(()),
         };
         if let Err(e) = r {
             return (e.to_string(), started.elapsed());

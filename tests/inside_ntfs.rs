@@ -161,6 +161,10 @@ fn ntfs_matches_its_source() {
     );
     assert_eq!((a.nlink(), b.nlink()), (2, 2));
     assert_eq!(Arc::as_ptr(&a) as *const u8, Arc::as_ptr(&b) as *const u8);
+    // One identity, so FUSE and export give both names one inode; another file has its own.
+    assert!(a.identity().is_some());
+    assert_eq!(a.identity(), b.identity());
+    assert_ne!(a.identity(), leaf.identity());
 
     let sparse = file(&root, "sparse.bin");
     let hole = sparse.next_hole(0).unwrap();
@@ -288,7 +292,7 @@ fn error_at(img: &[u8], dir: &Path, path: &str) -> String {
             match vfs::resolve(&root, path)? {
                 Node::Dir(d) => d.entries().map(drop),
                 Node::File(f) => f.read_at(0, &mut vec![0; 20_000]).map(drop),
-                Node::Symlink(_) => Ok(()),
+                Node::Symlink(_) | Node::Special(_) => Ok(()),
             }
         });
     assert!(

@@ -428,7 +428,7 @@ impl FatDir {
                 }
                 let name = long.unwrap_or_else(|| short_name(e));
                 let entry_at = at + i as u64 * 32;
-                if !vfs::is_safe_name(&name) || out.iter().any(|(n, _)| *n == name) {
+                if !vfs::is_guest_name(&name) || out.iter().any(|(n, _)| *n == name) {
                     log::warn!(
                         "{}: at offset {entry_at}: FAT folder entry {name:?} skipped (unsafe or repeated name)",
                         self.vol.what.display()

@@ -343,7 +343,7 @@ impl NtfsDir {
                 ));
             }
             let name = key.name().to_string_lossy();
-            if !vfs::is_safe_name(&name) {
+            if !vfs::is_guest_name(&name) {
                 log::warn!(
                     "{}: NTFS name {name:?} in MFT record {} skipped (not a safe name)",
                     vol.what.display(),
@@ -779,6 +779,10 @@ impl FileNode for NtfsFileNode {
                 .fold(0u64, |sum, r| sum.saturating_add(r.len)),
             Content::Resident(_) => info.size,
         })
+    }
+
+    fn identity(&self) -> Option<(usize, u64)> {
+        Some((Arc::as_ptr(&self.vol) as usize, self.frn))
     }
 
     fn attr(&self) -> Attr {

@@ -131,7 +131,9 @@ pub fn read_tree(root: &Node) -> Tree {
             Node::File(f) => {
                 out.insert(path, Some(read_all(f.as_ref())));
             }
-            Node::Symlink(_) => panic!("{path}: no symlinks expected"),
+            Node::Symlink(_) | Node::Special(_) => {
+                panic!("{path}: only files and folders expected")
+            }
         }
     }
     out

@@ -1833,7 +1833,6 @@ fn fix_gpt_crcs(disk: &mut [u8]) {
     let crc = crc32fast::hash(&disk[512..512 + hsize]);
     disk[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
 }
-}
 
 // File systems inside disk images (FAT, NTFS), read from a partition's bytes
 
