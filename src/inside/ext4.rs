@@ -668,7 +668,15 @@ impl FileNode for File {
         if !self.fs.journal.is_empty() && journaled() {
             return Ok(false);
         }
-        self.fs.dev.read_with_by(cursor, at, n, f)
+        // A run past the partition's end hands over fewer bytes: read_at then fails it.
+        let mut whole = true;
+        let handed = self.fs.dev.read_with_by(cursor, at, n, &mut |b| {
+            whole = b.len() == n;
+            if whole {
+                f(b);
+            }
+        })?;
+        Ok(handed && whole)
     }
 
     fn next_data(&self, offset: u64) -> Result<Option<u64>> {
@@ -822,5 +830,62 @@ impl Directory for Dir {
 
     fn attr(&self) -> Attr {
         self.inode.attr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfs::BytesFile;
+    use std::process::Command;
+
+    fn run(cmd: &str, args: &[&str]) {
+        let out = Command::new(cmd).args(args).output().unwrap();
+        assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
+    }
+
+    /// A 2 MiB ext4 (1 KiB blocks) holding `f` (8 KiB), its first extent moved to `physical`.
+    fn image_with_extent_at(physical: u64) -> (Vec<u8>, Vec<u8>) {
+        let t = tempfile::tempdir().unwrap();
+        let (src, img) = (t.path().join("src"), t.path().join("img"));
+        std::fs::create_dir(&src).unwrap();
+        let data: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
+        std::fs::write(src.join("f"), &data).unwrap();
+        let (s, i) = (src.to_str().unwrap(), img.to_str().unwrap());
+        run("mkfs.ext4", &["-q", "-F", "-b", "1024", "-d", s, i, "2048"]);
+        let sif = format!("sif /f block[5] {physical}");
+        run("debugfs", &["-w", "-R", &sif, i]);
+        (std::fs::read(&img).unwrap(), data)
+    }
+
+    fn file(img: Vec<u8>) -> Arc<dyn FileNode> {
+        let attr = Attr {
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: SystemTime::UNIX_EPOCH,
+        };
+        let Node::Dir(root) = open(BytesFile::new(img, attr), "img").unwrap() else {
+            panic!("root is not a folder");
+        };
+        match root.lookup("f").unwrap() {
+            Some(Node::File(f)) => f,
+            _ => panic!("no file f"),
+        }
+    }
+
+    #[test]
+    fn data_past_the_partition_end_fails_instead_of_reading_short() {
+        // Wholly past the end (block 5000 of 2048), and straddling it (2045..2053).
+        for physical in [5000, 2045] {
+            let (img, _) = image_with_extent_at(physical);
+            let f = file(img);
+            let mut got = None;
+            let handed = f
+                .read_with(0, 8192, &mut |b| got = Some(b.len()))
+                .unwrap_or(false);
+            assert!(!handed || got == Some(8192), "{physical}: handed {got:?} bytes");
+            assert!(f.read_at(0, &mut [0; 8192]).is_err(), "{physical}");
+        }
     }
 }
