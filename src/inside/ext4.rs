@@ -884,7 +884,10 @@ mod tests {
             let handed = f
                 .read_with(0, 8192, &mut |b| got = Some(b.len()))
                 .unwrap_or(false);
-            assert!(!handed || got == Some(8192), "{physical}: handed {got:?} bytes");
+            assert!(
+                !handed || got == Some(8192),
+                "{physical}: handed {got:?} bytes"
+            );
             assert!(f.read_at(0, &mut [0; 8192]).is_err(), "{physical}");
         }
     }

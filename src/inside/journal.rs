@@ -3,7 +3,7 @@
 //! from the journal instead. Nothing is written; a log that ends early (a torn or damaged
 //! block) ends the replay there, as in the kernel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -119,9 +119,20 @@ fn walk(fs: &Source, log: &Log, start: u64, mut seq: u32) -> Result<Vec<(u32, Pe
     let mut pos = start;
     // Every block of the log at most once: the walk cannot loop.
     let mut budget = log.maxlen - log.first;
+    // Where each block read is stored: a log stored twice in one place (a hostile journal
+    // inode whose extents overlap) would be walked up to 2^32 times, its records kept each time.
+    let mut stored = HashSet::new();
     while budget > 0 {
         budget -= 1;
-        let (b, _) = (fs.read)(pos)?;
+        let (b, at) = (fs.read)(pos)?;
+        if !stored.insert(at) {
+            let msg = format!("journal block {pos} is stored in block {at}, as an earlier one");
+            return Err(Error::corrupt(
+                Path::new(fs.what),
+                at.saturating_mul(fs.block_size),
+                msg,
+            ));
+        }
         if be32(&b, 0) != MAGIC || be32(&b, 8) != seq {
             break;
         }
@@ -206,4 +217,64 @@ fn replay(fs: &Source, committed: Vec<(u32, Pending)>) -> Result<Overlay> {
         }
     }
     Ok(overlay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn put(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    }
+
+    /// A journal of `u32::MAX` blocks whose every log block is stored in the same file system
+    /// block (`block`): the walk must not read it once per position.
+    fn aliased(block: &[u8]) -> Result<Overlay> {
+        let mut jsb = vec![0u8; 1024];
+        put(&mut jsb, 0, MAGIC);
+        put(&mut jsb, 4, 4);
+        put(&mut jsb, 12, 1024);
+        put(&mut jsb, 16, u32::MAX);
+        put(&mut jsb, 20, 1);
+        put(&mut jsb, 24, 9);
+        put(&mut jsb, 28, 1);
+        let reads = Cell::new(0u64);
+        let read = |pos: u64| -> Result<(Vec<u8>, u64)> {
+            reads.set(reads.get() + 1);
+            assert!(
+                reads.get() < 100_000,
+                "the walk reads the same block on and on"
+            );
+            Ok(if pos == 0 {
+                (jsb.clone(), 5)
+            } else {
+                (block.to_vec(), 7)
+            })
+        };
+        load(&Source {
+            read: &read,
+            block_size: 1024,
+            what: "img",
+        })
+    }
+
+    #[test]
+    fn a_log_stored_in_one_block_over_and_over_ends_the_walk() {
+        let mut revoke = vec![0u8; 1024];
+        put(&mut revoke, 0, MAGIC);
+        put(&mut revoke, 4, REVOKE);
+        put(&mut revoke, 8, 9);
+        put(&mut revoke, 12, 1024);
+        let mut descriptor = revoke.clone();
+        put(&mut descriptor, 4, DESCRIPTOR);
+        for (i, tag) in descriptor[12..].chunks_exact_mut(8).enumerate() {
+            put(tag, 0, i as u32 + 100);
+            put(tag, 4, TAG_SAME_UUID);
+        }
+        for block in [revoke, descriptor] {
+            let e = aliased(&block).unwrap_err();
+            assert!(e.to_string().contains("journal"), "{e}");
+        }
+    }
 }
