@@ -74,7 +74,7 @@ fn le32(b: &[u8], at: usize) -> u32 {
 pub fn open(dev: Arc<dyn FileNode>, what: &str) -> Result<Node> {
     let sb = read_exact(dev.as_ref(), what, 1024, 1024)?;
     let fs = Arc::new(Fs::load(dev, what)?.with_journal(&sb));
-    fs.node(ROOT_INO)
+    fs.node(ROOT_INO, Vec::new())
 }
 
 impl Fs {
@@ -254,8 +254,8 @@ impl Fs {
         Ok(Inode::parse(ino, at, &raw, self))
     }
 
-    /// The node of inode `ino`.
-    fn node(self: &Arc<Self>, ino: u32) -> Result<Node> {
+    /// The node of inode `ino`, below the folders `above` (their inodes, the root first).
+    fn node(self: &Arc<Self>, ino: u32, above: Vec<u32>) -> Result<Node> {
         let inode = self.inode(ino)?;
         let attr = inode.attr();
         Ok(match inode.mode & 0xF000 {
@@ -268,6 +268,7 @@ impl Fs {
                 fs: Arc::clone(self),
                 inode,
                 listing: OnceLock::new(),
+                above,
             })),
             0xA000 => Node::Symlink(Arc::new(Symlink {
                 target: self.link_target(&inode)?,
@@ -722,6 +723,8 @@ struct Dir {
     fs: Arc<Fs>,
     inode: Inode,
     listing: OnceLock<Result<Vec<Entry>>>,
+    /// The inodes of the folders above it, the root first.
+    above: Vec<u32>,
 }
 
 impl Dir {
@@ -782,7 +785,20 @@ impl Dir {
     }
 
     fn child(&self, e: &Entry) -> Node {
-        self.fs.node(e.1).unwrap_or_else(|err| {
+        let mut above = self.above.clone();
+        above.push(self.inode.ino);
+        // A folder has one parent: an entry naming a folder on its own path is a loop that
+        // would make the tree endless (`find` would never finish).
+        let node = if above.contains(&e.1) {
+            let msg = format!(
+                "folder inode {}: entry {:?} names folder inode {} above it (a loop)",
+                self.inode.ino, e.0, e.1
+            );
+            Err(self.fs.corrupt(self.inode.at, msg))
+        } else {
+            self.fs.node(e.1, above)
+        };
+        node.unwrap_or_else(|err| {
             log::warn!("{err}");
             Node::File(ErrorFile::new(0, err, self.inode.attr()))
         })
@@ -872,6 +888,39 @@ mod tests {
             Some(Node::File(f)) => f,
             _ => panic!("no file f"),
         }
+    }
+
+    #[test]
+    fn a_folder_linked_below_itself_is_not_served_as_an_endless_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, img) = (t.path().join("src"), t.path().join("img"));
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::write(src.join("d/x"), b"hi").unwrap();
+        let (s, i) = (src.to_str().unwrap(), img.to_str().unwrap());
+        run("mkfs.ext4", &["-q", "-F", "-b", "1024", "-d", s, i, "2048"]);
+        // `d/loop` and `d/up` name `d` and the root again: a hostile image's folder loops.
+        run("debugfs", &["-w", "-R", "ln /d /d/loop", i]);
+        run("debugfs", &["-w", "-R", "ln / /d/up", i]);
+        let attr = Attr {
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: SystemTime::UNIX_EPOCH,
+        };
+        let img = BytesFile::new(std::fs::read(&img).unwrap(), attr);
+        let Node::Dir(root) = open(img, "img").unwrap() else {
+            panic!("root is not a folder");
+        };
+        let Some(Node::Dir(d)) = root.lookup("d").unwrap() else {
+            panic!("no folder d");
+        };
+        for name in ["loop", "up"] {
+            match d.lookup(name).unwrap() {
+                Some(Node::File(f)) => assert!(f.read_at(0, &mut [0; 1]).is_err(), "{name}"),
+                _ => panic!("d/{name} is served as a folder: the tree never ends"),
+            }
+        }
+        assert!(matches!(d.lookup("x").unwrap(), Some(Node::File(_))));
     }
 
     #[test]
