@@ -93,9 +93,9 @@ pub fn load(fs: &Source) -> Result<Overlay> {
     let wide = incompat & INCOMPAT_64BIT != 0;
     let csum3 = incompat & INCOMPAT_CSUM_V3 != 0;
     let csum = csum3 || incompat & INCOMPAT_CSUM_V2 != 0;
+    // As jbd2's `journal_tag_bytes`: a v3 tag is 16 bytes with or without 64-bit numbers.
     let tag_size = match (csum3, csum, wide) {
-        (true, _, true) => 16,
-        (true, _, false) => 12,
+        (true, _, _) => 16,
         (false, true, true) => 14,
         (false, true, false) => 10,
         (false, false, true) => 12,
