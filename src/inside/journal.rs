@@ -15,6 +15,7 @@ const REVOKE: u32 = 5;
 const INCOMPAT_64BIT: u32 = 0x2;
 const INCOMPAT_CSUM_V2: u32 = 0x8;
 const INCOMPAT_CSUM_V3: u32 = 0x10;
+const INCOMPAT_FAST_COMMIT: u32 = 0x20;
 const TAG_ESCAPE: u32 = 1;
 const TAG_SAME_UUID: u32 = 2;
 const TAG_LAST: u32 = 8;
@@ -74,7 +75,20 @@ pub fn load(fs: &Source) -> Result<Overlay> {
     if be32(&jsb, 0) != MAGIC || !matches!(be32(&jsb, 4), 3 | 4) {
         return Err(bad("no magic"));
     }
-    let (first, maxlen) = (u64::from(be32(&jsb, 20)), u64::from(be32(&jsb, 16)));
+    let incompat = if be32(&jsb, 4) == 4 {
+        be32(&jsb, 40)
+    } else {
+        0
+    };
+    // Fast commit blocks (not replayed) end the journal: the log wraps before them (jbd2's
+    // `j_last`), 256 of them unless the superblock says.
+    let fast_commits = match be32(&jsb, 0x54) {
+        _ if incompat & INCOMPAT_FAST_COMMIT == 0 => 0,
+        0 => 256,
+        n => u64::from(n),
+    };
+    let first = u64::from(be32(&jsb, 20));
+    let maxlen = u64::from(be32(&jsb, 16)).saturating_sub(fast_commits);
     let (sequence, start) = (be32(&jsb, 24), u64::from(be32(&jsb, 28)));
     if start == 0 {
         return Ok(Overlay::new());
@@ -85,11 +99,6 @@ pub fn load(fs: &Source) -> Result<Overlay> {
     if start < first || start >= maxlen {
         return Err(bad("start outside the log"));
     }
-    let incompat = if be32(&jsb, 4) == 4 {
-        be32(&jsb, 40)
-    } else {
-        0
-    };
     let wide = incompat & INCOMPAT_64BIT != 0;
     let csum3 = incompat & INCOMPAT_CSUM_V3 != 0;
     let csum = csum3 || incompat & INCOMPAT_CSUM_V2 != 0;
@@ -257,6 +266,50 @@ mod tests {
             block_size: 1024,
             what: "img",
         })
+    }
+
+    #[test]
+    fn with_fast_commits_the_log_wraps_before_their_area() {
+        // 20 blocks, the last 4 for fast commits: the log is blocks 1..16. A transaction
+        // starts at 15; its data block wraps to 1, its commit block is 2.
+        let block = |kind: u32| {
+            let mut b = vec![0u8; 1024];
+            put(&mut b, 0, MAGIC);
+            put(&mut b, 4, kind);
+            put(&mut b, 8, 9);
+            b
+        };
+        let mut jsb = block(4);
+        for (at, v) in [
+            (12, 1024),
+            (16, 20),
+            (20, 1),
+            (24, 9),
+            (28, 15),
+            (40, 0x20),
+            (0x54, 4),
+        ] {
+            put(&mut jsb, at, v);
+        }
+        let mut descriptor = block(DESCRIPTOR);
+        put(&mut descriptor, 12, 100);
+        put(&mut descriptor, 16, TAG_SAME_UUID | TAG_LAST);
+        let read = |pos: u64| -> Result<(Vec<u8>, u64)> {
+            let b = match pos {
+                0 => jsb.clone(),
+                15 => descriptor.clone(),
+                2 => block(COMMIT),
+                _ => vec![0u8; 1024],
+            };
+            Ok((b, 1000 + pos))
+        };
+        let source = Source {
+            read: &read,
+            block_size: 1024,
+            what: "img",
+        };
+        let got = load(&source).unwrap();
+        assert_eq!(got, Overlay::from([(100, (1001, false))]));
     }
 
     #[test]
