@@ -19,6 +19,10 @@ const INCOMPAT_FAST_COMMIT: u32 = 0x20;
 const TAG_ESCAPE: u32 = 1;
 const TAG_SAME_UUID: u32 = 2;
 const TAG_LAST: u32 = 8;
+/// Most block copies and revoke records kept from one journal (400 MiB), more than the largest
+/// journal mke2fs makes (10,240,000 blocks) holds. A hostile log's records each cost memory:
+/// 24 bytes for an 8-byte tag, up to 2^32 of them.
+const MAX_RECORDS: usize = 1 << 24;
 
 /// File system block → (block holding its newest committed copy, whether that copy's first
 /// four bytes were escaped because they looked like the journal magic).
@@ -131,6 +135,7 @@ fn walk(fs: &Source, log: &Log, start: u64, mut seq: u32) -> Result<Vec<(u32, Pe
     // Where each block read is stored: a log stored twice in one place (a hostile journal
     // inode whose extents overlap) would be walked up to 2^32 times, its records kept each time.
     let mut stored = HashSet::new();
+    let mut held = 0;
     while budget > 0 {
         budget -= 1;
         let (b, at) = (fs.read)(pos)?;
@@ -151,6 +156,7 @@ fn walk(fs: &Source, log: &Log, start: u64, mut seq: u32) -> Result<Vec<(u32, Pe
                     pos = log.next(pos);
                     budget = budget.saturating_sub(1);
                     pending.copies.push((block, pos, escaped));
+                    held += 1;
                 }
             }
             COMMIT => {
@@ -168,9 +174,14 @@ fn walk(fs: &Source, log: &Log, start: u64, mut seq: u32) -> Result<Vec<(u32, Pe
                         u64::from(be32(r, 0))
                     };
                     pending.revoked.push(n);
+                    held += 1;
                 }
             }
             _ => break,
+        }
+        if held > MAX_RECORDS {
+            let msg = format!("more than {MAX_RECORDS} block copies and revoke records");
+            return Err(Error::corrupt(Path::new(fs.what), 0, msg));
         }
         pos = log.next(pos);
     }
@@ -310,6 +321,52 @@ mod tests {
         };
         let got = load(&source).unwrap();
         assert_eq!(got, Overlay::from([(100, (1001, false))]));
+    }
+
+    #[test]
+    fn a_log_of_descriptors_only_is_refused_once_it_holds_too_many_records() {
+        // Every log block a descriptor of 126 tags (stored in blocks of their own), never
+        // committed: 2^32 positions would keep 96 GiB of copies.
+        let mut jsb = vec![0u8; 1024];
+        for (at, v) in [
+            (0, MAGIC),
+            (4, 4),
+            (12, 1024),
+            (16, u32::MAX),
+            (20, 1),
+            (24, 9),
+        ] {
+            put(&mut jsb, at, v);
+        }
+        put(&mut jsb, 28, 1);
+        let mut descriptor = vec![0u8; 1024];
+        for (at, v) in [(0, MAGIC), (4, DESCRIPTOR), (8, 9)] {
+            put(&mut descriptor, at, v);
+        }
+        for (i, tag) in descriptor[12..].chunks_exact_mut(8).enumerate() {
+            put(tag, 0, i as u32 + 100);
+            put(tag, 4, TAG_SAME_UUID);
+        }
+        let reads = Cell::new(0u64);
+        let read = |pos: u64| -> Result<(Vec<u8>, u64)> {
+            reads.set(reads.get() + 1);
+            assert!(reads.get() < 1 << 18, "the walk keeps records without end");
+            Ok((
+                if pos == 0 {
+                    jsb.clone()
+                } else {
+                    descriptor.clone()
+                },
+                pos,
+            ))
+        };
+        let source = Source {
+            read: &read,
+            block_size: 1024,
+            what: "img",
+        };
+        let e = load(&source).unwrap_err();
+        assert!(e.to_string().contains("revoke records"), "{e}");
     }
 
     #[test]
