@@ -305,7 +305,9 @@ impl Fs {
         let bytes = if size < 60 {
             inode.block[..size as usize].to_vec()
         } else {
-            let map = self.map(inode)?;
+            // Its target is read with every listing of its folder: a hostile extent tree must
+            // not cost thousands of reads each time. At most 4 blocks need one path down.
+            let map = self.map_within(inode, usize::from(MAX_DEPTH))?;
             let mut buf = vec![0; size as usize];
             read_mapped(self, &map, inode.size, 0, &mut buf, None)?;
             buf
@@ -315,6 +317,11 @@ impl Fs {
 
     /// The data runs of `inode` (holes and unwritten extents left out), sorted.
     fn map(&self, inode: &Inode) -> Result<Vec<Run>> {
+        self.map_within(inode, MAX_MAP_BLOCKS)
+    }
+
+    /// [`map`](Self::map), reading at most `budget` blocks of extent tree or block map.
+    fn map_within(&self, inode: &Inode, budget: usize) -> Result<Vec<Run>> {
         if inode.flags & (FL_INLINE_DATA | FL_ENCRYPT) != 0 {
             return Err(Error::unsupported(
                 Path::new(&self.what),
@@ -328,7 +335,7 @@ impl Fs {
             fs: self,
             ino: inode.ino,
             runs: Vec::new(),
-            budget: MAX_MAP_BLOCKS,
+            budget,
         };
         let blocks = inode.size.div_ceil(self.bs);
         if inode.flags & FL_EXTENTS != 0 {
@@ -921,6 +928,77 @@ mod tests {
             }
         }
         assert!(matches!(d.lookup("x").unwrap(), Some(Node::File(_))));
+    }
+
+    /// A disk that counts its reads.
+    struct Counted(Arc<dyn FileNode>, std::sync::atomic::AtomicU64);
+
+    impl FileNode for Counted {
+        fn size(&self) -> Result<u64> {
+            self.0.size()
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.read_at(offset, buf)
+        }
+        fn attr(&self) -> Attr {
+            self.0.attr()
+        }
+    }
+
+    #[test]
+    fn a_symlink_with_a_deep_extent_tree_costs_a_few_reads_not_thousands() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, img) = (t.path().join("src"), t.path().join("img"));
+        std::fs::create_dir(&src).unwrap();
+        std::os::unix::fs::symlink("x".repeat(100), src.join("l")).unwrap();
+        let (s, i) = (src.to_str().unwrap(), img.to_str().unwrap());
+        run("mkfs.ext4", &["-q", "-F", "-b", "1024", "-d", s, i, "2048"]);
+        let out = Command::new("debugfs").args(["-R", "imap /l", i]).output();
+        let text = String::from_utf8(out.unwrap().stdout).unwrap();
+        let word = |after: &str| text.split(after).nth(1).unwrap().split([',', '\n']).next();
+        let block: u64 = word("located at block ").unwrap().trim().parse().unwrap();
+        let offset = u64::from_str_radix(word("offset 0x").unwrap().trim(), 16).unwrap();
+        // Blocks 2000..2004 hold index nodes of depths 0..3, each of whose entries (as many
+        // as a block holds) names the node one level down; the symlink's root (depth 4) names
+        // the depth 3 node four times: 4 * 84^3 nodes to read for a 100-byte target.
+        let mut disk = std::fs::read(&img).unwrap();
+        let node = |depth: u16, count: u16, child: u32| {
+            let mut b = vec![0u8; 12 + 12 * usize::from(count)];
+            b[0..2].copy_from_slice(&0xF30Au16.to_le_bytes());
+            b[2..4].copy_from_slice(&count.to_le_bytes());
+            b[4..6].copy_from_slice(&count.to_le_bytes());
+            b[6..8].copy_from_slice(&depth.to_le_bytes());
+            for e in b[12..].chunks_exact_mut(12) {
+                e[4..8].copy_from_slice(&child.to_le_bytes());
+            }
+            b
+        };
+        for depth in 0..4u16 {
+            let at = (2000 + usize::from(depth)) * 1024;
+            let b = node(
+                depth,
+                if depth == 0 { 0 } else { 84 },
+                1999 + u32::from(depth),
+            );
+            disk[at..at + b.len()].copy_from_slice(&b);
+        }
+        let at = (block * 1024 + offset + 40) as usize;
+        disk[at..at + 60].copy_from_slice(&node(4, 4, 2003));
+        let attr = Attr {
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: SystemTime::UNIX_EPOCH,
+        };
+        let dev = Arc::new(Counted(BytesFile::new(disk, attr), Default::default()));
+        let Node::Dir(root) = open(dev.clone(), "img").unwrap() else {
+            panic!("root is not a folder");
+        };
+        let before = dev.1.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = root.lookup("l").unwrap();
+        let reads = dev.1.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(reads < 100, "{reads} reads to look up one symlink");
     }
 
     #[test]
