@@ -19,9 +19,9 @@ const INCOMPAT_FAST_COMMIT: u32 = 0x20;
 const TAG_ESCAPE: u32 = 1;
 const TAG_SAME_UUID: u32 = 2;
 const TAG_LAST: u32 = 8;
-/// Most block copies and revoke records kept from one journal (400 MiB), more than the largest
-/// journal mke2fs makes (10,240,000 blocks) holds. A hostile log's records each cost memory:
-/// 24 bytes for an 8-byte tag, up to 2^32 of them.
+/// Most block copies and revoke records kept from one journal (400 MiB): 16 times what the
+/// largest default journal (1 GiB, a million 1 KiB blocks) can hold. A hostile log's records
+/// each cost memory, 24 bytes for an 8-byte tag, and there may be 2^32 of them.
 const MAX_RECORDS: usize = 1 << 24;
 
 /// File system block → (block holding its newest committed copy, whether that copy's first
