@@ -74,7 +74,7 @@ fn le32(b: &[u8], at: usize) -> u32 {
 pub fn open(dev: Arc<dyn FileNode>, what: &str) -> Result<Node> {
     let sb = read_exact(dev.as_ref(), what, 1024, 1024)?;
     let fs = Arc::new(Fs::load(dev, what)?.with_journal(&sb));
-    fs.node(ROOT_INO)
+    fs.node(ROOT_INO, Vec::new())
 }
 
 impl Fs {
@@ -254,8 +254,8 @@ impl Fs {
         Ok(Inode::parse(ino, at, &raw, self))
     }
 
-    /// The node of inode `ino`.
-    fn node(self: &Arc<Self>, ino: u32) -> Result<Node> {
+    /// The node of inode `ino`, below the folders `above` (their inodes, the root first).
+    fn node(self: &Arc<Self>, ino: u32, above: Vec<u32>) -> Result<Node> {
         let inode = self.inode(ino)?;
         let attr = inode.attr();
         Ok(match inode.mode & 0xF000 {
@@ -268,6 +268,7 @@ impl Fs {
                 fs: Arc::clone(self),
                 inode,
                 listing: OnceLock::new(),
+                above,
             })),
             0xA000 => Node::Symlink(Arc::new(Symlink {
                 target: self.link_target(&inode)?,
@@ -304,7 +305,9 @@ impl Fs {
         let bytes = if size < 60 {
             inode.block[..size as usize].to_vec()
         } else {
-            let map = self.map(inode)?;
+            // Its target is read with every listing of its folder: a hostile extent tree must
+            // not cost thousands of reads each time. At most 4 blocks need one path down.
+            let map = self.map_within(inode, usize::from(MAX_DEPTH))?;
             let mut buf = vec![0; size as usize];
             read_mapped(self, &map, inode.size, 0, &mut buf, None)?;
             buf
@@ -314,6 +317,11 @@ impl Fs {
 
     /// The data runs of `inode` (holes and unwritten extents left out), sorted.
     fn map(&self, inode: &Inode) -> Result<Vec<Run>> {
+        self.map_within(inode, MAX_MAP_BLOCKS)
+    }
+
+    /// [`map`](Self::map), reading at most `budget` blocks of extent tree or block map.
+    fn map_within(&self, inode: &Inode, budget: usize) -> Result<Vec<Run>> {
         if inode.flags & (FL_INLINE_DATA | FL_ENCRYPT) != 0 {
             return Err(Error::unsupported(
                 Path::new(&self.what),
@@ -327,7 +335,7 @@ impl Fs {
             fs: self,
             ino: inode.ino,
             runs: Vec::new(),
-            budget: MAX_MAP_BLOCKS,
+            budget,
         };
         let blocks = inode.size.div_ceil(self.bs);
         if inode.flags & FL_EXTENTS != 0 {
@@ -668,7 +676,15 @@ impl FileNode for File {
         if !self.fs.journal.is_empty() && journaled() {
             return Ok(false);
         }
-        self.fs.dev.read_with_by(cursor, at, n, f)
+        // A run past the partition's end hands over fewer bytes: read_at then fails it.
+        let mut whole = true;
+        let handed = self.fs.dev.read_with_by(cursor, at, n, &mut |b| {
+            whole = b.len() == n;
+            if whole {
+                f(b);
+            }
+        })?;
+        Ok(handed && whole)
     }
 
     fn next_data(&self, offset: u64) -> Result<Option<u64>> {
@@ -714,6 +730,8 @@ struct Dir {
     fs: Arc<Fs>,
     inode: Inode,
     listing: OnceLock<Result<Vec<Entry>>>,
+    /// The inodes of the folders above it, the root first.
+    above: Vec<u32>,
 }
 
 impl Dir {
@@ -774,7 +792,20 @@ impl Dir {
     }
 
     fn child(&self, e: &Entry) -> Node {
-        self.fs.node(e.1).unwrap_or_else(|err| {
+        let mut above = self.above.clone();
+        above.push(self.inode.ino);
+        // A folder has one parent: an entry naming a folder on its own path is a loop that
+        // would make the tree endless (`find` would never finish).
+        let node = if above.contains(&e.1) {
+            let msg = format!(
+                "folder inode {}: entry {:?} names folder inode {} above it (a loop)",
+                self.inode.ino, e.0, e.1
+            );
+            Err(self.fs.corrupt(self.inode.at, msg))
+        } else {
+            self.fs.node(e.1, above)
+        };
+        node.unwrap_or_else(|err| {
             log::warn!("{err}");
             Node::File(ErrorFile::new(0, err, self.inode.attr()))
         })
@@ -822,5 +853,169 @@ impl Directory for Dir {
 
     fn attr(&self) -> Attr {
         self.inode.attr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfs::BytesFile;
+    use std::process::Command;
+
+    fn run(cmd: &str, args: &[&str]) {
+        let out = Command::new(cmd).args(args).output().unwrap();
+        assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
+    }
+
+    /// A 2 MiB ext4 (1 KiB blocks) holding `f` (8 KiB), its first extent moved to `physical`.
+    fn image_with_extent_at(physical: u64) -> (Vec<u8>, Vec<u8>) {
+        let t = tempfile::tempdir().unwrap();
+        let (src, img) = (t.path().join("src"), t.path().join("img"));
+        std::fs::create_dir(&src).unwrap();
+        let data: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
+        std::fs::write(src.join("f"), &data).unwrap();
+        let (s, i) = (src.to_str().unwrap(), img.to_str().unwrap());
+        run("mkfs.ext4", &["-q", "-F", "-b", "1024", "-d", s, i, "2048"]);
+        let sif = format!("sif /f block[5] {physical}");
+        run("debugfs", &["-w", "-R", &sif, i]);
+        (std::fs::read(&img).unwrap(), data)
+    }
+
+    fn file(img: Vec<u8>) -> Arc<dyn FileNode> {
+        let attr = Attr {
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: SystemTime::UNIX_EPOCH,
+        };
+        let Node::Dir(root) = open(BytesFile::new(img, attr), "img").unwrap() else {
+            panic!("root is not a folder");
+        };
+        match root.lookup("f").unwrap() {
+            Some(Node::File(f)) => f,
+            _ => panic!("no file f"),
+        }
+    }
+
+    #[test]
+    fn a_folder_linked_below_itself_is_not_served_as_an_endless_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, img) = (t.path().join("src"), t.path().join("img"));
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::write(src.join("d/x"), b"hi").unwrap();
+        let (s, i) = (src.to_str().unwrap(), img.to_str().unwrap());
+        run("mkfs.ext4", &["-q", "-F", "-b", "1024", "-d", s, i, "2048"]);
+        // `d/loop` and `d/up` name `d` and the root again: a hostile image's folder loops.
+        run("debugfs", &["-w", "-R", "ln /d /d/loop", i]);
+        run("debugfs", &["-w", "-R", "ln / /d/up", i]);
+        let attr = Attr {
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: SystemTime::UNIX_EPOCH,
+        };
+        let img = BytesFile::new(std::fs::read(&img).unwrap(), attr);
+        let Node::Dir(root) = open(img, "img").unwrap() else {
+            panic!("root is not a folder");
+        };
+        let Some(Node::Dir(d)) = root.lookup("d").unwrap() else {
+            panic!("no folder d");
+        };
+        for name in ["loop", "up"] {
+            match d.lookup(name).unwrap() {
+                Some(Node::File(f)) => assert!(f.read_at(0, &mut [0; 1]).is_err(), "{name}"),
+                _ => panic!("d/{name} is served as a folder: the tree never ends"),
+            }
+        }
+        assert!(matches!(d.lookup("x").unwrap(), Some(Node::File(_))));
+    }
+
+    /// A disk that counts its reads.
+    struct Counted(Arc<dyn FileNode>, std::sync::atomic::AtomicU64);
+
+    impl FileNode for Counted {
+        fn size(&self) -> Result<u64> {
+            self.0.size()
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.read_at(offset, buf)
+        }
+        fn attr(&self) -> Attr {
+            self.0.attr()
+        }
+    }
+
+    #[test]
+    fn a_symlink_with_a_deep_extent_tree_costs_a_few_reads_not_thousands() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, img) = (t.path().join("src"), t.path().join("img"));
+        std::fs::create_dir(&src).unwrap();
+        std::os::unix::fs::symlink("x".repeat(100), src.join("l")).unwrap();
+        let (s, i) = (src.to_str().unwrap(), img.to_str().unwrap());
+        run("mkfs.ext4", &["-q", "-F", "-b", "1024", "-d", s, i, "2048"]);
+        let out = Command::new("debugfs").args(["-R", "imap /l", i]).output();
+        let text = String::from_utf8(out.unwrap().stdout).unwrap();
+        let word = |after: &str| text.split(after).nth(1).unwrap().split([',', '\n']).next();
+        let block: u64 = word("located at block ").unwrap().trim().parse().unwrap();
+        let offset = u64::from_str_radix(word("offset 0x").unwrap().trim(), 16).unwrap();
+        // Blocks 2000..2004 hold index nodes of depths 0..3, each of whose entries (as many
+        // as a block holds) names the node one level down; the symlink's root (depth 4) names
+        // the depth 3 node four times: 4 * 84^3 nodes to read for a 100-byte target.
+        let mut disk = std::fs::read(&img).unwrap();
+        let node = |depth: u16, count: u16, child: u32| {
+            let mut b = vec![0u8; 12 + 12 * usize::from(count)];
+            b[0..2].copy_from_slice(&0xF30Au16.to_le_bytes());
+            b[2..4].copy_from_slice(&count.to_le_bytes());
+            b[4..6].copy_from_slice(&count.to_le_bytes());
+            b[6..8].copy_from_slice(&depth.to_le_bytes());
+            for e in b[12..].chunks_exact_mut(12) {
+                e[4..8].copy_from_slice(&child.to_le_bytes());
+            }
+            b
+        };
+        for depth in 0..4u16 {
+            let at = (2000 + usize::from(depth)) * 1024;
+            let b = node(
+                depth,
+                if depth == 0 { 0 } else { 84 },
+                1999 + u32::from(depth),
+            );
+            disk[at..at + b.len()].copy_from_slice(&b);
+        }
+        let at = (block * 1024 + offset + 40) as usize;
+        disk[at..at + 60].copy_from_slice(&node(4, 4, 2003));
+        let attr = Attr {
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: SystemTime::UNIX_EPOCH,
+        };
+        let dev = Arc::new(Counted(BytesFile::new(disk, attr), Default::default()));
+        let Node::Dir(root) = open(dev.clone(), "img").unwrap() else {
+            panic!("root is not a folder");
+        };
+        let before = dev.1.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = root.lookup("l").unwrap();
+        let reads = dev.1.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(reads < 100, "{reads} reads to look up one symlink");
+    }
+
+    #[test]
+    fn data_past_the_partition_end_fails_instead_of_reading_short() {
+        // Wholly past the end (block 5000 of 2048), and straddling it (2045..2053).
+        for physical in [5000, 2045] {
+            let (img, _) = image_with_extent_at(physical);
+            let f = file(img);
+            let mut got = None;
+            let handed = f
+                .read_with(0, 8192, &mut |b| got = Some(b.len()))
+                .unwrap_or(false);
+            assert!(
+                !handed || got == Some(8192),
+                "{physical}: handed {got:?} bytes"
+            );
+            assert!(f.read_at(0, &mut [0; 8192]).is_err(), "{physical}");
+        }
     }
 }

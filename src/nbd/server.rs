@@ -79,7 +79,7 @@ pub trait Stream: Read + Write + Send + Sync {
     fn try_clone_box(&self) -> io::Result<Box<dyn Stream>>;
     /// Ends the connection both ways (best effort: it may be gone already).
     fn shutdown(&self);
-    /// Bounds how long a read may wait.
+    /// Bounds how long a read or a write may wait.
     fn set_timeout(&self, t: Option<Duration>) -> io::Result<()>;
 }
 
@@ -91,7 +91,8 @@ impl Stream for UnixStream {
         let _ = UnixStream::shutdown(self, std::net::Shutdown::Both);
     }
     fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.set_read_timeout(t)
+        self.set_read_timeout(t)?;
+        self.set_write_timeout(t)
     }
 }
 
@@ -103,7 +104,8 @@ impl Stream for TcpStream {
         let _ = TcpStream::shutdown(self, std::net::Shutdown::Both);
     }
     fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.set_read_timeout(t)
+        self.set_read_timeout(t)?;
+        self.set_write_timeout(t)
     }
 }
 
@@ -127,7 +129,8 @@ pub fn serve_connection(mut stream: Box<dyn Stream>, exports: &Exports) -> io::R
     result
 }
 
-/// A connection whose reads fail once `until` has passed (however slowly the bytes trickle).
+/// A connection whose reads and writes fail once `until` has passed (however slowly the bytes
+/// trickle, or however long the client leaves its replies unread).
 struct Deadline<'a> {
     stream: &'a mut Box<dyn Stream>,
     until: Instant,
@@ -135,17 +138,24 @@ struct Deadline<'a> {
 
 impl Read for Deadline<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.stream.read(buf)
+    }
+}
+
+impl Deadline<'_> {
+    fn arm(&mut self) -> io::Result<()> {
         let left = self.until.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        self.stream.set_timeout(Some(left))?;
-        self.stream.read(buf)
+        self.stream.set_timeout(Some(left))
     }
 }
 
 impl Write for Deadline<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm()?;
         self.stream.write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -365,6 +375,24 @@ impl Drop for Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_that_does_not_read_cannot_stall_the_handshake_past_its_deadline() {
+        let (ours, _client) = UnixStream::pair().unwrap();
+        // Replies the client never reads fill the socket: the write must give up, not block.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut stream: Box<dyn Stream> = Box::new(ours);
+            let mut timed = Deadline {
+                stream: &mut stream,
+                until: Instant::now() + Duration::from_millis(300),
+            };
+            let r = (0..10_000).try_for_each(|_| timed.write_all(&[0u8; 4096]));
+            let _ = done_tx.send(r.is_err());
+        });
+        let failed = done_rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(failed, Ok(true), "the write blocked past the deadline");
+    }
 
     #[test]
     fn addresses_parse_with_loopback_and_the_nbd_port_by_default() {
