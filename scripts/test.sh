@@ -4,5 +4,6 @@
 # checker (many thread schedules of the same code).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/test-tools.sh
 cargo test "$@"
 cargo test --features shuttle --lib shuttle_ "$@"

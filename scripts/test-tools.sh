@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the tools the tests drive for real, when missing (as root, with apt-get): scripts/test.sh
+# and CI run it first, so that one command runs the tests on a fresh Debian machine.
+set -euo pipefail
+
+# Tools the tests drive for real, as `command:package`; Debian ships most of them, whatever is
+# missing is installed.
+tools=(
+    mkfs.ext4:e2fsprogs debugfs:e2fsprogs losetup:mount              # ext4 images, loop mounts
+    sgdisk:gdisk sfdisk:fdisk mkfs.vfat:dosfstools mkswap:util-linux  # partitioned disks
+    mcopy:mtools mkntfs:ntfs-3g setfattr:attr                         # FAT and NTFS images
+    runuser:util-linux                                                # export as a plain user
+    mount.fuse3:fuse3 unshare:util-linux       # `mount -t fuse.restorefs` in a private namespace
+    tar:tar bzip2:bzip2 xz:xz-utils openssl:openssl python3:python3  # Freezer backups
+    qemu-img:qemu-utils qemu-io:qemu-utils nbdinfo:libnbd-bin        # NBD clients
+)
+need=()
+for tool in "${tools[@]}"; do
+    command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+done
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
