@@ -7,7 +7,7 @@
 //! A checkpoint file (little-endian): `MAGIC`; the frame's file offset, compressed and decoded
 //! lengths; the number of checkpoints; per checkpoint its block's offset in the frame, its
 //! offset in the decoded bytes, its stored dictionary's length and xxHash32, the dictionary's
-//! decoded length, and the xxHash32 of the segment's first 64 KiB of decoded bytes; an xxHash32
+//! decoded length, and the XXH3-64 of the segment's first 64 KiB of decoded bytes; an xxHash32
 //! of all that; then the stored dictionaries. Checkpoints are taken while the stored
 //! dictionaries stay within 1/16 of the bytes decoded so far, so compressible data gets one per
 //! block and incompressible data one per MiB or so. A file that fails a check (its checksum, a
@@ -19,7 +19,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use twox_hash::XxHash32;
+use twox_hash::{XxHash3_64, XxHash32};
 
 use super::{FrameInfo, Lz4Runtime, MAX_HEADER, decode_block, frame_info, u32_at};
 use crate::error::{Error, Result};
@@ -31,7 +31,7 @@ const MAGIC: &[u8; 8] = b"RFSLZ4C2";
 /// Magic, frame offset, compressed and decoded lengths, checkpoint count.
 const HEAD: usize = 8 + 4 * 8;
 /// Block offset, decoded offset, stored length and hash, dictionary length, head hash.
-const ENTRY: usize = 8 + 8 + 4 * 4;
+const ENTRY: usize = 8 + 8 + 4 * 3 + 8;
 /// A linked block's dictionary: the decoded bytes before it.
 const DICT: usize = 64 << 10;
 
@@ -60,7 +60,7 @@ struct Kept {
     mark: Mark,
     stored: Vec<u8>,
     dict_len: usize,
-    head: u32,
+    head: u64,
 }
 
 /// Writes checkpoints of a frame (`frame`, its compressed bytes; `out`, decoded whole) to
@@ -111,9 +111,6 @@ pub(super) fn write(
 /// The checkpoints worth keeping: the frame's start, then each mark whose stored dictionary
 /// keeps all stored dictionaries within 1/16 of the bytes decoded up to it.
 fn choose(info: &FrameInfo, frame: &[u8], marks: &[Mark], out: &[u8]) -> Vec<Kept> {
-    let head = |m: &Mark, end: usize| {
-        XxHash32::oneshot(0, out.get(m.out..end.min(m.out + DICT)).unwrap_or_default())
-    };
     let mut kept: Vec<Kept> = Vec::new();
     let mut stored = 0usize;
     for m in marks {
@@ -122,7 +119,7 @@ fn choose(info: &FrameInfo, frame: &[u8], marks: &[Mark], out: &[u8]) -> Vec<Kep
             _ => sparse_dict(info, frame, *m, out),
         };
         let Some(dict) = dict else { continue };
-        let packed = match dict.iter().all(|&b| b == 0) {
+        let packed = match dict.is_empty() {
             true => Vec::new(),
             false => lz4_flex::block::compress(&dict),
         };
@@ -130,24 +127,23 @@ fn choose(info: &FrameInfo, frame: &[u8], marks: &[Mark], out: &[u8]) -> Vec<Kep
             continue;
         }
         stored += packed.len();
-        if let Some(prev) = kept.last_mut() {
-            prev.head = head(&prev.mark, m.out);
-        }
+        // Marks lie at least MIN_SPACING (64 KiB) apart: the segment's first 64 KiB.
+        let first = out.get(m.out..out.len().min(m.out + DICT));
         kept.push(Kept {
             mark: *m,
             stored: packed,
             dict_len: dict.len(),
-            head: head(m, out.len()),
+            head: XxHash3_64::oneshot(first.unwrap_or_default()),
         });
     }
     kept
 }
 
-/// The 64 KiB (or fewer, near the frame's start) decoded before mark `m`, with the bytes the
-/// blocks after `m` never refer to zeroed; `None` when the blocks cannot be parsed.
+/// The bytes decoded before mark `m` from the first one the blocks after it refer to (at most
+/// 64 KiB back), with those they never refer to zeroed; `None` when the blocks cannot be parsed.
 fn sparse_dict(info: &FrameInfo, frame: &[u8], m: Mark, out: &[u8]) -> Option<Vec<u8>> {
     let before = out.get(m.out.saturating_sub(DICT)..m.out)?;
-    let mut dict = vec![0u8; before.len()];
+    let mut refs: Vec<(usize, usize)> = Vec::new();
     let (mut at, mut pos) = (m.input, 0usize);
     while pos < DICT {
         let word = u32_at(frame, at, "").ok()?;
@@ -158,14 +154,20 @@ fn sparse_dict(info: &FrameInfo, frame: &[u8], m: Mark, out: &[u8]) -> Option<Ve
         let data = frame.get(at + 4..at + 4 + n)?;
         pos = match word & 0x8000_0000 {
             0 => references(data, pos, &mut |back, len| {
-                let from = before.len().checked_sub(back)?;
-                dict.get_mut(from..from + len)?
-                    .copy_from_slice(before.get(from..from + len)?);
+                refs.push((before.len().checked_sub(back)?, len));
                 Some(())
             })?,
             _ => pos + n,
         };
         at += 4 + n + if info.block_checksums { 4 } else { 0 };
+    }
+    let Some(low) = refs.iter().map(|r| r.0).min() else {
+        return Some(Vec::new());
+    };
+    let mut dict = vec![0u8; before.len() - low];
+    for (from, len) in refs {
+        let (src, dst) = (before.get(from..from + len)?, from - low);
+        dict.get_mut(dst..dst + len)?.copy_from_slice(src);
     }
     Some(dict)
 }
@@ -229,8 +231,8 @@ struct Entry {
     stored_len: usize,
     stored_hash: u32,
     dict_len: usize,
-    /// xxHash32 of the segment's first 64 KiB of decoded bytes.
-    head: u32,
+    /// XXH3-64 of the segment's first 64 KiB of decoded bytes (fast enough for every read).
+    head: u64,
 }
 
 /// The checkpoints of one frame, loaded from its checkpoint file and checked against it.
@@ -312,7 +314,7 @@ impl Checkpoints {
                     stored_len: u32_at(16)? as usize,
                     stored_hash: u32_at(20)?,
                     dict_len: u32_at(24)? as usize,
-                    head: u32_at(28)?,
+                    head: u64_at(28)?,
                 };
                 stored_at += entry.stored_len as u64;
                 Some(entry)
@@ -458,7 +460,7 @@ impl Segment {
         source.served(at as u64);
         let decoded = &work[e.dict_len..];
         let first = decoded.get(..DICT.min(seg_len)).unwrap_or_default();
-        if filled > seg_len || XxHash32::oneshot(0, first) != e.head {
+        if filled > seg_len || XxHash3_64::oneshot(first) != e.head {
             return Err(cps.wrong(0, "a segment does not decode as the frame did"));
         }
         if filled == seg_len {
