@@ -7,8 +7,8 @@
 #   scripts/bench-lz4-random.sh BEFORE_BINARY [AFTER_BINARY]   # BENCH_DIR, FIO_SECONDS,
 #                                       # CACHE_SIZE (64M), DROP_CACHES=0, ROUNDS (1)
 #
-# With ROUNDS=N, before and after alternate N times (the verify and its cache folder from the
-# first round kept), for a shared machine whose load changes.
+# With ROUNDS=N, before, after and plain alternate N times (the verify and its cache folder
+# from the first round kept), for a shared machine whose load changes.
 #
 # AFTER_BINARY defaults to this tree's release build. Needs root (FUSE, drop_caches) and fio.
 set -euo pipefail
@@ -56,9 +56,9 @@ measure() { # label binary source verify(0/1)
 [ "${DROP_CACHES:-1}" = 1 ] || cat "$dir"/plain/vm/* "$dir"/lz4/vm/* >/dev/null
 echo "| random 4 KiB QD1, fresh daemon | IOPS | verify (ms) | checkpoints (MiB) |"
 echo "|---|---|---|---|"
+measure "lz4, after (no verify)" "$after" "$dir/lz4" 0
 for _ in $(seq "${ROUNDS:-1}"); do
     measure "lz4, before (after verify)" "$before" "$dir/lz4" 1
     measure "lz4, after (after verify)" "$after" "$dir/lz4" 1
+    measure "plain, after" "$after" "$dir/plain" 0
 done
-measure "lz4, after (no verify)" "$after" "$dir/lz4" 0
-measure "plain, after" "$after" "$dir/plain" 0

@@ -582,7 +582,7 @@ mod tests {
     /// A 16 KiB noise pattern repeated: every block refers to the 16 KiB before it, which do
     /// not compress, so the 1/16 bound spaces the checkpoints out.
     fn periodic(n: usize) -> Vec<u8> {
-        let unit = data(3 * 16 << 10)
+        let unit = data(48 << 10)
             .into_iter()
             .enumerate()
             .filter(|(i, _)| (i >> 9) % 3 == 0)

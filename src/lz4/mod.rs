@@ -5,8 +5,8 @@
 //! virtnbdbackup writes linked blocks, so any byte of a frame needs every byte before it: a read
 //! in the middle of a 32 MiB frame decodes from the start up to that read, and the decoded prefix
 //! stays in the shared cache for the next reader. Once a frame was decoded whole, its
-//! checkpoints are kept on disk; a later random read decodes one [`Segment`] (at most one
-//! spacing) from the checkpoint before it instead.
+//! checkpoints are kept on disk; a later random read decodes part of one [`Segment`] (usually
+//! one 64 KiB block) from the checkpoint before it instead.
 
 mod checkpoint;
 mod chunk;
