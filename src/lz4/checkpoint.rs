@@ -108,6 +108,13 @@ pub(super) fn write(
     result
 }
 
+/// Whether `path` holds a checkpoint file of the current format (one of an earlier format is
+/// written again, not left to be ignored).
+pub(super) fn current(path: &Path) -> bool {
+    let mut magic = [0u8; 8];
+    File::open(path).is_ok_and(|f| f.read_exact_at(&mut magic, 0).is_ok() && &magic == MAGIC)
+}
+
 /// The checkpoints worth keeping: the frame's start, then each mark whose stored dictionary
 /// keeps all stored dictionaries within 1/16 of the bytes decoded up to it.
 fn choose(info: &FrameInfo, frame: &[u8], marks: &[Mark], out: &[u8]) -> Vec<Kept> {
@@ -678,6 +685,19 @@ mod tests {
         let wide = Checkpoints::load(&cp3, 100, comp, raw.len() as u64).unwrap();
         assert_eq!(wide.entries.len(), 3);
         check_segments(&src, &wide, &raw);
+    }
+
+    #[test]
+    fn a_file_of_the_earlier_format_is_written_again() {
+        let raw = data(3 << 20);
+        let (dir, src, comp) = frame_file(&raw, true, BlockSize::Max64KB);
+        let cp = dir.path().join("cp");
+        std::fs::write(&cp, b"RFSLZ4C1 and the rest of a version 1 file").unwrap();
+        assert!(!current(&cp));
+        keep(&src, comp, &raw, &cp);
+        assert!(current(&cp));
+        let cps = Checkpoints::load(&cp, 100, comp, raw.len() as u64).unwrap();
+        check_segments(&src, &cps, &raw);
     }
 
     /// A stored dictionary damaged with its hash (and the table's) made to match: the segment's

@@ -261,13 +261,14 @@ impl DecodedChunk {
         Ok(())
     }
 
-    /// Writes the checkpoints passed while decoding the whole frame, unless already kept.
+    /// Writes the checkpoints passed while decoding the whole frame, unless already kept in
+    /// the current format.
     fn keep_checkpoints(&self, st: &mut State, frame: &[u8]) {
         let marks = std::mem::take(&mut st.marks);
         let Some(path) = &self.keep else {
             return;
         };
-        if path.exists() {
+        if checkpoint::current(path) {
             return;
         }
         let id = checkpoint::FrameId {
