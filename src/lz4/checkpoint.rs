@@ -356,6 +356,23 @@ impl Checkpoints {
         (at + len <= self.segment_end(i)).then_some(i)
     }
 
+    /// `at..at+len` split where segments end: the offset and length of each part, in order
+    /// (fewer bytes in all when the range runs past the frame's end).
+    pub fn pieces(&self, mut at: usize, len: usize) -> Vec<(usize, usize)> {
+        let end = at.saturating_add(len).min(self.raw_len);
+        let mut parts = Vec::new();
+        while at < end {
+            let i = self.entries.partition_point(|e| e.mark.out <= at);
+            let n = self.segment_end(i.saturating_sub(1)).min(end) - at;
+            if n == 0 {
+                break;
+            }
+            parts.push((at, n));
+            at += n;
+        }
+        parts
+    }
+
     fn segment_end(&self, i: usize) -> usize {
         self.entries.get(i + 1).map_or(self.raw_len, |e| e.mark.out)
     }
@@ -643,6 +660,18 @@ mod tests {
                 assert!(segs[i].read_with(at, len, &mut |b| got.extend_from_slice(b)));
                 assert_eq!(got, raw[at..at + len], "at {at} (linked: {linked})");
             }
+            // A read across segments is served in parts, one from each.
+            let (at, len) = ((3 << 20) - 5000, 300_000);
+            let parts = cps.pieces(at, len);
+            assert!(parts.len() >= 2 || !linked, "{parts:?}");
+            let mut got = Vec::new();
+            for (at, len) in parts {
+                let i = cps.segment_of(at, len).unwrap();
+                assert!(segs[i].read_with(at, len, &mut |b| got.extend_from_slice(b)));
+            }
+            assert_eq!(got, raw[at..at + len]);
+            let tail = cps.pieces(raw.len() - 10, 100);
+            assert_eq!(tail.iter().map(|p| p.1).sum::<usize>(), 10);
             // A read decodes from the checkpoint before it up to the block holding its end,
             // and at least the 64 KiB the dictionary reaches.
             let at = (2 << 20) + 5000;
