@@ -91,8 +91,8 @@ struct CacheArgs {
     /// File whose first line is Freezer's encryption password (for encrypted backups).
     #[arg(long, value_name = "FILE")]
     freezer_key: Option<PathBuf>,
-    /// Decoded bytes between two kept LZ4 decoder checkpoints (at least 1M).
-    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    /// Least decoded bytes between two kept LZ4 decoder checkpoints (at least 64K).
+    #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
     lz4_checkpoint_spacing: u64,
 }
 

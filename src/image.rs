@@ -186,8 +186,7 @@ impl ImageFile {
         let whole = self.cache.get::<DecodedChunk>(key);
         if !sequential
             && whole.as_ref().is_none_or(|c| !c.decoded_to(at + len))
-            && let Some(seg) = self.segment(layer, idx, at, len)
-            && seg.value().is_some_and(|s| s.read_with(at, len, &mut *f))
+            && self.read_segments(layer, idx, (at, len), &mut *f)
         {
             return Ok(());
         }
@@ -195,6 +194,60 @@ impl ImageFile {
             Some(c) => c.read_with(at, len, f),
             None => self.chunk(layer, idx)?.read_with(at, len, f),
         }
+    }
+
+    /// Hands `len` decoded bytes at `at` of chunk `idx` to `f` from segments decoded from the
+    /// frame's kept checkpoints: lent from one, or copied together from the consecutive
+    /// segments a read spans; false when they cannot serve it.
+    fn read_segments(
+        &self,
+        layer: &Arc<dyn Layer>,
+        idx: u32,
+        (at, len): (usize, usize),
+        f: &mut dyn FnMut(&[u8]),
+    ) -> bool {
+        let Some(pieces) = self
+            .table(layer, idx)
+            .and_then(|t| Some(t.value()?.pieces(at, len)))
+        else {
+            return false;
+        };
+        let read = |(at, len): (usize, usize), f: &mut dyn FnMut(&[u8])| {
+            let seg = self.segment(layer, idx, at, len);
+            seg.is_some_and(|s| s.value().is_some_and(|s| s.read_with(at, len, f)))
+        };
+        if let [piece] = pieces[..] {
+            return piece.1 == len && read(piece, f);
+        }
+        let mut bytes = Vec::with_capacity(len);
+        for piece in pieces {
+            if !read(piece, &mut |b| bytes.extend_from_slice(b)) {
+                return false;
+            }
+        }
+        if bytes.len() != len {
+            return false;
+        }
+        f(&bytes);
+        true
+    }
+
+    /// The checkpoint table of chunk `idx`, loaded once into the cache; `None` without one.
+    fn table(&self, layer: &Arc<dyn Layer>, idx: u32) -> Option<Arc<Built<Checkpoints>>> {
+        let c = Self::chunk_of(layer, idx).ok()?;
+        let path = layer.checkpoints(&c)?;
+        let key = Key {
+            owner: layer.cache_owner(),
+            index: TABLE | u64::from(idx),
+        };
+        self.cache
+            .get_or_build(key, OnFailure::Retry, || {
+                let t = Checkpoints::load(&path, c.file_off, c.comp_len, c.raw_len)
+                    .ok_or_else(|| Error::not_found("no LZ4 checkpoints"))?;
+                let cost = t.heap_bytes();
+                Ok((t, cost))
+            })
+            .ok()
     }
 
     /// The segment of chunk `idx` holding `at..at+len`, decoded from the frame's kept
@@ -208,21 +261,12 @@ impl ImageFile {
         len: usize,
     ) -> Option<Arc<Built<Segment>>> {
         let c = Self::chunk_of(layer, idx).ok()?;
-        let path = layer.checkpoints(&c)?;
         let owner = layer.cache_owner();
         let table_key = Key {
             owner,
             index: TABLE | u64::from(idx),
         };
-        let table = self
-            .cache
-            .get_or_build(table_key, OnFailure::Retry, || {
-                let t = Checkpoints::load(&path, c.file_off, c.comp_len, c.raw_len)
-                    .ok_or_else(|| Error::not_found("no LZ4 checkpoints"))?;
-                let cost = t.heap_bytes();
-                Ok((t, cost))
-            })
-            .ok()?;
+        let table = self.table(layer, idx)?;
         let cps = table.value()?;
         let i = cps.segment_of(at, len)?;
         let key = Key {

@@ -56,7 +56,7 @@ fn write_set(dir: &Path) -> Vec<u8> {
 }
 
 /// 4 KiB reads, one in each MiB of the data from the last: inside checkpoint segments (read
-/// from their checkpoint), or with `across`, across their ends (read from the frame's start).
+/// from their checkpoint), or with `across`, across their ends (read in parts from two).
 fn check_reads(file: &Path, want: &[u8], across: bool) {
     let f = std::fs::File::open(file).unwrap();
     let mut buf = vec![0u8; 4096];

@@ -170,7 +170,7 @@ impl DecodedChunk {
         }
         if st.decoded == self.raw_len {
             self.end(st, &frame)?;
-            self.keep_checkpoints(st);
+            self.keep_checkpoints(st, &frame);
             return Ok(());
         }
         if let Cow::Owned(bytes) = frame {
@@ -261,22 +261,23 @@ impl DecodedChunk {
         Ok(())
     }
 
-    /// Writes the checkpoints passed while decoding the whole frame, unless already kept.
-    fn keep_checkpoints(&self, st: &mut State) {
+    /// Writes the checkpoints passed while decoding the whole frame, unless already kept in
+    /// the current format.
+    fn keep_checkpoints(&self, st: &mut State, frame: &[u8]) {
         let marks = std::mem::take(&mut st.marks);
         let Some(path) = &self.keep else {
             return;
         };
-        if path.exists() {
+        if checkpoint::current(path) {
             return;
         }
-        let frame = checkpoint::FrameId {
+        let id = checkpoint::FrameId {
             offset: self.offset,
             comp_len: self.comp_len,
             raw_len: self.raw_len as u64,
         };
         let out = st.out.get(..self.raw_len).unwrap_or_default();
-        if let Err(e) = checkpoint::write(path, &frame, &marks, out, st.info.linked) {
+        if let Err(e) = checkpoint::write(path, &id, (&st.info, frame), &marks, out) {
             log::debug!("{}: cannot keep LZ4 checkpoints: {e}", path.display());
         }
     }

@@ -5,8 +5,8 @@
 //! virtnbdbackup writes linked blocks, so any byte of a frame needs every byte before it: a read
 //! in the middle of a 32 MiB frame decodes from the start up to that read, and the decoded prefix
 //! stays in the shared cache for the next reader. Once a frame was decoded whole, its
-//! checkpoints are kept on disk; a later random read decodes one [`Segment`] (at most one
-//! spacing) from the checkpoint before it instead.
+//! checkpoints are kept on disk; a later random read decodes part of one [`Segment`] (usually
+//! one 64 KiB block) from the checkpoint before it instead.
 
 mod checkpoint;
 mod chunk;
@@ -246,8 +246,8 @@ impl Lz4Runtime {
         Arc::default()
     }
 
-    /// A runtime keeping checkpoints every `spacing` decoded bytes (at least [`MIN_SPACING`],
-    /// so that they take at most 1/16 of a frame's decoded size).
+    /// A runtime keeping checkpoints at least `spacing` decoded bytes apart (at least
+    /// [`MIN_SPACING`]; their stored dictionaries take at most 1/16 of a frame's decoded size).
     pub fn with_spacing(spacing: usize) -> Arc<Lz4Runtime> {
         Arc::new(Lz4Runtime {
             spacing,
@@ -255,7 +255,7 @@ impl Lz4Runtime {
         })
     }
 
-    /// Decoded bytes between two kept checkpoints.
+    /// Least decoded bytes between two kept checkpoints.
     pub fn spacing(&self) -> usize {
         self.spacing.max(MIN_SPACING)
     }
@@ -286,7 +286,7 @@ impl Lz4Runtime {
 
     /// Keeps a dropped frame's buffer for reuse while the pool has room.
     fn give_back(&self, out: Vec<u8>) {
-        if out.len() >= 1 << 20 && out.len() == out.capacity() {
+        if out.len() >= 64 << 10 && out.len() == out.capacity() {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             if pool.iter().map(Vec::len).sum::<usize>() + out.len() <= POOL_BYTES {
                 pool.push(out);
