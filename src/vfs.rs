@@ -1,8 +1,8 @@
 //! The virtual tree that every front end shares: the FUSE mount, `export` and `ls` walk the same
 //! nodes. Formats build nodes; nothing here knows a backup format.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::error::{Error, Result};
@@ -276,15 +276,39 @@ impl Directory for StaticDir {
     }
 
     fn lookup(&self, name: &str) -> Result<Option<Node>> {
-        Ok(self
-            .entries
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .ok()
-            .map(|i| self.entries[i].1.clone()))
+        Ok(find_sorted(&self.entries, name))
     }
 
     fn attr(&self) -> Attr {
         self.attr
+    }
+}
+
+/// The node called `name` in `entries` sorted by name.
+pub fn find_sorted(entries: &[(String, Node)], name: &str) -> Option<Node> {
+    entries
+        .binary_search_by(|(n, _)| n.as_str().cmp(name))
+        .ok()
+        .map(|i| entries[i].1.clone())
+}
+
+/// A folder's children, sorted by name, shared by every reader.
+pub type Listing = Arc<Vec<(String, Node)>>;
+
+/// A folder's listing, sorted by name, read on first use and kept (a failed read is tried
+/// again next time).
+#[derive(Default)]
+pub struct ListedOnce(Mutex<Option<Listing>>);
+
+impl ListedOnce {
+    /// The listing, read with `list` the first time.
+    pub fn get(&self, list: impl FnOnce() -> Result<Vec<(String, Node)>>) -> Result<Listing> {
+        if let Some(l) = &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(l.clone());
+        }
+        let l = Arc::new(list()?);
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(l.clone());
+        Ok(l)
     }
 }
 

@@ -14,44 +14,9 @@ fn source() -> PathBuf {
     data_dir().join("freezer")
 }
 
-fn manifest() -> Value {
-    serde_json::from_slice(&std::fs::read(source().join("manifest.json")).unwrap()).unwrap()
-}
-
 /// (set path in the mount, point name, expected tree) for every tar backup.
 fn cases() -> Vec<(String, String, Value)> {
-    let doc = ls_json(&source());
-    let m = manifest();
-    let mut out = Vec::new();
-    for (name, set) in m["sets"].as_object().unwrap() {
-        if set["engine_dir"] != "tar" {
-            continue;
-        }
-        let path = format!(
-            "{}/tar/{}",
-            set["container"].as_str().unwrap(),
-            set["hostname_backup_name"].as_str().unwrap()
-        );
-        let listed = doc["sets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["path"] == path.as_str())
-            .unwrap_or_else(|| panic!("{name}: no set {path}"));
-        for b in set["backups"].as_array().unwrap() {
-            let point = listed["points"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["timestamp"] == b["timestamp"] && p["level"] == b["level"])
-                .unwrap_or_else(|| panic!("{name}: no point for {}", b["id"]));
-            out.push((
-                path.clone(),
-                point["name"].as_str().unwrap().to_owned(),
-                b["expected"].clone(),
-            ));
-        }
-    }
+    let out = freezer_cases(&source(), "tar", |_, _| {});
     assert_eq!(out.len(), 8);
     out
 }

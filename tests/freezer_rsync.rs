@@ -17,43 +17,11 @@ fn source() -> PathBuf {
 
 /// (set path in the mount, point name, expected tree) for every rsync backup of the manifest.
 fn cases() -> Vec<(String, String, Value)> {
-    let doc = ls_json(&source());
-    let m: Value =
-        serde_json::from_slice(&std::fs::read(source().join("manifest.json")).unwrap()).unwrap();
-    let mut out = Vec::new();
-    for (name, set) in m["sets"].as_object().unwrap() {
-        if set["engine_dir"] != "rsync" {
-            continue;
-        }
-        let path = format!(
-            "{}/rsync/{}",
-            set["container"].as_str().unwrap(),
-            set["hostname_backup_name"].as_str().unwrap()
-        );
-        let listed = doc["sets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["path"] == path.as_str())
-            .unwrap_or_else(|| panic!("{name}: no set {path}"));
-        assert!(listed["error"].is_null(), "{listed}");
-        for b in set["backups"].as_array().unwrap() {
-            // Freezer could not restore it: the manifest's tree is what it backed up.
-            assert_eq!(b["freezer_restore"]["rc"], 1);
-            let point = listed["points"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["timestamp"] == b["timestamp"] && p["level"] == b["level"])
-                .unwrap_or_else(|| panic!("{name}: no point for {}", b["id"]));
-            assert_eq!(point["engine_name"], "rsync");
-            out.push((
-                path.clone(),
-                point["name"].as_str().unwrap().to_owned(),
-                b["expected"].clone(),
-            ));
-        }
-    }
+    let out = freezer_cases(&source(), "rsync", |b, point| {
+        // Freezer could not restore it: the manifest's tree is what it backed up.
+        assert_eq!(b["freezer_restore"]["rc"], 1);
+        assert_eq!(point["engine_name"], "rsync");
+    });
     assert_eq!(out.len(), 1);
     out
 }

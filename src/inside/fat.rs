@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use super::device::read_exact_at;
 use crate::error::{Error, Result};
-use crate::vfs::{self, Attr, Directory, FileNode, Node};
+use crate::vfs::{self, Attr, Directory, FileNode, ListedOnce, Listing, Node};
 
 /// Most entries a FAT folder may hold (the specification's limit): bounds a listing.
 const MAX_DIR_ENTRIES: u64 = 65_536;
@@ -338,9 +338,6 @@ enum DirLoc {
     Chain(u32, u64),
 }
 
-/// A folder's children, sorted by name.
-type Listing = Arc<Vec<(String, Node)>>;
-
 /// A folder, listed on first use; the listing is kept (at most 65,536 entries by the format).
 struct FatDir {
     vol: Arc<Volume>,
@@ -348,7 +345,7 @@ struct FatDir {
     attr: Attr,
     /// First clusters of the folders above (to refuse folders that contain their ancestors).
     above: Vec<u32>,
-    listing: Mutex<Option<Listing>>,
+    listing: ListedOnce,
 }
 
 impl FatDir {
@@ -358,7 +355,7 @@ impl FatDir {
             loc,
             attr,
             above,
-            listing: Mutex::new(None),
+            listing: ListedOnce::default(),
         }
     }
 
@@ -472,12 +469,7 @@ impl FatDir {
     }
 
     fn listing(&self) -> Result<Listing> {
-        if let Some(l) = &*self.listing.lock().unwrap_or_else(|p| p.into_inner()) {
-            return Ok(l.clone());
-        }
-        let l = Arc::new(self.list()?);
-        *self.listing.lock().unwrap_or_else(|p| p.into_inner()) = Some(l.clone());
-        Ok(l)
+        self.listing.get(|| self.list())
     }
 }
 
@@ -487,10 +479,7 @@ impl Directory for FatDir {
     }
 
     fn lookup(&self, name: &str) -> Result<Option<Node>> {
-        let l = self.listing()?;
-        Ok(l.binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .ok()
-            .map(|i| l[i].1.clone()))
+        Ok(vfs::find_sorted(&self.listing()?, name))
     }
 
     fn attr(&self) -> Attr {

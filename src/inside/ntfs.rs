@@ -22,7 +22,7 @@ use ntfs::{Ntfs, NtfsAttribute, NtfsAttributeType, NtfsError, NtfsFile, NtfsTime
 
 use super::device::{Device, read_exact_at};
 use crate::error::{Error, Result};
-use crate::vfs::{self, Attr, Directory, FileNode, Node};
+use crate::vfs::{self, Attr, Directory, FileNode, ListedOnce, Listing, Node};
 
 /// MFT records below this are the file system's own metafiles (`$MFT` … `$Extend`, reserved).
 const FIRST_USER_RECORD: u64 = 16;
@@ -80,7 +80,7 @@ fn open_root(dev: Arc<dyn FileNode>, what: PathBuf) -> Result<Node> {
         frn: ROOT,
         attr,
         above: Vec::new(),
-        listing: Mutex::new(None),
+        listing: ListedOnce::default(),
     })))
 }
 
@@ -290,9 +290,6 @@ fn nt_time(t: NtfsTime) -> SystemTime {
         + Duration::from_secs(ticks / 10_000_000)
 }
 
-/// A folder's children, sorted by name.
-type Listing = Arc<Vec<(String, Node)>>;
-
 /// A folder, listed from its index on first use; the listing is kept.
 struct NtfsDir {
     vol: Arc<Volume>,
@@ -300,7 +297,7 @@ struct NtfsDir {
     attr: Attr,
     /// MFT records of the folders above (to refuse folders that contain their ancestors).
     above: Vec<u64>,
-    listing: Mutex<Option<Listing>>,
+    listing: ListedOnce,
 }
 
 impl NtfsDir {
@@ -366,7 +363,7 @@ impl NtfsDir {
                 frn,
                 attr: Attr::read_only(true, mtime),
                 above: above.to_vec(),
-                listing: Mutex::new(None),
+                listing: ListedOnce::default(),
             }))
         } else {
             Node::File(self.vol.file_node(frn, mtime))
@@ -374,13 +371,10 @@ impl NtfsDir {
     }
 
     fn listing(&self) -> Result<Listing> {
-        if let Some(l) = &*self.listing.lock().unwrap_or_else(|p| p.into_inner()) {
-            return Ok(l.clone());
-        }
-        let structure = format!("NTFS folder in MFT record {}", self.frn);
-        let l = Arc::new(guard(&self.vol.what, &structure, || self.list())?);
-        *self.listing.lock().unwrap_or_else(|p| p.into_inner()) = Some(l.clone());
-        Ok(l)
+        self.listing.get(|| {
+            let structure = format!("NTFS folder in MFT record {}", self.frn);
+            guard(&self.vol.what, &structure, || self.list())
+        })
     }
 }
 
@@ -390,10 +384,7 @@ impl Directory for NtfsDir {
     }
 
     fn lookup(&self, name: &str) -> Result<Option<Node>> {
-        let l = self.listing()?;
-        Ok(l.binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .ok()
-            .map(|i| l[i].1.clone()))
+        Ok(vfs::find_sorted(&self.listing()?, name))
     }
 
     fn attr(&self) -> Attr {

@@ -550,3 +550,49 @@ pub fn scan_in_process(
     let formats = restorefs::format::all(&Default::default());
     restorefs::scan::scan(source, &formats, &ctx, &indicatif::ProgressBar::hidden()).unwrap()
 }
+
+/// (set path in the mount, point name, the manifest's backup) for every backup of the Freezer
+/// reference sets of `engine` (`tar`, `rsync`), matched with the point `ls --json` lists for it
+/// (handed to `check` with the backup).
+pub fn freezer_cases(
+    source: &Path,
+    engine: &str,
+    check: impl Fn(&serde_json::Value, &serde_json::Value),
+) -> Vec<(String, String, serde_json::Value)> {
+    let doc = ls_json(source);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(source.join("manifest.json")).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for (name, set) in m["sets"].as_object().unwrap() {
+        if set["engine_dir"] != engine {
+            continue;
+        }
+        let path = format!(
+            "{}/{engine}/{}",
+            set["container"].as_str().unwrap(),
+            set["hostname_backup_name"].as_str().unwrap()
+        );
+        let listed = doc["sets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["path"] == path.as_str())
+            .unwrap_or_else(|| panic!("{name}: no set {path}"));
+        assert!(listed["error"].is_null(), "{listed}");
+        for b in set["backups"].as_array().unwrap() {
+            let point = listed["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["timestamp"] == b["timestamp"] && p["level"] == b["level"])
+                .unwrap_or_else(|| panic!("{name}: no point for {}", b["id"]));
+            check(b, point);
+            out.push((
+                path.clone(),
+                point["name"].as_str().unwrap().to_owned(),
+                b["expected"].clone(),
+            ));
+        }
+    }
+    out
+}
