@@ -23,16 +23,6 @@ use serde_json::Value;
 const BLOCK: usize = 64 << 10;
 const MIB: u64 = 1 << 20;
 
-fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn shell(script: &str, stdin: &str) {
     use std::io::Write;
     let mut c = Command::new("sh")
@@ -48,18 +38,6 @@ fn shell(script: &str, stdin: &str) {
         "{script}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn random(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn bytes_path(root: &Path, rel: &[u8]) -> PathBuf {
@@ -204,21 +182,23 @@ fn populate(src: &Path) {
     let mk = |p: &str| std::fs::create_dir_all(src.join(p)).unwrap();
     mk("etc/nginx");
     std::fs::write(src.join("etc/nginx/nginx.conf"), b"worker_processes 4;\n").unwrap();
-    std::fs::write(src.join("big.bin"), random(1, 3 << 20)).unwrap();
+    std::fs::write(src.join("big.bin"), random_bytes(1, 3 << 20)).unwrap();
     std::fs::write(src.join("secret"), b"only root\n").unwrap();
-    sh("chmod", &["0600", src.join("secret").to_str().unwrap()]);
-    sh(
+    tool("chmod", &["0600", src.join("secret").to_str().unwrap()]);
+    tool(
         "chmod",
         &["04755", src.join("etc/nginx/nginx.conf").to_str().unwrap()],
     );
-    sh(
+    tool(
         "chown",
         &["1234:5678", src.join("secret").to_str().unwrap()],
     );
     let sparse = File::create(src.join("sparse.img")).unwrap();
     sparse.set_len(8 * MIB).unwrap();
-    sparse.write_all_at(&random(2, 100_000), MIB).unwrap();
-    sparse.write_all_at(&random(3, 5000), 6 * MIB).unwrap();
+    sparse.write_all_at(&random_bytes(2, 100_000), MIB).unwrap();
+    sparse
+        .write_all_at(&random_bytes(3, 5000), 6 * MIB)
+        .unwrap();
     std::fs::write(src.join("etc/hard1"), b"one inode, two names\n").unwrap();
     std::fs::hard_link(src.join("etc/hard1"), src.join("hard2")).unwrap();
     std::fs::hard_link(src.join("etc/hard1"), src.join("etc/hard3")).unwrap();
@@ -231,12 +211,12 @@ fn populate(src: &Path) {
     let deep: PathBuf = (0..40).map(|i| format!("d{i}")).collect();
     mk(deep.to_str().unwrap());
     std::fs::write(src.join(&deep).join("bottom.txt"), b"deep\n").unwrap();
-    sh("mkfifo", &[src.join("fifo").to_str().unwrap()]);
-    sh(
+    tool("mkfifo", &[src.join("fifo").to_str().unwrap()]);
+    tool(
         "mknod",
         &[src.join("null").to_str().unwrap(), "c", "1", "3"],
     );
-    sh(
+    tool(
         "touch",
         &[
             "-h",
@@ -245,7 +225,7 @@ fn populate(src: &Path) {
             src.join("link-rel").to_str().unwrap(),
         ],
     );
-    sh(
+    tool(
         "touch",
         &[
             "-d",
@@ -261,8 +241,8 @@ fn mkfs(t: &Path, name: &str, size: u64, args: &[&str]) -> Vec<u8> {
     File::create(&img).unwrap().set_len(size).unwrap();
     let mut all: Vec<&str> = args.to_vec();
     all.push(img.to_str().unwrap());
-    let tool = all.remove(0);
-    sh(tool, &all);
+    let cmd = all.remove(0);
+    tool(cmd, &all);
     std::fs::read(&img).unwrap()
 }
 
@@ -300,7 +280,7 @@ fn make_disks(t: &Path) -> Vec<Part> {
     let small = t.join("small");
     std::fs::create_dir_all(small.join("docs")).unwrap();
     std::fs::write(small.join("docs/readme.txt"), b"small tree\n").unwrap();
-    std::fs::write(small.join("data.bin"), random(9, 200_000)).unwrap();
+    std::fs::write(small.join("data.bin"), random_bytes(9, 200_000)).unwrap();
     std::os::unix::fs::symlink("docs/readme.txt", small.join("readme")).unwrap();
     let root = part("vda", 1, (MIB, 28 * MIB), Some("p1"));
     make_vda(t, &src, &root);
@@ -329,7 +309,7 @@ fn make_vda(t: &Path, src: &Path, root: &Part) {
     let table = "-n 1:2048:+28M -t 1:8300 -c 1:root -n 2:0:+4M -t 2:8200 -c 2:swap";
     let mut args: Vec<&str> = table.split(' ').collect();
     args.push(vda.to_str().unwrap());
-    sh("sgdisk", &args);
+    tool("sgdisk", &args);
     let uuid = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9";
     let mkfs_args = [
         "mkfs.ext4",
@@ -390,7 +370,7 @@ fn make_vdb(t: &Path, small: &Path) -> HashMap<u32, (u64, u64)> {
 /// Partition number → (start, size) in bytes, as `sfdisk --json` reads the table back.
 fn sfdisk_starts(disk: &Path) -> HashMap<u32, (u64, u64)> {
     let doc: Value =
-        serde_json::from_str(&sh("sfdisk", &["--json", disk.to_str().unwrap()])).unwrap();
+        serde_json::from_str(&tool("sfdisk", &["--json", disk.to_str().unwrap()])).unwrap();
     doc["partitiontable"]["partitions"]
         .as_array()
         .unwrap()
@@ -426,7 +406,7 @@ fn with_mount<T>(t: &Path, part: &Part, rw: bool, f: impl FnOnce(&Path) -> T) ->
         part.size
     );
     // The ext4 driver reads ext2/3 too and knows `noload`.
-    sh(
+    tool(
         "mount",
         &[
             "-t",
@@ -438,7 +418,7 @@ fn with_mount<T>(t: &Path, part: &Part, rw: bool, f: impl FnOnce(&Path) -> T) ->
         ],
     );
     let out = f(&mnt);
-    sh("umount", &[mnt.to_str().unwrap()]);
+    tool("umount", &[mnt.to_str().unwrap()]);
     out
 }
 
@@ -449,7 +429,7 @@ fn change(t: &Path, parts: &[Part]) {
             .write(true)
             .open(m.join("big.bin"))
             .unwrap();
-        f.write_all_at(&random(7, 50_000), 1_000_000).unwrap();
+        f.write_all_at(&random_bytes(7, 50_000), 1_000_000).unwrap();
         std::fs::write(m.join("new.txt"), b"added\n").unwrap();
         std::fs::remove_file(m.join("many/f00007")).unwrap();
         std::fs::rename(m.join("etc/nginx"), m.join("etc/nginx.old")).unwrap();
@@ -603,9 +583,9 @@ fn files_inside_partitioned_disk_images_equal_a_loop_mount() {
     let lp = t.join("slice-mnt");
     std::fs::create_dir(&lp).unwrap();
     let (s, l) = (slice.to_str().unwrap(), lp.to_str().unwrap());
-    sh("mount", &["-o", "loop,ro,noload", s, l]);
+    tool("mount", &["-o", "loop,ro,noload", s, l]);
     let got = walk(&lp);
-    sh("umount", &[l]);
+    tool("umount", &[l]);
     assert_trees(&got, &want[1][0], "vda/p1.raw loop-mounted");
 
     eight_readers(&served.join(&format!("{point}/vda/p1")), &want[1][0]);
@@ -707,7 +687,7 @@ fn export_as_nobody(t: &Path, backups: &Path, point: &str, want: &[BTreeMap<Vec<
     let cache = t.join("nobody-cache");
     std::fs::create_dir(&cache).unwrap();
     for p in [t, &out, &cache] {
-        sh("chmod", &["0777", p.to_str().unwrap()]);
+        tool("chmod", &["0777", p.to_str().unwrap()]);
     }
     let export = |path: &str, to: &Path| {
         let o = Command::new("runuser")
@@ -770,7 +750,7 @@ fn assert_exported(got: &BTreeMap<Vec<u8>, Entry>, mut want: BTreeMap<Vec<u8>, E
 
 /// `debugfs -R CMD` on a file system image: its output.
 fn debugfs(img: &Path, cmd: &str) -> String {
-    sh("debugfs", &["-R", cmd, img.to_str().unwrap()])
+    tool("debugfs", &["-R", cmd, img.to_str().unwrap()])
 }
 
 /// `src` as a 1 KiB-block ext4 whose `etc/a.conf` has a broken extent header and whose
@@ -778,7 +758,7 @@ fn debugfs(img: &Path, cmd: &str) -> String {
 fn damage(t: &Path, src: &Path) -> (Vec<u8>, u64) {
     let img = t.join("fs");
     File::create(&img).unwrap().set_len(4 * MIB).unwrap();
-    sh(
+    tool(
         "mkfs.ext4",
         &[
             "-q",
@@ -820,7 +800,7 @@ fn damaged_metadata_fails_only_the_file_or_folder_it_holds() {
     let t = tmp.path();
     let src = t.join("src");
     std::fs::create_dir_all(src.join("etc/sub")).unwrap();
-    std::fs::write(src.join("etc/a.conf"), random(5, 30_000)).unwrap();
+    std::fs::write(src.join("etc/a.conf"), random_bytes(5, 30_000)).unwrap();
     std::fs::write(src.join("etc/b.conf"), b"intact\n").unwrap();
     std::fs::write(src.join("etc/sub/c"), b"in a damaged folder\n").unwrap();
     let (bytes, inode_at) = damage(t, &src);
@@ -869,7 +849,7 @@ fn damaged_primary_gpt_falls_back_to_the_backup() {
     let disk = tmp.path().join("disk");
     File::create(&disk).unwrap().set_len(4 * MIB).unwrap();
     let d = disk.to_str().unwrap();
-    sh(
+    tool(
         "sgdisk",
         &[
             "-n",
@@ -984,34 +964,34 @@ fn journal_replayed(features: &[&str]) {
     let mut args = vec!["-q", "-F", "-b", "1024"];
     args.extend_from_slice(features);
     args.push(img.to_str().unwrap());
-    sh("mkfs.ext4", &args);
+    tool("mkfs.ext4", &args);
     let mnt = t.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let (i, m) = (img.to_str().unwrap(), mnt.to_str().unwrap());
-    sh("mount", &["-o", "loop", i, m]);
+    tool("mount", &["-o", "loop", i, m]);
     std::fs::create_dir_all(mnt.join("a/b")).unwrap();
     for n in 0..50 {
-        std::fs::write(mnt.join(format!("a/b/f{n}")), random(n, 3000)).unwrap();
+        std::fs::write(mnt.join(format!("a/b/f{n}")), random_bytes(n, 3000)).unwrap();
     }
     std::os::unix::fs::symlink("a/b/f1", mnt.join("link")).unwrap();
     // fsync commits the whole transaction to the journal; the blocks stay dirty in the loop
     // device's cache, not yet in their place in the image (`sync` would write them there too).
     File::open(mnt.join("a/b/f7")).unwrap().sync_all().unwrap();
     let snapshot = std::fs::read(&img).unwrap();
-    sh("umount", &[m]);
+    tool("umount", &[m]);
     let copy = t.join("copy");
     std::fs::write(&copy, &snapshot).unwrap();
     let c = copy.to_str().unwrap();
-    sh("mount", &["-t", "ext4", "-o", "loop,ro,noload", c, m]);
+    tool("mount", &["-t", "ext4", "-o", "loop,ro,noload", c, m]);
     let unreplayed = disk_tree(&mnt);
-    sh("umount", &[m]);
+    tool("umount", &[m]);
     // A read-only mount replays the journal when its device is writable: a loop device of its own.
-    let dev = sh("losetup", &["-f", "--show", c]);
+    let dev = tool("losetup", &["-f", "--show", c]);
     let dev = dev.trim();
-    sh("mount", &["-t", "ext4", "-o", "ro", dev, m]);
+    tool("mount", &["-t", "ext4", "-o", "ro", dev, m]);
     let want = disk_tree(&mnt);
-    sh("umount", &[m]);
-    sh("losetup", &["-d", dev]);
+    tool("umount", &[m]);
+    tool("losetup", &["-d", dev]);
     assert_ne!(
         unreplayed, want,
         "the image must need its journal for this test"

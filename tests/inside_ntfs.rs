@@ -208,28 +208,7 @@ fn eight_threads_read_one_ntfs_at_once() {
         .filter_map(|(p, d)| Some((d.clone()?, p)))
         .map(|(d, p)| (file(&root, p), d))
         .collect();
-    let files = Arc::new(files);
-    let threads: Vec<_> = (0..8u64)
-        .map(|t| {
-            let files = files.clone();
-            std::thread::spawn(move || {
-                let mut x = t + 1;
-                for _ in 0..400 {
-                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                    let (f, data) = &files[(x >> 33) as usize % files.len()];
-                    let off = (x >> 20) as usize % (data.len() + 1);
-                    let len = (x >> 7) as usize % 70_000;
-                    let mut buf = vec![0u8; len];
-                    let n = f.read_at(off as u64, &mut buf).unwrap();
-                    assert_eq!(n, len.min(data.len() - off));
-                    assert!(buf[..n] == data[off..off + n], "thread {t}: bytes differ");
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    fsimage::read_at_once(files);
 }
 
 #[test]

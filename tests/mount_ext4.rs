@@ -8,34 +8,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Command;
 
 use common::writer::{Frame, StreamSpec};
 use common::*;
 
 const BLOCK: usize = 64 << 10;
 const SIZE: u64 = 32 << 20;
-
-fn sh(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn random(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Every file (sha256) and folder ("dir") under `root`, by relative path; lost+found left out.
 fn tree(root: &Path) -> BTreeMap<String, String> {
@@ -129,13 +107,13 @@ fn get_files_back_from_every_point_of_an_ext4_chain() {
     let t = tmp.path();
     let src = t.join("src");
     std::fs::create_dir_all(src.join("dir1/sub")).unwrap();
-    std::fs::write(src.join("a.bin"), random(1, 300_000)).unwrap();
+    std::fs::write(src.join("a.bin"), random_bytes(1, 300_000)).unwrap();
     std::fs::write(src.join("b.txt"), b"to be deleted\n".repeat(100)).unwrap();
-    std::fs::write(src.join("dir1/c.bin"), random(2, 1 << 20)).unwrap();
+    std::fs::write(src.join("dir1/c.bin"), random_bytes(2, 1 << 20)).unwrap();
     std::fs::write(src.join("dir1/sub/d.txt"), b"deep file\n").unwrap();
     let img = t.join("disk.img");
     std::fs::File::create(&img).unwrap().set_len(SIZE).unwrap();
-    sh(
+    tool(
         "mkfs.ext4",
         &[
             "-q",
@@ -154,28 +132,28 @@ fn get_files_back_from_every_point_of_an_ext4_chain() {
     std::fs::create_dir(&mnt).unwrap();
     let (m, i) = (mnt.to_str().unwrap(), img.to_str().unwrap());
     // Round 1: rewrite part of a file, add one, delete one, rename a folder.
-    sh("mount", &["-o", "loop", i, m]);
+    tool("mount", &["-o", "loop", i, m]);
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(mnt.join("a.bin"))
         .unwrap();
-    f.write_all_at(&random(3, 20_000), 100_000).unwrap();
+    f.write_all_at(&random_bytes(3, 20_000), 100_000).unwrap();
     drop(f);
-    std::fs::write(mnt.join("new.bin"), random(4, 150_000)).unwrap();
+    std::fs::write(mnt.join("new.bin"), random_bytes(4, 150_000)).unwrap();
     std::fs::remove_file(mnt.join("b.txt")).unwrap();
     std::fs::rename(mnt.join("dir1"), mnt.join("dir2")).unwrap();
     want.push(tree(&mnt));
-    sh("umount", &[m]);
+    tool("umount", &[m]);
     snaps.push(std::fs::read(&img).unwrap());
     // Round 2: append, delete in a subfolder, add in a subfolder.
-    sh("mount", &["-o", "loop", i, m]);
+    tool("mount", &["-o", "loop", i, m]);
     let mut grown = std::fs::read(mnt.join("new.bin")).unwrap();
-    grown.extend(random(5, 70_000));
+    grown.extend(random_bytes(5, 70_000));
     std::fs::write(mnt.join("new.bin"), &grown).unwrap();
     std::fs::remove_file(mnt.join("dir2/sub/d.txt")).unwrap();
     std::fs::write(mnt.join("dir2/sub/e.txt"), b"added later\n").unwrap();
     want.push(tree(&mnt));
-    sh("umount", &[m]);
+    tool("umount", &[m]);
     snaps.push(std::fs::read(&img).unwrap());
     assert_ne!(want[0], want[1]);
     assert_ne!(want[1], want[2]);
@@ -212,7 +190,7 @@ fn get_files_back_from_every_point_of_an_ext4_chain() {
                 set["path"].as_str().unwrap(),
                 p["name"].as_str().unwrap()
             ));
-            sh(
+            tool(
                 "mount",
                 &[
                     "-o",
@@ -222,7 +200,7 @@ fn get_files_back_from_every_point_of_an_ext4_chain() {
                 ],
             );
             let got = tree(&lp);
-            sh("umount", &[lp.to_str().unwrap()]);
+            tool("umount", &[lp.to_str().unwrap()]);
             assert_eq!(got, want[n], "{} point {n}", set["path"]);
         }
     }

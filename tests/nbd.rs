@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use nbd_client::{Served, model_data_ranges, tool};
+use nbd_client::{Served, model_data_ranges};
 
 fn source() -> PathBuf {
     data_dir().join("virtnbd")
@@ -31,18 +31,7 @@ fn tree_hashes(dir: &Path) -> Vec<(PathBuf, String)> {
 
 /// `qemu-img convert` of an export to a raw file; its sha256.
 fn convert_hash(served: &Served, export: &str, out: &Path) -> String {
-    tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &served.uri(export),
-            out.to_str().unwrap(),
-        ],
-    );
+    nbd_client::convert(&served.uri(export), out);
     let h = sha256_file(out);
     std::fs::remove_file(out).unwrap();
     h
@@ -231,18 +220,7 @@ fn a_qcow2_overlay_takes_writes_and_the_backup_stays_untouched() {
     let export = "v1-lz4/latest/vda.raw";
     let tmp = scratch();
     let base = tmp.path().join("base.raw");
-    tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &served.uri(export),
-            base.to_str().unwrap(),
-        ],
-    );
+    nbd_client::convert(&served.uri(export), &base);
     let overlay = tmp.path().join("overlay.qcow2");
     let ov = overlay.to_str().unwrap();
     tool(

@@ -413,18 +413,7 @@ fn hostile_clients_get_errors_or_a_closed_connection_and_the_server_stays_up() {
     assert_eq!(c.read(0, 1 << 20).unwrap(), want[..1 << 20]);
     let tmp = scratch();
     let out = tmp.path().join("after.raw");
-    tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &served.uri(FULL),
-            out.to_str().unwrap(),
-        ],
-    );
+    nbd_client::convert(&served.uri(FULL), &out);
     assert_eq!(sha256_file(&out), sha256(&want));
 }
 

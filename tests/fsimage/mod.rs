@@ -256,3 +256,30 @@ pub fn make_ntfs(dir: &Path, mib: u64, options: &str, fill: impl FnOnce(&Path)) 
     }
     img
 }
+
+/// 8 threads reading random ranges of `files` at once (400 reads each); every byte must equal
+/// the file's expected contents.
+pub fn read_at_once(files: Vec<(Arc<dyn FileNode>, Vec<u8>)>) {
+    let files = Arc::new(files);
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let files = files.clone();
+            std::thread::spawn(move || {
+                let mut x = t + 1;
+                for _ in 0..400 {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    let (f, data) = &files[(x >> 33) as usize % files.len()];
+                    let off = (x >> 20) as usize % (data.len() + 1);
+                    let len = (x >> 7) as usize % 70_000;
+                    let mut buf = vec![0u8; len];
+                    let n = f.read_at(off as u64, &mut buf).unwrap();
+                    assert_eq!(n, len.min(data.len() - off));
+                    assert!(buf[..n] == data[off..off + n], "thread {t}: bytes differ");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}

@@ -148,17 +148,6 @@ impl Drop for Served {
     }
 }
 
-/// Runs a tool and returns stdout; panics with its stderr on failure.
-pub fn tool(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// One chunk of a structured reply, or the body of a simple one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Chunk {
@@ -532,4 +521,20 @@ pub fn model_data_ranges(streams: &[PathBuf]) -> Vec<(u64, u64)> {
         }
     }
     merged
+}
+
+/// `qemu-img convert` of the NBD export at `uri` to the raw file `out`.
+pub fn convert(uri: &str, out: &Path) {
+    common::tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            uri,
+            out.to_str().unwrap(),
+        ],
+    );
 }
