@@ -22,7 +22,7 @@ use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::indexcache::IndexCache;
 use crate::lz4::Lz4Runtime;
-use crate::storage::Mappings;
+use crate::storage::{LocalStore, Store};
 use crate::timefmt;
 use crate::vfs::Node;
 use crate::workdir::WorkDir;
@@ -41,14 +41,23 @@ pub struct ScanContext {
 }
 
 /// The machinery of reading backup files, made once per run and passed down (no process
-/// globals): the mapped files and their resident-page budget, the LZ4 buffer pool and
-/// decode-ahead worker.
-#[derive(Clone, Default)]
+/// globals): the store SOURCE is listed and opened from, the LZ4 buffer pool and decode-ahead
+/// worker.
+#[derive(Clone)]
 pub struct Io {
-    /// The mapped backup files.
-    pub mappings: Arc<Mappings>,
+    /// Where SOURCE's folders are listed and its files opened.
+    pub store: Arc<dyn Store>,
     /// LZ4 decoding's shared buffers and worker.
     pub lz4: Arc<Lz4Runtime>,
+}
+
+impl Default for Io {
+    fn default() -> Io {
+        Io {
+            store: Arc::new(LocalStore::default()),
+            lz4: Arc::default(),
+        }
+    }
 }
 
 impl ScanContext {

@@ -1,11 +1,14 @@
-//! Where backup files are read from. A backup file is a [`Source`]: an object of known length
+//! Where backup files are read from. SOURCE is a [`Store`]: a tree of folders and files that
+//! formats list, stat and open by path (a local folder, [`LocalStore`]; an object-store bucket
+//! names its keys `s3://bucket/key`). A backup file is a [`Source`]: an object of known length
 //! whose byte ranges readers copy into their buffers, borrow where the storage can lend them
 //! (a memory map), or stream through a [`RangeReader`]. What is behind it is a [`Backend`]:
-//! today a local file, memory-mapped read-only ([`LocalFile`], its resident pages kept within
-//! a budget by [`Mappings`]); a remote object store implements the same trait with range reads
-//! into owned buffers, and every format, reader and front end above stays as it is.
+//! a local file, memory-mapped read-only ([`LocalFile`], its resident pages kept within a
+//! budget by [`Mappings`]), or a remote object read by ranges into owned buffers; every format,
+//! reader and front end above stays as it is.
 
 mod local;
+mod store;
 
 use std::borrow::Cow;
 use std::io;
@@ -15,6 +18,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 
 pub use local::{LocalFile, Mappings};
+pub use store::{FileEntry, Listing, LocalStore, Store, read_small};
 
 /// Reads shorter than this are copied with `pread` rather than through the mapping.
 pub const SMALL_READ: usize = 64 << 10;

@@ -96,7 +96,7 @@ impl Stream {
     /// whole, and the index is kept in `cache` for next time. The mapping counts in `io`'s
     /// budget; LZ4 frames decode with its runtime.
     pub fn open(path: &Path, cache: Option<&Arc<IndexCache>>, io: &Io) -> Result<Stream> {
-        let source = Source::open(path, &io.mappings)?;
+        let source = io.store.open(path)?;
         let key = |s: &Source| cache.and(s.identity()).map(|id| IndexCache::key(&id));
         let kept = key(&source);
         if let (Some(ix), Some(k)) = (cache, &kept)
