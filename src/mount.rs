@@ -131,7 +131,10 @@ pub fn mount(
     on_ready: Box<dyn FnOnce() + Send>,
 ) -> Result<()> {
     let root = cat.tree(args.as_of);
-    let exports = nbd::Exports::new(cat, root.clone(), args.as_of);
+    // Exports list every set (a lazy catalog scans every folder for it): only made for NBD.
+    let exports = nbd
+        .is_some()
+        .then(|| nbd::Exports::new(cat, root.clone(), args.as_of));
     let fs = FuseFs::new(root, Arc::clone(&cache)).with_owner(args.owner);
     let pruner = fs.pruner();
     let config = session_config(args);
@@ -145,7 +148,7 @@ pub fn mount(
     ctrlc::set_handler(move || shutdown.signal())
         .map_err(|e| Error::usage(format!("cannot handle signals: {e}")))?;
 
-    let server = nbd.map(|l| l.start(exports)).transpose()?;
+    let server = nbd.zip(exports).map(|(l, e)| l.start(e)).transpose()?;
     call_when_ready(mp, on_ready)?;
     let served = session.run();
     if let Some(server) = server {

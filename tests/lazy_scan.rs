@@ -1,6 +1,8 @@
 //! A SOURCE with many folders is scanned a folder at a time when first used: it serves the same
-//! tree (names, kinds, link targets, bytes) as the full scan, a folder is read when first looked
-//! up (not before), and a folder whose backup files are bad fails only itself.
+//! tree (names, kinds, link targets, bytes) as the full scan, but for its folders without sets,
+//! which are listed (empty) because listing a folder's names scans none of its sub-folders; a
+//! folder is read when first looked up (not before), and one whose backup files are bad fails
+//! only itself.
 
 mod common;
 
@@ -115,12 +117,16 @@ fn the_lazy_tree_equals_the_full_scan() {
     let lazy = scan(&src, &tmp.path().join("cache-lazy"), true);
     assert!(!lazy.is_scanned(), "80 folders: scanned when first used");
     assert!(!lazy.is_empty());
-    let (a, b) = (listing(&eager.tree(None)), listing(&lazy.tree(None)));
+    let (a, mut b) = (listing(&eager.tree(None)), listing(&lazy.tree(None)));
     assert!(a.len() > 500, "{} paths", a.len());
     assert!(
         !a.keys().any(|p| p.starts_with("/empty")),
         "no empty folders"
     );
+    // Listed before they were scanned, the folders without sets are there, empty.
+    for i in 0..40 {
+        assert_eq!(b.remove(&format!("/empty{i:02}")).as_deref(), Some("dir"));
+    }
     assert!(a.contains_key("/deep/a/b/latest") && a.contains_key("/deep/c/x.bkp/latest"));
     assert!(a.contains_key("/root.bkp/latest") && a.contains_key("/fz1/store/tar"));
     for (path, what) in &a {
@@ -168,7 +174,7 @@ fn a_folder_is_scanned_when_first_looked_up_and_a_bad_one_fails_alone() {
         describe(&late, true)
     );
     assert!(
-        vfs::resolve(&root, "vm05").is_err(),
+        vfs::resolve(&root, "vm05/latest").is_err(),
         "vm05 was not scanned before it was removed"
     );
     // The damaged set, looked up first: its points fail, its neighbours do not.
@@ -188,6 +194,47 @@ fn a_folder_is_scanned_when_first_looked_up_and_a_bad_one_fails_alone() {
 }
 
 #[test]
+fn listing_the_top_names_every_folder_and_scans_none() {
+    let tmp = scratch();
+    let src = generated_source(tmp.path());
+    let lazy = scan(&src, &tmp.path().join("cache"), true);
+    let Node::Dir(top) = lazy.tree(None) else {
+        panic!()
+    };
+    let names = top.names().unwrap();
+    assert_eq!(names.len(), 16 + 16 + 2 + 3 + 40, "{names:?}");
+    assert!(
+        names.iter().all(|(_, k)| *k == vfs::NodeKind::Dir),
+        "{names:?}"
+    );
+    // Changed after the listing: a folder it had scanned would not see it.
+    std::fs::copy(
+        data_dir().join("clightning/small.bkp"),
+        src.join("empty07/late.bkp"),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(src.join("vm05")).unwrap();
+    let late = vfs::resolve(
+        &top_node(&top),
+        "empty07/late.bkp/latest/lightningd.sqlite3",
+    );
+    assert!(late.is_ok(), "empty07 was not scanned by the listing");
+    let Some(Node::Dir(gone)) = top.lookup("vm05").unwrap() else {
+        panic!("a listed folder is a folder")
+    };
+    assert!(
+        gone.entries().unwrap().is_empty(),
+        "vm05 was not scanned before it was removed"
+    );
+    let good = vfs::resolve(&top_node(&top), "vm06/latest/vda.raw").unwrap();
+    assert!(describe(&good, true).starts_with("file "));
+}
+
+fn top_node(top: &std::sync::Arc<dyn vfs::Directory>) -> Node {
+    Node::Dir(std::sync::Arc::clone(top))
+}
+
+#[test]
 fn a_large_source_mounts_before_its_folders_are_scanned() {
     if !fuse_available("a_large_source_mounts_before_its_folders_are_scanned") {
         return;
@@ -195,6 +242,13 @@ fn a_large_source_mounts_before_its_folders_are_scanned() {
     let tmp = scratch();
     let src = generated_source(tmp.path());
     let mut m = Mounted::new(&src, &[]);
+    // Made once the mount answers: found on first lookup, so mounting scanned no folder.
+    std::fs::copy(
+        data_dir().join("clightning/small.bkp"),
+        src.join("empty07/late.bkp"),
+    )
+    .unwrap();
+    assert!(m.join("empty07/late.bkp/latest/lightningd.sqlite3").is_file());
     let listed: Vec<String> = std::fs::read_dir(m.join("vm02"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -210,7 +264,9 @@ fn a_large_source_mounts_before_its_folders_are_scanned() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     top.sort();
-    assert_eq!(top.len(), 16 + 16 + 2 + 3, "{top:?}");
+    // Every folder of SOURCE (those without sets too: the listing scans none) and the log.
+    assert_eq!(top.len(), 16 + 16 + 2 + 3 + 40, "{top:?}");
+    assert_eq!(std::fs::read_dir(m.join("empty03")).unwrap().count(), 0);
     let log = m.stop();
     assert!(log.contains("folders scanned when first opened"), "{log}");
 }

@@ -1,6 +1,8 @@
 //! The tree of a SOURCE scanned a folder at a time: a folder is scanned when it is first looked
-//! up or listed, so a SOURCE of thousands of sets mounts before any set is read. It serves the
-//! same tree as a full scan: a folder without sets anywhere below it is not there.
+//! up, or when the folder holding it is listed with its nodes, so a SOURCE of thousands of sets
+//! mounts before any set is read. Listing a folder's names (what `readdir` asks) scans none of
+//! its sub-folders: each is listed as a folder, and one without sets anywhere below it turns out
+//! empty when looked up (a full scan leaves it out).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +12,7 @@ use std::time::SystemTime;
 use crate::error::{Error, Result};
 use crate::model::BackupSet;
 use crate::timefmt::UserTime;
-use crate::vfs::{Attr, Directory, Node, NodeKind};
+use crate::vfs::{Attr, Directory, Node, NodeKind, StaticDir};
 
 use super::Builder;
 
@@ -77,7 +79,7 @@ struct LazyDir {
     /// The nodes this folder's own sets make, by name.
     own: OnceLock<Vec<(String, Node)>>,
     /// Sub-folders resolved so far: their node, or `None` when no set is below them.
-    subs: Mutex<HashMap<String, Option<Node>>>,
+    subs: Mutex<HashMap<String, Node>>,
 }
 
 impl LazyDir {
@@ -103,12 +105,14 @@ impl LazyDir {
         })
     }
 
-    /// The node of the sub-folder `name`, scanning it if it was not yet.
-    fn sub(&self, name: &str) -> Option<Node> {
+    /// The node of the sub-folder `name`, scanning it if it was not yet: an empty folder when
+    /// no set is below it (it was listed as a folder before it was scanned).
+    fn sub(&self, name: &str) -> Node {
         if let Some(known) = self.lock().get(name) {
             return known.clone();
         }
-        let node = folder(&self.folders, join(&self.rel, name), self.as_of);
+        let node = folder(&self.folders, join(&self.rel, name), self.as_of)
+            .unwrap_or_else(|| Node::Dir(StaticDir::new(self.attr, Vec::new())));
         self.lock().entry(name.to_owned()).or_insert(node).clone()
     }
 
@@ -133,7 +137,7 @@ impl LazyDir {
         });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Node>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Node>> {
         self.subs.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -183,22 +187,24 @@ impl Directory for LazyDir {
         let mut out: Vec<(String, Node)> = self.own().to_vec();
         let level = self.folders.level(&self.rel);
         self.scan_all(&level.dirs);
-        for d in &level.dirs {
-            if let Some(node) = self.sub(d) {
-                out.push((d.clone(), node));
-            }
-        }
+        out.extend(level.dirs.iter().map(|d| (d.clone(), self.sub(d))));
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.dedup_by(|a, b| a.0 == b.0);
         Ok(out)
     }
 
     fn names(&self) -> Result<Vec<(String, NodeKind)>> {
-        Ok(self
-            .entries()?
-            .into_iter()
-            .map(|(n, node)| (n, node.kind()))
-            .collect())
+        let mut out: Vec<(String, NodeKind)> = self
+            .own()
+            .iter()
+            .map(|(n, node)| (n.clone(), node.kind()))
+            .collect();
+        // Every sub-folder is a folder whatever it holds: listed without scanning it.
+        let level = self.folders.level(&self.rel);
+        out.extend(level.dirs.iter().map(|d| (d.clone(), NodeKind::Dir)));
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+        Ok(out)
     }
 
     fn lookup(&self, name: &str) -> Result<Option<Node>> {
@@ -209,7 +215,7 @@ impl Directory for LazyDir {
         if !level.dirs.iter().any(|d| d == name) {
             return Ok(None);
         }
-        Ok(self.sub(name))
+        Ok(Some(self.sub(name)))
     }
 
     fn attr(&self) -> Attr {
