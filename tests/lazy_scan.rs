@@ -248,7 +248,10 @@ fn a_large_source_mounts_before_its_folders_are_scanned() {
         src.join("empty07/late.bkp"),
     )
     .unwrap();
-    assert!(m.join("empty07/late.bkp/latest/lightningd.sqlite3").is_file());
+    assert!(
+        m.join("empty07/late.bkp/latest/lightningd.sqlite3")
+            .is_file()
+    );
     let listed: Vec<String> = std::fs::read_dir(m.join("vm02"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
