@@ -657,7 +657,9 @@ fn parse_mount_options(lists: &[String], helper: bool) -> Result<MountOptions> {
                 );
             }
             k if k.starts_with("s3_") || k.starts_with("disk_cache") => {
-                clap_defaults::<S3Args>().set(k, value).map_err(|e| bad(&e))?;
+                clap_defaults::<S3Args>()
+                    .set(k, value)
+                    .map_err(|e| bad(&e))?;
                 o.s3.push((k.to_owned(), value.map(str::to_owned)));
             }
             "rw" if helper => {}

@@ -82,7 +82,11 @@ impl Fetcher {
     fn load(&self, obj: &ObjectInfo, index: u64) -> Result<Bytes> {
         let range = self.block_range(obj, index);
         let len = range.end - range.start;
-        if let Some(bytes) = self.disk.as_ref().and_then(|d| d.get(&obj.identity, index, len)) {
+        if let Some(bytes) = self
+            .disk
+            .as_ref()
+            .and_then(|d| d.get(&obj.identity, index, len))
+        {
             self.stats.disk_hit();
             return Ok(bytes);
         }
@@ -131,7 +135,12 @@ impl Fetcher {
 
     /// Starts fetching blocks `blocks` of `obj` in the background, skipping those cached or on
     /// their way, while `ahead` (this reader's fetches) and the store's total stay in bounds.
-    pub fn prefetch(self: &Arc<Self>, obj: &Arc<ObjectInfo>, blocks: Range<u64>, ahead: &Arc<AtomicUsize>) {
+    pub fn prefetch(
+        self: &Arc<Self>,
+        obj: &Arc<ObjectInfo>,
+        blocks: Range<u64>,
+        ahead: &Arc<AtomicUsize>,
+    ) {
         let global = self.prefetch.saturating_mul(4).max(8);
         for index in blocks {
             if self.block_range(obj, index).is_empty()
@@ -140,7 +149,11 @@ impl Fetcher {
             {
                 return;
             }
-            if self.cache.get::<Built<Bytes>>(Self::key(obj, index)).is_some() {
+            if self
+                .cache
+                .get::<Built<Bytes>>(Self::key(obj, index))
+                .is_some()
+            {
                 continue;
             }
             ahead.fetch_add(1, Ordering::Relaxed);
@@ -164,7 +177,9 @@ fn request_error(what: &str, e: object_store::Error) -> Error {
             "the object changed since it was listed (its ETag differs); remount to see the new one"
                 .to_owned()
         }
-        object_store::Error::NotFound { .. } => "the object was deleted since it was listed".to_owned(),
+        object_store::Error::NotFound { .. } => {
+            "the object was deleted since it was listed".to_owned()
+        }
         _ => e.to_string(),
     };
     Error::from_errno(libc::EIO, format!("{what}: {why}"))

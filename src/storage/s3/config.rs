@@ -76,8 +76,14 @@ pub fn parse_url(url: &str) -> Result<Location> {
         return Err(bad("a bucket name holds letters, digits, '.', '-' and '_'"));
     }
     let prefix = prefix.trim_matches('/');
-    if prefix.split('/').any(|p| p.is_empty() || p == "." || p == "..") && !prefix.is_empty() {
-        return Err(bad("empty, '.' and '..' parts are not allowed in the prefix"));
+    if prefix
+        .split('/')
+        .any(|p| p.is_empty() || p == "." || p == "..")
+        && !prefix.is_empty()
+    {
+        return Err(bad(
+            "empty, '.' and '..' parts are not allowed in the prefix",
+        ));
     }
     Ok(Location {
         bucket: bucket.to_owned(),
@@ -175,7 +181,8 @@ pub fn resolve(opts: &S3Options, env: &dyn Fn(&str) -> Option<String>) -> Result
         .filter_map(|k| Some((k.to_string(), var(k)?)))
         .collect();
     // Instance metadata exists on AWS only; elsewhere it would time out rather than answer.
-    let metadata = endpoint.is_none() && var("AWS_EC2_METADATA_DISABLED").as_deref() != Some("true");
+    let metadata =
+        endpoint.is_none() && var("AWS_EC2_METADATA_DISABLED").as_deref() != Some("true");
     if credentials.is_none() && ambient.is_empty() && !metadata {
         return Err(Error::usage(
             "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or name a \
@@ -257,9 +264,19 @@ mod tests {
     #[test]
     fn urls_name_a_bucket_and_a_prefix() {
         let l = parse_url("s3://backups/vms/prod/").unwrap();
-        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("backups", "vms/prod"));
+        assert_eq!(
+            (l.bucket.as_str(), l.prefix.as_str()),
+            ("backups", "vms/prod")
+        );
         assert_eq!(parse_url("s3://b").unwrap().prefix, "");
-        for bad in ["s3://", "s3:///x", "http://b/x", "s3://b c/x", "s3://b/a//c", "s3://b/../x"] {
+        for bad in [
+            "s3://",
+            "s3:///x",
+            "http://b/x",
+            "s3://b c/x",
+            "s3://b/a//c",
+            "s3://b/../x",
+        ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
         assert!(is_s3(Path::new("s3://b/x")) && !is_s3(Path::new("/s3://b")));
@@ -270,9 +287,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("credentials");
         let config = dir.path().join("config");
-        std::fs::write(&creds, "[p]\naws_access_key_id=PK\naws_secret_access_key=PS\n").unwrap();
-        std::fs::write(&config, "[profile p]\nregion=eu-north-1\nendpoint_url=http://rgw:7480\n")
-            .unwrap();
+        std::fs::write(
+            &creds,
+            "[p]\naws_access_key_id=PK\naws_secret_access_key=PS\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &config,
+            "[profile p]\nregion=eu-north-1\nendpoint_url=http://rgw:7480\n",
+        )
+        .unwrap();
         let files = [
             ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
             ("AWS_CONFIG_FILE", config.to_str().unwrap()),
@@ -291,7 +315,10 @@ mod tests {
         };
         let r = resolve(&flags, &env(&more)).unwrap();
         assert_eq!(r.credentials.unwrap().key_id, "EK");
-        assert_eq!((r.region.as_str(), r.endpoint.as_deref()), ("r2", Some("https://e")));
+        assert_eq!(
+            (r.region.as_str(), r.endpoint.as_deref()),
+            ("r2", Some("https://e"))
+        );
         more[2] = ("AWS_PROFILE", "missing");
         let e = resolve(&flags, &env(&more)).unwrap_err().to_string();
         assert!(e.contains("AWS profile missing: not found"), "{e}");
@@ -301,14 +328,20 @@ mod tests {
     fn aws_without_an_endpoint_is_virtual_hosted_and_may_use_instance_metadata() {
         let none = [("HOME", "/nonexistent")];
         let r = resolve(&S3Options::default(), &env(&none)).unwrap();
-        assert_eq!((r.endpoint, r.path_style, r.credentials), (None, false, None));
+        assert_eq!(
+            (r.endpoint, r.path_style, r.credentials),
+            (None, false, None)
+        );
         let minio = S3Options {
             endpoint: Some("http://127.0.0.1:9000".into()),
             ..S3Options::default()
         };
         let e = resolve(&minio, &env(&none)).unwrap_err().to_string();
         assert!(e.contains("no S3 credentials"), "{e}");
-        let off = [("HOME", "/nonexistent"), ("AWS_EC2_METADATA_DISABLED", "true")];
+        let off = [
+            ("HOME", "/nonexistent"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ];
         assert!(resolve(&S3Options::default(), &env(&off)).is_err());
         let bad = S3Options {
             block_size: 100,

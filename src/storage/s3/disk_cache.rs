@@ -104,15 +104,23 @@ mod tests {
         c.put("obj", 0, &[1u8; 100]);
         c.put("obj", 1, &[2u8; 100]);
         assert_eq!(c.get("obj", 0, 100).unwrap(), vec![1u8; 100]);
-        assert!(c.get("obj", 0, 99).is_none(), "a file of the wrong length is ignored");
+        assert!(
+            c.get("obj", 0, 99).is_none(),
+            "a file of the wrong length is ignored"
+        );
         assert!(c.get("other", 0, 100).is_none());
         c.put("obj", 2, &[3u8; 100]);
-        assert!(c.get("obj", 0, 100).is_none(), "the oldest block was evicted");
+        assert!(
+            c.get("obj", 0, 100).is_none(),
+            "the oldest block was evicted"
+        );
         assert!(c.get("obj", 2, 100).is_some());
         drop(c);
         // A second cache on the folder finds the blocks and keeps the bound.
         let again = DiskCache::open(dir.path(), 100).unwrap();
-        let kept = [1, 2].iter().filter(|&&i| again.get("obj", i, 100).is_some());
+        let kept = [1, 2]
+            .iter()
+            .filter(|&&i| again.get("obj", i, 100).is_some());
         assert_eq!(kept.count(), 1);
         std::fs::write(again.path("obj", 2), b"short").unwrap();
         assert!(again.get("obj", 2, 100).is_none());

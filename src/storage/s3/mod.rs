@@ -23,9 +23,9 @@ use object_store::{ClientOptions, ObjectMeta, ObjectStore, RetryConfig};
 use sha2::{Digest, Sha256};
 
 use self::blocks::{Fetcher, ObjectInfo};
+pub use self::config::{Location, S3Options, is_s3, parse_url};
 use self::disk_cache::DiskCache;
 use self::object::S3Object;
-pub use self::config::{Location, S3Options, is_s3, parse_url};
 pub use self::stats::{S3Counts, S3Stats};
 use super::{FileEntry, Listing, Source, Store};
 use crate::cache::{Cache, new_owner_id};
@@ -113,10 +113,7 @@ impl S3Store {
             owners: Mutex::default(),
         };
         store.dir(&store.location.prefix).map_err(|e| {
-            Error::from_errno(
-                e.errno(),
-                format!("SOURCE {url} at {}: {e}", store.server),
-            )
+            Error::from_errno(e.errno(), format!("SOURCE {url} at {}: {e}", store.server))
         })?;
         Ok(store)
     }
@@ -200,7 +197,10 @@ impl S3Store {
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
-        self.runtime.0.as_ref().expect("the runtime lives as long as the store")
+        self.runtime
+            .0
+            .as_ref()
+            .expect("the runtime lives as long as the store")
     }
 
     /// The listed metadata of the object at `path`, `None` when its folder lists no such file.
@@ -215,9 +215,9 @@ impl S3Store {
 
     /// What reading the object at `path` needs, from its listing.
     fn object_info(&self, path: &Path) -> Result<ObjectInfo> {
-        let meta = self.meta(path)?.ok_or_else(|| {
-            Error::not_found(format!("{}: no such object", path.display()))
-        })?;
+        let meta = self
+            .meta(path)?
+            .ok_or_else(|| Error::not_found(format!("{}: no such object", path.display())))?;
         let key = meta.location.to_string();
         let etag = meta.e_tag.clone();
         let identity = format!(
@@ -283,10 +283,14 @@ impl Store for S3Store {
             return Ok(dest);
         }
         std::fs::create_dir_all(scratch).map_err(|e| Error::io(scratch, &e))?;
-        let tmp = scratch.join(format!("s3-{name}.part{}-{}", std::process::id(), new_owner_id()));
-        let copied = self.download(&info, &tmp).and_then(|()| {
-            std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, &e))
-        });
+        let tmp = scratch.join(format!(
+            "s3-{name}.part{}-{}",
+            std::process::id(),
+            new_owner_id()
+        ));
+        let copied = self
+            .download(&info, &tmp)
+            .and_then(|()| std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, &e)));
         if copied.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -305,13 +309,19 @@ impl S3Store {
         let mut at = 0;
         while at < info.size {
             let range = at..(at + self.fetcher.block_size).min(info.size);
-            let bytes = self.runtime().block_on(self.fetcher.get_range(info, range.clone()))?;
+            let bytes = self
+                .runtime()
+                .block_on(self.fetcher.get_range(info, range.clone()))?;
             file.write_all(&bytes).map_err(|e| Error::io(to, &e))?;
             at = range.end;
         }
         let len = file.metadata().map_err(|e| Error::io(to, &e))?.len();
         if len != info.size {
-            return Err(Error::corrupt(to, len, format!("copy of {} is short", info.url)));
+            return Err(Error::corrupt(
+                to,
+                len,
+                format!("copy of {} is short", info.url),
+            ));
         }
         Ok(())
     }
@@ -336,7 +346,10 @@ fn client(
     resolved: &config::Resolved,
     stats: &Arc<S3Stats>,
 ) -> Result<Arc<dyn ObjectStore>> {
-    let http = resolved.endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
+    let http = resolved
+        .endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"));
     let options = ClientOptions::new()
         .with_allow_http(http)
         .with_connect_timeout(Duration::from_secs(10))
@@ -357,7 +370,9 @@ fn client(
         b = b.with_endpoint(e);
     }
     if let Some(c) = &resolved.credentials {
-        b = b.with_access_key_id(&c.key_id).with_secret_access_key(&c.secret);
+        b = b
+            .with_access_key_id(&c.key_id)
+            .with_secret_access_key(&c.secret);
         if let Some(t) = &c.token {
             b = b.with_token(t);
         }

@@ -22,7 +22,11 @@ pub struct S3Object {
 
 impl S3Object {
     /// The object `info`, fetched by `fetcher` on `runtime`.
-    pub(super) fn new(info: ObjectInfo, fetcher: &Arc<Fetcher>, runtime: &Arc<RuntimeBox>) -> S3Object {
+    pub(super) fn new(
+        info: ObjectInfo,
+        fetcher: &Arc<Fetcher>,
+        runtime: &Arc<RuntimeBox>,
+    ) -> S3Object {
         S3Object {
             info: Arc::new(info),
             fetcher: Arc::clone(fetcher),

@@ -2,8 +2,8 @@
 //! sends them), bytes of object data fetched, retried answers and reads that failed for good.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use object_store::client::{HttpClient, HttpError, HttpRequest, HttpResponse, HttpService};
