@@ -21,6 +21,7 @@ use crate::model::{Point, ScanContext};
 use crate::mount::{self, MountArgs};
 use crate::nbd;
 use crate::scan;
+use crate::storage::Store;
 use crate::storage::s3::{S3Options, S3Store, is_s3};
 use crate::timefmt::{self, UserTime};
 use crate::tree;
@@ -829,22 +830,22 @@ fn scan(source: &Path, setup: &ScanSetup) -> Result<Catalog> {
 
 /// Scans SOURCE, `lazy`: a folder at a time when first used, if SOURCE is large.
 fn scan_with(source: &Path, setup: &ScanSetup, lazy: bool) -> Result<Catalog> {
-    match std::fs::metadata(source) {
-        // A bucket was listed when its store connected.
-        _ if is_s3(source) => {}
-        Err(e) => {
-            return Err(Error::from_errno(
-                e.raw_os_error().unwrap_or(libc::EIO),
-                format!("SOURCE {}: {e}", source.display()),
-            ));
-        }
-        Ok(md) if !md.is_dir() => {
+    let store = &setup.ctx.io.store;
+    if !store.is_dir(source)? {
+        if store.stat(source)?.is_some() {
             return Err(Error::usage(format!(
                 "SOURCE {}: not a folder (give the folder holding the backups)",
                 source.display()
             )));
         }
-        Ok(_) => {}
+        return Err(Error::from_errno(
+            libc::ENOENT,
+            format!(
+                "SOURCE {}: {}",
+                source.display(),
+                std::io::Error::from_raw_os_error(libc::ENOENT)
+            ),
+        ));
     }
     let bar = spinner("scanning");
     let formats = format::all(&setup.formats);
@@ -974,10 +975,11 @@ fn export_cmd(
     sql: &SqlArgs,
 ) -> Result<ExitCode> {
     let to_stdout = out == Path::new("-");
-    if !to_stdout && !is_s3(source) {
-        refuse_inside(source, out)?;
+    let setup = sql.apply(cache.options(source)?);
+    if !to_stdout {
+        refuse_inside(setup.ctx.io.store.as_ref(), source, out)?;
     }
-    let cat = scan(source, &sql.apply(cache.options(source)?))?;
+    let cat = scan(source, &setup)?;
     let node = vfs::resolve(&cat.tree(None), point_path).map_err(|e| match e.kind() {
         ErrorKind::NotFound => Error::not_found(format!("POINT_PATH {e}")),
         _ => e.context("POINT_PATH"),
@@ -1010,8 +1012,11 @@ fn export_cmd(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Nothing is ever written into the backup folder.
-fn refuse_inside(source: &Path, out: &Path) -> Result<()> {
+/// Nothing is ever written into the backup folder (a bucket is no folder of this machine).
+fn refuse_inside(store: &dyn Store, source: &Path, out: &Path) -> Result<()> {
+    if !store.is_local() {
+        return Ok(());
+    }
     let src = source.canonicalize().map_err(|e| {
         Error::from_errno(
             e.raw_os_error().unwrap_or(libc::EIO),

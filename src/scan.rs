@@ -20,7 +20,7 @@ pub fn scan(
     ctx: &ScanContext,
     progress: &ProgressBar,
 ) -> Result<Catalog> {
-    let top_name = top_name(source)?;
+    let top_name = top_name(ctx, source)?;
     progress.set_message(format!("scanning {}", source.display()));
     let top = scan_level(formats, ctx, source, "", &top_name);
     Ok(walk(formats, ctx, source, &top_name, top, progress))
@@ -61,15 +61,18 @@ fn walk(
 }
 
 /// SOURCE's folder name (the path of a set found in SOURCE itself); fails if SOURCE is not a
-/// folder.
-fn top_name(source: &Path) -> Result<String> {
-    let meta = std::fs::metadata(source).map_err(|e| Error::io(source, &e))?;
-    if !meta.is_dir() {
+/// folder. A local SOURCE is resolved first (`.` has a name then); a bucket's is its last part.
+fn top_name(ctx: &ScanContext, source: &Path) -> Result<String> {
+    let store = &ctx.io.store;
+    if !store.is_dir(source)? {
         return Err(Error::usage(format!("{}: not a folder", source.display())));
     }
-    Ok(source
-        .canonicalize()
-        .ok()
+    let resolved = if store.is_local() {
+        source.canonicalize().ok()
+    } else {
+        Some(source.to_path_buf())
+    };
+    Ok(resolved
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "backup".to_owned()))
 }
@@ -83,8 +86,8 @@ fn scan_level(
     rel: &str,
     top_name: &str,
 ) -> Level {
-    let (files, dirs) = match list_dir(abs) {
-        Ok(l) => l,
+    let (files, dirs) = match ctx.io.store.list(abs) {
+        Ok(l) => (l.files.into_iter().map(|f| f.name).collect(), l.dirs),
         Err(e) => {
             log::warn!("{e}");
             return Level {
@@ -123,7 +126,7 @@ pub fn scan_lazily(
     ctx: &ScanContext,
     progress: &ProgressBar,
 ) -> Result<Catalog> {
-    let top_name = top_name(source)?;
+    let top_name = top_name(ctx, source)?;
     let top = scan_level(&formats, ctx, source, "", &top_name);
     if top.dirs.len() <= LAZY_FROM {
         return Ok(walk(&formats, ctx, source, &top_name, top, progress));
@@ -206,31 +209,4 @@ fn join_rel(rel: &str, name: &str) -> String {
         (true, false) => name.to_owned(),
         (false, false) => format!("{rel}/{name}"),
     }
-}
-
-/// Regular files and folders of `dir`, sorted; symlinks to files count as files, symlinked
-/// folders are not followed (they could loop).
-fn list_dir(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, &e))?;
-    let (mut files, mut dirs) = (Vec::new(), Vec::new());
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::io(dir, &e))?;
-        let Ok(name) = entry.file_name().into_string() else {
-            log::warn!(
-                "{}: skipping a name that is not UTF-8: {:?}",
-                dir.display(),
-                entry.file_name()
-            );
-            continue;
-        };
-        let Ok(ft) = entry.file_type() else { continue };
-        if ft.is_dir() {
-            dirs.push(name);
-        } else if ft.is_file() || (ft.is_symlink() && entry.path().is_file()) {
-            files.push(name);
-        }
-    }
-    files.sort();
-    dirs.sort();
-    Ok((files, dirs))
 }

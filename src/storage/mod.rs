@@ -228,6 +228,8 @@ impl io::Read for RangeReader {
             Some(m) => {
                 let avail = m.get(pos..end).unwrap_or_default();
                 buf[..avail.len()].copy_from_slice(avail);
+                // Counted, so that streaming a whole file keeps its pages within the budget.
+                self.source.served(avail.len() as u64);
                 avail.len()
             }
             None => {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::hash::Hasher as _;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,15 +70,15 @@ pub struct Kept {
 }
 
 impl Kept {
-    /// The checkpoints of the log at `path` (as `md` describes it) under `cache_dir`; those of a
-    /// file that was at that path before (replaced by compaction) are removed.
-    pub fn open(cache_dir: &Path, path: &Path, md: &std::fs::Metadata) -> Kept {
-        let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    /// The checkpoints under `cache_dir` of the log named `name` (its resolved path, or its
+    /// place in a remote store), `version` naming the file now there and `len` its length;
+    /// those of a file that was at that name before (replaced by compaction) are removed.
+    pub fn open(cache_dir: &Path, name: &Path, version: &str, len: u64) -> Kept {
         let per_path = cache_dir.join("clightning").join(format!(
             "{:016x}",
-            XxHash3_64::oneshot(canon.as_os_str().as_encoded_bytes())
+            XxHash3_64::oneshot(name.as_os_str().as_encoded_bytes())
         ));
-        let dir = per_path.join(format!("{:x}-{:x}", md.dev(), md.ino()));
+        let dir = per_path.join(version);
         if let Ok(rd) = std::fs::read_dir(&per_path) {
             for e in rd.flatten().filter(|e| e.path() != dir) {
                 let _ = std::fs::remove_dir_all(e.path());
@@ -90,7 +90,7 @@ impl Kept {
             bound: AtomicU64::new(0),
             next: AtomicU64::new(0),
         };
-        kept.set_log_len(md.len());
+        kept.set_log_len(len);
         kept
     }
 
@@ -545,7 +545,7 @@ mod tests {
         let db_path = dir.path().join("db");
         std::fs::write(&db_path, &db).unwrap();
         let md = std::fs::metadata(&log_path).unwrap();
-        let kept = Kept::open(dir.path(), &log_path, &md);
+        let kept = Kept::open(dir.path(), &log_path, "1-1", md.len());
         kept.set_log_len(1 << 20);
         let (snap, e) = (entry(0, base.len() as u32, 1), entry(100, 10, 42));
         let stamp = Stamp {
@@ -608,10 +608,10 @@ mod tests {
         let md = std::fs::metadata(&log_path).unwrap();
         let mut out = Target::File(f.dir.path().join("out"));
         // Another run finds it again; then the file of `e` is copied under `other`'s name.
-        let again = Kept::open(f.dir.path(), &log_path, &md);
+        let again = Kept::open(f.dir.path(), &log_path, "1-1", md.len());
         assert!(again.has(&f.e));
         std::fs::copy(again.path(100, 42), again.path(200, 43)).unwrap();
-        let again = Kept::open(f.dir.path(), &log_path, &md);
+        let again = Kept::open(f.dir.path(), &log_path, "1-1", md.len());
         let other = entry(200, 10, 43);
         let swapped = Stamp {
             entry: &other,
@@ -644,7 +644,7 @@ mod tests {
         let db_path = dir.path().join("db");
         std::fs::write(&db_path, vec![7u8; 2 * BLOCK as usize]).unwrap();
         let md = std::fs::metadata(&log_path).unwrap();
-        let kept = Kept::open(dir.path(), &log_path, &md);
+        let kept = Kept::open(dir.path(), &log_path, "1-1", md.len());
         // Room for two checkpoints of two blocks each.
         kept.bound.store(5 * BLOCK, Ordering::Relaxed);
         let es: Vec<Entry> = (1..=3).map(|i| entry(i * 100, 1, u128::from(i))).collect();

@@ -3,7 +3,6 @@
 
 use std::cell::Cell;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -11,6 +10,7 @@ use twox_hash::XxHash3_128;
 
 use super::sandbox::{self, Forbidden};
 use crate::error::{Error, Result};
+use crate::storage::Store;
 use crate::sys;
 
 /// Size of the file header; entries start here.
@@ -75,21 +75,16 @@ fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(bytes(b, at))
 }
 
-/// Reads the header of `path`. A file is claimed when its padding (bytes 36..512) is all zero
-/// and its first word is a small file version; anything else is not ours.
-pub fn probe(path: &Path) -> Probe {
-    let Ok(f) = File::open(path) else {
+/// Reads the header of `path` from `store`. A file is claimed when its padding (bytes 36..512)
+/// is all zero and its first word is a small file version; anything else is not ours.
+pub fn probe(store: &dyn Store, path: &Path) -> Probe {
+    let Ok(source) = store.open(path) else {
         return Probe::NotOurs;
     };
-    let mut buf = [0u8; HEADER_LEN as usize];
-    let mut n = 0;
-    while let Some(rest) = buf.get_mut(n..).filter(|r| !r.is_empty()) {
-        match f.read_at(rest, n as u64) {
-            Ok(0) => break,
-            Ok(k) => n = n.saturating_add(k),
-            Err(_) => return Probe::NotOurs,
-        }
-    }
+    let Ok(buf) = source.prefix(0, HEADER_LEN, "the header") else {
+        return Probe::NotOurs;
+    };
+    let n = buf.len();
     let padding = buf.get(36..n);
     if padding.is_none_or(|p| p.iter().any(|&b| b != 0)) {
         return Probe::NotOurs;
@@ -104,7 +99,7 @@ pub fn probe(path: &Path) -> Probe {
     };
     // Sane offsets tell a damaged backup file from unrelated data with zeros in it.
     let plausible = h.offset_next >= HEADER_LEN && h.offset_last < h.offset_next;
-    match (n == buf.len(), h.file_version) {
+    match (n as u64 == HEADER_LEN, h.file_version) {
         (false, 1) => Probe::Broken(Error::corrupt(
             path,
             n as u64,

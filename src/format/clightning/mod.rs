@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::model::{
     BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanContext,
 };
+use crate::storage::Store;
 use crate::vfs::{Attr, FileNode, Node};
 use crate::workdir::{Patched, Rebuilt, WorkDir};
 use kept::{Kept, Stamp, Target};
@@ -77,7 +78,7 @@ impl Format for Clightning {
                 continue;
             }
             let path = dir.path.join(name);
-            let probe = log::probe(&path);
+            let probe = log::probe(opts.io.store.as_ref(), &path);
             if matches!(probe, Probe::NotOurs) {
                 continue;
             }
@@ -157,12 +158,16 @@ struct State {
     walked: u64,
     problem: Option<Error>,
     points: Arc<ClnPoints>,
+    /// The copy a remote log is read from (fetched once: such a log is not live).
+    copy: Option<PathBuf>,
 }
 
 /// One backup file.
 struct ClnSet {
     path: PathBuf,
     name: String,
+    /// Where the file is: a local store's log is read in place, as it grows.
+    store: Arc<dyn Store>,
     cache: Arc<Cache>,
     work: Arc<WorkDir>,
     /// Sizes of rebuilt databases, by (owner, entry offset), so `stat` needs no rebuild twice.
@@ -183,6 +188,7 @@ impl ClnSet {
         let set = ClnSet {
             path,
             name,
+            store: Arc::clone(&opts.io.store),
             cache: Arc::clone(&opts.cache),
             work: Arc::clone(&opts.work),
             sizes: Arc::default(),
@@ -195,6 +201,7 @@ impl ClnSet {
                 walked: log::HEADER_LEN,
                 problem: None,
                 points: Arc::new(ClnPoints::default()),
+                copy: None,
             }),
         };
         let mut st = set.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -210,7 +217,11 @@ impl ClnSet {
     /// Re-reads the file if it changed since last time: new entries of a grown file are walked
     /// on from where the last walk stopped; a replaced (or shrunk) file is read anew.
     fn refresh(&self, st: &mut State, probe: Option<Probe>) {
-        let md = match std::fs::metadata(&self.path) {
+        let local = match self.local_file(st) {
+            Ok(p) => p,
+            Err(e) => return self.broken(st, None, e),
+        };
+        let md = match std::fs::metadata(&local) {
             Ok(md) => md,
             Err(e) => {
                 return self.broken(st, None, Error::io(&self.path, &e));
@@ -235,7 +246,7 @@ impl ClnSet {
             .seen
             .is_some_and(|s| (s.0, s.1) == (seen.0, seen.1) && seen.2 >= st.walked);
         if (!same_file || st.log.is_none())
-            && let Err(e) = self.reopen(st, &md)
+            && let Err(e) = self.reopen(st, &local, &md)
         {
             return self.broken(st, Some(seen), e);
         }
@@ -253,7 +264,7 @@ impl ClnSet {
 
     /// The file's header, probed now unless `probe` already did.
     fn valid_header(&self, probe: Option<Probe>) -> Result<log::LogHeader> {
-        match probe.unwrap_or_else(|| log::probe(&self.path)) {
+        match probe.unwrap_or_else(|| log::probe(self.store.as_ref(), &self.path)) {
             Probe::Valid(h) => Ok(h),
             Probe::Broken(e) => Err(e),
             Probe::NotOurs => Err(Error::corrupt(
@@ -264,15 +275,52 @@ impl ClnSet {
         }
     }
 
-    /// Opens the file anew (a new cache owner) and forgets what was walked.
-    fn reopen(&self, st: &mut State, md: &std::fs::Metadata) -> Result<()> {
-        let file = File::open(&self.path).map_err(|e| Error::io(&self.path, &e))?;
+    /// The file on this machine the log is read from: the log itself on a local store; on a
+    /// remote one, a copy fetched into the scratch folder on first use.
+    fn local_file(&self, st: &mut State) -> Result<PathBuf> {
+        if self.store.is_local() {
+            return Ok(self.path.clone());
+        }
+        if let Some(copy) = &st.copy {
+            return Ok(copy.clone());
+        }
+        let scratch = self.work.file("log")?;
+        std::fs::create_dir(&scratch).map_err(|e| Error::io(&scratch, &e))?;
+        let copy = self.store.local_copy(&self.path, &scratch)?;
+        st.copy = Some(copy.clone());
+        Ok(copy)
+    }
+
+    /// Opens the file anew from `local` (as `md` describes it: a new cache owner) and forgets
+    /// what was walked.
+    fn reopen(&self, st: &mut State, local: &Path, md: &std::fs::Metadata) -> Result<()> {
+        let file = File::open(local).map_err(|e| Error::io(&self.path, &e))?;
+        let (mtime, kept) = if self.store.is_local() {
+            let canon = self
+                .path
+                .canonicalize()
+                .unwrap_or_else(|_| self.path.clone());
+            let version = format!("{:x}-{:x}", md.dev(), md.ino());
+            let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            (mtime, (canon, version))
+        } else {
+            // The copy is new each run: the remote object's size and time name its version.
+            let entry = self.store.stat(&self.path)?.ok_or_else(|| {
+                Error::not_found(format!("{}: no longer there", self.path.display()))
+            })?;
+            let t = entry
+                .modified
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let version = format!("{:x}-{t:x}", entry.size);
+            (entry.modified, (self.path.clone(), version))
+        };
         st.log = Some(Arc::new(LogFile {
             path: self.path.clone(),
             file: Arc::new(file),
             owner: cache::new_owner_id(),
-            mtime: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            kept: Kept::open(self.work.cache_dir(), &self.path, md),
+            mtime,
+            kept: Kept::open(self.work.cache_dir(), &kept.0, &kept.1, md.len()),
         }));
         st.entries.clear();
         st.walked = log::HEADER_LEN;
@@ -468,7 +516,7 @@ impl BackupSet for ClnSet {
     }
 
     fn live(&self) -> bool {
-        true
+        self.store.is_local()
     }
 
     fn verify(&self, progress: &ProgressBar) -> Vec<Check> {

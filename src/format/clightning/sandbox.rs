@@ -480,7 +480,10 @@ mod tests {
         let mut logs = 0;
         for f in std::fs::read_dir(&dir).unwrap() {
             let path = f.unwrap().path();
-            if !matches!(log::probe(&path), Probe::Valid(_)) {
+            if !matches!(
+                log::probe(&crate::storage::LocalStore::default(), &path),
+                Probe::Valid(_)
+            ) {
                 continue;
             }
             logs += 1;

@@ -37,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::model::{
     self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanContext,
 };
+use crate::storage::{self, Store};
 use crate::timefmt;
 use crate::vfs::{self, Attr, Directory, FileNode, Node, StaticDir, Symlink};
 use crate::workdir::{Rebuilt, WorkDir};
@@ -73,9 +74,11 @@ impl Format for Freezer {
         let mut found = Found::default();
         let mut backups: BTreeMap<(String, String), Vec<Backup>> = BTreeMap::new();
         let meta_root = dir.path.join("metadata");
-        for engine in subdirs(&meta_root) {
+        let store = opts.io.store.as_ref();
+        for engine in subdirs(store, &meta_root) {
             let mut found_in_engine = Vec::new();
-            find_backups(&meta_root.join(&engine), "", 0, &mut found_in_engine);
+            let at = meta_root.join(&engine);
+            find_backups(store, &at, "", 0, &mut found_in_engine);
             for (hbn, b) in found_in_engine {
                 backups.entry((engine.clone(), hbn)).or_default().push(b);
             }
@@ -95,16 +98,9 @@ impl Format for Freezer {
     }
 }
 
-fn subdirs(p: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(p)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    v.sort();
-    v
+/// The sub-folders of `p`, sorted; none when it cannot be listed.
+fn subdirs(store: &dyn Store, p: &Path) -> Vec<String> {
+    store.list(p).map(|l| l.dirs).unwrap_or_default()
 }
 
 fn digits(s: &str) -> Option<i64> {
@@ -123,15 +119,21 @@ struct Backup {
 
 /// Finds `<l0_ts>/<level>_<ts>/metadata` below `dir`, matching from the right so that host and
 /// backup names (which may hold `_` or, for nova/glance, a resource id folder) stay whole.
-fn find_backups(dir: &Path, hbn: &str, depth: usize, out: &mut Vec<(String, Backup)>) {
+fn find_backups(
+    store: &dyn Store,
+    dir: &Path,
+    hbn: &str,
+    depth: usize,
+    out: &mut Vec<(String, Backup)>,
+) {
     if depth > 4 {
         return;
     }
-    for name in subdirs(dir) {
+    for name in subdirs(store, dir) {
         let sub = dir.join(&name);
         if let Some(l0) = digits(&name).filter(|_| !hbn.is_empty()) {
             let mut any = false;
-            for lv in subdirs(&sub) {
+            for lv in subdirs(store, &sub) {
                 let Some((level, ts)) = lv.split_once('_') else {
                     continue;
                 };
@@ -142,7 +144,7 @@ fn find_backups(dir: &Path, hbn: &str, depth: usize, out: &mut Vec<(String, Back
                 any = true;
                 // Data is written first and the metadata JSON last: without it the backup is
                 // incomplete and not shown.
-                if sub.join(&lv).join("metadata").is_file() {
+                if matches!(store.stat(&sub.join(&lv).join("metadata")), Ok(Some(_))) {
                     out.push((
                         hbn.to_owned(),
                         Backup {
@@ -163,7 +165,7 @@ fn find_backups(dir: &Path, hbn: &str, depth: usize, out: &mut Vec<(String, Back
         } else {
             format!("{hbn}/{name}")
         };
-        find_backups(&sub, &deeper, depth + 1, out);
+        find_backups(store, &sub, &deeper, depth + 1, out);
     }
 }
 
@@ -200,6 +202,10 @@ fn no_panic<T>(file: &Path, what: &str, f: impl FnOnce() -> Result<T>) -> Result
 /// One level's stream, decoded on first use and shared by every point that needs it.
 struct Level {
     data: PathBuf,
+    /// The data file's length.
+    size: u64,
+    /// Where the data file is read from.
+    store: Arc<dyn Store>,
     engine: Engine,
     /// The rsync engine's block size.
     block: u64,
@@ -263,8 +269,9 @@ impl Level {
             Engine::Tar => "tar",
             Engine::Rsync => "rsync",
         })?;
+        let source = self.store.open(&self.data)?;
         let mut input = stream::open(
-            &self.data,
+            &source,
             self.engine,
             &self.compression,
             self.password.as_deref().map(Vec::as_slice),
@@ -408,6 +415,7 @@ impl TreeDir {
                 let meta = top.data.with_file_name("engine_metadata");
                 no_panic(&meta, "checking signatures", || {
                     Ok(signature::check(
+                        top.store.as_ref(),
                         &meta,
                         &top.compression,
                         limits(&top.cache),
@@ -752,10 +760,7 @@ fn files_of(
         // `chain_of` checked that every level of the chain loaded.
         .filter_map(|&j| levels.get(j)?.as_ref().ok().map(|l| Arc::clone(&l.0)))
         .collect();
-    let size = chain
-        .iter()
-        .map(|l| std::fs::metadata(&l.data).map_or(0, |m| m.len()))
-        .sum::<u64>();
+    let size = chain.iter().map(|l| l.size).sum::<u64>();
     let mtime = time.map_or(SystemTime::UNIX_EPOCH, timefmt::to_system_time);
     let dir = Arc::new(TreeDir {
         chain,
@@ -798,6 +803,9 @@ fn point_ids(b: &Backup, meta: Option<&Value>) -> Map<String, Value> {
     ids
 }
 
+/// The largest `metadata` JSON read: freezer's are a few KiB; a hostile one could be huge.
+const MAX_METADATA: u64 = 16 << 20;
+
 /// A backup's level, from its `metadata` JSON.
 fn load_level(
     (meta_dir, data_dir): (&Path, &Path),
@@ -807,16 +815,17 @@ fn load_level(
     key: Option<&Arc<Vec<u8>>>,
 ) -> Result<(Arc<Level>, Value)> {
     let meta_path = meta_dir.join(&b.rel).join("metadata");
-    let text = std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, &e))?;
+    let store = &opts.io.store;
+    let text = storage::read_small(store.as_ref(), &meta_path, MAX_METADATA)?;
     let meta: Value = serde_json::from_slice(&text)
         .map_err(|e| Error::corrupt(&meta_path, 0, format!("bad metadata JSON: {e}")))?;
     let data = data_dir.join(&b.rel).join("data");
-    if !data.is_file() {
+    let Some(entry) = store.stat(&data)? else {
         return Err(Error::not_found(format!(
             "{}: the backup's data file is missing",
             data.display()
         )));
-    }
+    };
     let block = match engine {
         Engine::Rsync => block_size(&meta, &meta_path)?,
         Engine::Tar => 0,
@@ -843,6 +852,8 @@ fn load_level(
     Ok((
         Arc::new(Level {
             data,
+            size: entry.size,
+            store: Arc::clone(store),
             engine,
             block,
             compression,
@@ -935,7 +946,7 @@ impl BackupSet for FreezerSet {
                     for l in &tree.chain {
                         let e = decoded.entry(l.owner).or_insert_with(|| {
                             let r = l.members().err();
-                            progress.inc(std::fs::metadata(&l.data).map_or(0, |m| m.len()));
+                            progress.inc(l.size);
                             r
                         });
                         problems.extend(e.clone());

@@ -13,6 +13,7 @@ use super::stream::{self, Engine};
 use super::tar::{Limits, Reader};
 use super::tree::shown;
 use crate::error::{Error, Result};
+use crate::storage::Store;
 use crate::vfs::{Directory, FileNode, Node};
 
 /// The recorded signature of one file: per block, Adler-32 and SHA-1 (hex).
@@ -24,20 +25,21 @@ struct Signature {
 /// Checks every file `engine_metadata` (next to a level's `data`) signs against the tree at
 /// `root`; returns the problems found. `block`: the level's block size.
 pub fn check(
+    store: &dyn Store,
     meta: &Path,
     compression: &str,
     limits: Limits,
     block: u64,
     root: &Arc<dyn Directory>,
 ) -> Vec<Error> {
-    if !meta.is_file() {
+    if !matches!(store.stat(meta), Ok(Some(_))) {
         log::warn!(
             "{}: missing: the point's files cannot be checked against freezer's signatures",
             meta.display()
         );
         return Vec::new();
     }
-    let files = match load(meta, compression, limits) {
+    let files = match load(store, meta, compression, limits) {
         Ok(f) => f,
         Err(e) => return vec![e],
     };
@@ -66,8 +68,14 @@ pub fn check(
 }
 
 /// The signed files of an `engine_metadata` file.
-fn load(meta: &Path, compression: &str, limits: Limits) -> Result<Vec<(String, Signature)>> {
-    let mut input = stream::open(meta, Engine::Rsync, compression, None, limits.memory)?;
+fn load(
+    store: &dyn Store,
+    meta: &Path,
+    compression: &str,
+    limits: Limits,
+) -> Result<Vec<(String, Signature)>> {
+    let source = store.open(meta)?;
+    let mut input = stream::open(&source, Engine::Rsync, compression, None, limits.memory)?;
     let mut sink = std::io::sink();
     let mut r = Reader {
         input: &mut input,

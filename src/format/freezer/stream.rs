@@ -4,9 +4,9 @@
 //! gzip, bzip2 or xz for the tar engine (spec §7.1), Python's zlib, bz2 or lzma for the rsync
 //! engine (§7.2).
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 use aes::Aes256;
 use aes::cipher::KeyIvInit;
@@ -15,6 +15,7 @@ use md5::Md5;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::storage::{RangeReader, Source};
 
 /// The first bytes each compressor writes.
 fn magic(compression: &str) -> Option<&'static [u8]> {
@@ -78,22 +79,23 @@ fn zlib_start(head: &[u8]) -> bool {
     }
 }
 
-/// Opens `path` and returns the decompressed (and decrypted) stream; the xz decoder may take
-/// at most `memory` bytes (an xz header can ask for a dictionary of gigabytes).
+/// The decompressed (and decrypted) stream of `source`, read front to back; the xz decoder may
+/// take at most `memory` bytes (an xz header can ask for a dictionary of gigabytes).
 pub fn open(
-    path: &Path,
+    source: &Arc<Source>,
     engine: Engine,
     compression: &str,
     password: Option<&[u8]>,
     memory: u64,
 ) -> Result<Box<dyn Read + Send>> {
+    let path = source.path();
     if magic(compression).is_none() {
         return Err(Error::unsupported(
             path,
             format!("compression {compression:?} (restorefs reads gzip, bzip2 and xz)"),
         ));
     }
-    let file = File::open(path).map_err(|e| Error::io(path, &e))?;
+    let file = source.reader(0, source.len())?;
     let plain: Box<dyn Read + Send> = match password {
         None => Box::new(file),
         Some(pass) => {
@@ -164,11 +166,11 @@ impl<R: Read> Read for CfbReader<R> {
 /// The OpenSSL `enc` stream in `file`: `Salted__`, 8 bytes of salt, then ciphertext. The
 /// password and key derivation that make the plaintext start as `check` wants win.
 fn decrypt(
-    mut file: File,
+    mut file: RangeReader,
     path: &Path,
     passwords: &[&[u8]],
     check: &dyn Fn(&[u8]) -> bool,
-) -> Result<CfbReader<io::Chain<io::Cursor<Vec<u8>>, File>>> {
+) -> Result<CfbReader<io::Chain<io::Cursor<Vec<u8>>, RangeReader>>> {
     let mut head = [0u8; 16];
     file.read_exact(&mut head)
         .map_err(|_| Error::corrupt(path, 0, "encrypted backup shorter than its OpenSSL header"))?;

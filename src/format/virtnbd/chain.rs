@@ -7,6 +7,7 @@ use std::path::Path;
 use chrono::NaiveDateTime;
 
 use crate::error::{Error, Result};
+use crate::storage::{self, Store};
 
 /// What a file name says about its backup level.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -95,10 +96,10 @@ pub struct Checkpoints {
 
 impl Checkpoints {
     /// Reads `checkpoints/<name>.xml` and every `*.cpt` list in `dir`; unreadable files are skipped.
-    pub fn load(dir: &Path, files: &[String]) -> Checkpoints {
+    pub fn load(store: &dyn Store, dir: &Path, files: &[String]) -> Checkpoints {
         let mut cps = Checkpoints::default();
         for f in files.iter().filter(|f| f.ends_with(".cpt")) {
-            let list: Vec<String> = read_small(&dir.join(f))
+            let list: Vec<String> = read_small(store, &dir.join(f))
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default();
             for pair in list.windows(2) {
@@ -107,22 +108,22 @@ impl Checkpoints {
                     .or_insert_with(|| pair[0].clone());
             }
         }
-        if let Ok(rd) = std::fs::read_dir(dir.join("checkpoints")) {
-            for entry in rd.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let Some(cp) = name.strip_suffix(".xml") else {
-                    continue;
-                };
-                let Some(xml) = read_small(&entry.path()).and_then(|b| String::from_utf8(b).ok())
-                else {
-                    continue;
-                };
-                if let Some(parent) = xml_parent(&xml) {
-                    cps.parents.insert(cp.to_owned(), parent);
-                }
-                if let Some(t) = xml_creation_time(&xml) {
-                    cps.created.insert(cp.to_owned(), t);
-                }
+        let xml_dir = dir.join("checkpoints");
+        let listed = store.list(&xml_dir).map(|l| l.files).unwrap_or_default();
+        for entry in listed {
+            let Some(cp) = entry.name.strip_suffix(".xml") else {
+                continue;
+            };
+            let Some(xml) = read_small(store, &xml_dir.join(&entry.name))
+                .and_then(|b| String::from_utf8(b).ok())
+            else {
+                continue;
+            };
+            if let Some(parent) = xml_parent(&xml) {
+                cps.parents.insert(cp.to_owned(), parent);
+            }
+            if let Some(t) = xml_creation_time(&xml) {
+                cps.created.insert(cp.to_owned(), t);
             }
         }
         cps
@@ -151,15 +152,8 @@ const MAX_SIDE_FILE: u64 = 16 << 20;
 
 /// The content of a small side file; `None` when it cannot be read or is larger than
 /// [`MAX_SIDE_FILE`] (a hostile folder could hold a huge one).
-pub fn read_small(path: &Path) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let mut data = Vec::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(MAX_SIDE_FILE + 1)
-        .read_to_end(&mut data)
-        .ok()?;
-    (data.len() as u64 <= MAX_SIDE_FILE).then_some(data)
+pub fn read_small(store: &dyn Store, path: &Path) -> Option<Vec<u8>> {
+    storage::read_small(store, path, MAX_SIDE_FILE).ok()
 }
 
 /// `<parent><name>X</name></parent>` of a libvirt domaincheckpoint XML.

@@ -20,6 +20,7 @@ use crate::inside::DiskDir;
 use crate::model::{
     self, BackupSet, Check, DirInfo, Exposed, Format, Found, Point, PointList, ScanContext,
 };
+use crate::storage::Store;
 use crate::timefmt;
 use crate::vfs::{self, Attr, BytesFile, ErrorFile, Node};
 
@@ -96,7 +97,8 @@ impl VirtnbdSet {
             });
             streams.push((name.clone(), opened));
         }
-        let checkpoints = chain::Checkpoints::load(dir, files);
+        let store = opts.io.store.as_ref();
+        let checkpoints = chain::Checkpoints::load(store, dir, files);
         let resolver = chain::Resolver::new(dir, &infos, &checkpoints);
 
         // Files of one backup run form one point.
@@ -212,6 +214,11 @@ fn checkpoint_ids(stream_header: Option<&chain::StreamHeader>) -> Map<String, se
 }
 
 impl Folder<'_> {
+    /// Where the folder's files are read from.
+    fn store(&self) -> &dyn Store {
+        self.opts.io.store.as_ref()
+    }
+
     /// The point of one backup run (`members`: its files, one per disk).
     fn build_point(&self, members: &[usize]) -> (Point, Vec<usize>, Vec<Error>) {
         let infos = self.infos;
@@ -221,7 +228,15 @@ impl Folder<'_> {
             .collect();
         let kind = run_kind(infos, members, &headers);
         let mut warnings = Vec::new();
-        let time = run_time(self.dir, self.files, infos, members, kind, &mut warnings);
+        let time = run_time(
+            self.store(),
+            self.dir,
+            self.files,
+            infos,
+            members,
+            kind,
+            &mut warnings,
+        );
         let stream_header = headers.iter().find(|h| !h.raw).copied();
         let ids = checkpoint_ids(stream_header);
         let mtime = time
@@ -248,7 +263,7 @@ impl Folder<'_> {
         let content = if let (true, Some(first)) = (all_failed, errors.first()) {
             Err(first.clone())
         } else {
-            if let Some(xml) = vmconfig(self.dir, infos, members, stream_header) {
+            if let Some(xml) = vmconfig(self.store(), self.dir, infos, members, stream_header) {
                 exposed.push(Exposed {
                     path: "vmconfig.xml".into(),
                     size: Some(xml.1.len() as u64),
@@ -357,6 +372,7 @@ impl Folder<'_> {
 /// When a run happened: the earliest meta date of its streams; for runs of raw images only, the
 /// time in its `backup.<level>.<MMDDYYYYHHMMSS>.log` name, or the diff's Unix time.
 fn run_time(
+    store: &dyn Store,
     dir: &Path,
     files: &[String],
     infos: &[chain::FileInfo],
@@ -388,9 +404,10 @@ fn run_time(
     if from_log.is_some() {
         return from_log;
     }
-    let mtime = std::fs::metadata(dir.join(&infos[members[0]].name))
-        .and_then(|m| m.modified())
-        .ok()?;
+    let mtime = store
+        .stat(&dir.join(&infos[members[0]].name))
+        .ok()??
+        .modified;
     warnings.push(
         "no date in the backup files or logs: the point is named after the file's mtime".into(),
     );
@@ -401,6 +418,7 @@ fn run_time(
 /// `vmconfig.<ident>.xml` of a run, with its name: a full run's ident is its checkpoint, a
 /// copy run's is `copy`, the others' are in their file names.
 fn vmconfig(
+    store: &dyn Store,
     dir: &Path,
     infos: &[chain::FileInfo],
     members: &[usize],
@@ -417,7 +435,7 @@ fn vmconfig(
     if !vfs::is_safe_name(&name) {
         return None;
     }
-    let data = chain::read_small(&dir.join(&name))?;
+    let data = chain::read_small(store, &dir.join(&name))?;
     Some((name, data))
 }
 

@@ -19,7 +19,7 @@ use crate::indexcache::{IndexCache, Reader, Writer};
 use crate::lz4;
 use crate::lz4::Lz4Runtime;
 use crate::model::Io;
-use crate::storage::Source;
+use crate::storage::{Source, Store};
 use crate::vfs;
 
 /// One `.data` file: its meta header (read when opened) and its index of extents and chunks
@@ -33,6 +33,8 @@ pub struct Stream {
     kept: Option<(Arc<IndexCache>, String)>,
     owner: u64,
     lz4: Arc<Lz4Runtime>,
+    /// Where the file's `.chksum` neighbour is read from.
+    store: Arc<dyn Store>,
 }
 
 impl Layer for Stream {
@@ -115,6 +117,7 @@ impl Stream {
                 kept: Some((Arc::clone(ix), k.clone())),
                 owner: cache::new_owner_id(),
                 lz4: Arc::clone(&io.lz4),
+                store: Arc::clone(&io.store),
             });
         }
         let (meta, index) = parse(&source)?;
@@ -134,6 +137,7 @@ impl Stream {
             kept,
             owner: cache::new_owner_id(),
             lz4: Arc::clone(&io.lz4),
+            store: Arc::clone(&io.store),
         })
     }
 
@@ -164,7 +168,7 @@ impl Stream {
         let frames: u64 = self
             .index()
             .map_or(0, |i| i.chunks.iter().map(|c| c.comp_len).sum());
-        let sum = if checksum_path(self.path()).exists() {
+        let sum = if matches!(self.store.stat(&checksum_path(self.path())), Ok(Some(_))) {
             self.source.len()
         } else {
             0
@@ -193,7 +197,7 @@ impl Stream {
         }
         let sum_path = checksum_path(self.path());
         let sum_path = sum_path.as_path();
-        if let Some(text) = read_checksum(sum_path)? {
+        if let Some(text) = read_checksum(self.store.as_ref(), sum_path)? {
             let want: u32 = text.trim().parse().map_err(|_| {
                 Error::corrupt(
                     sum_path,
@@ -296,18 +300,13 @@ fn decode(bytes: &[u8], source: &Source, size: u64) -> Option<LayerIndex> {
 }
 
 /// The text of a `.chksum` file, `None` when there is none. Read only as far as a checksum can
-/// reach, so a huge or endless file costs nothing; unreadable or non-text content is an error.
-fn read_checksum(path: &Path) -> Result<Option<String>> {
-    use std::io::Read;
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(path, &e)),
-    };
-    let mut bytes = Vec::new();
-    file.take(64)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, &e))?;
+/// reach, so a huge file costs nothing; unreadable or non-text content is an error.
+fn read_checksum(store: &dyn Store, path: &Path) -> Result<Option<String>> {
+    if store.stat(path)?.is_none() {
+        return Ok(None);
+    }
+    let source = store.open(path)?;
+    let bytes = source.prefix(0, 64, "the checksum")?;
     Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
