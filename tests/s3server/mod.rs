@@ -22,7 +22,7 @@ const START_ATTEMPTS: usize = 3;
 
 /// The client side: one boto3 call per invocation, reading its arguments from argv.
 const CLIENT_PY: &str = r#"
-import os, sys, boto3
+import json, os, sys, boto3
 s3 = boto3.client("s3")
 op, args = sys.argv[1], sys.argv[2:]
 if op == "mb":
@@ -39,6 +39,11 @@ elif op == "upload":
             rel = os.path.relpath(path, root).replace(os.sep, "/")
             key = prefix.rstrip("/") + "/" + rel if prefix else rel
             s3.upload_file(path, bucket, key)
+elif op == "public":
+    arn = "arn:aws:s3:::%s/*" % args[0]
+    rule = {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": arn}
+    policy = {"Version": "2012-10-17", "Statement": [rule]}
+    s3.put_bucket_policy(Bucket=args[0], Policy=json.dumps(policy))
 elif op == "rm":
     s3.delete_object(Bucket=args[0], Key=args[1])
 elif op == "ls":
@@ -165,6 +170,62 @@ impl S3Server {
         cmd.envs(self.env_for(endpoint))
     }
 
+    /// A client of this server through `endpoint` (a proxy in front of it).
+    pub fn client_via(&self, endpoint: &str) -> Client<'_> {
+        Client {
+            server: self,
+            endpoint: endpoint.to_string(),
+        }
+    }
+
+    /// A client of this server.
+    pub fn client(&self) -> Client<'_> {
+        self.client_via(&self.endpoint())
+    }
+
+    /// Creates `bucket`.
+    pub fn create_bucket(&self, bucket: &str) {
+        self.client().create_bucket(bucket)
+    }
+
+    /// Uploads every file under `dir` as `prefix/<relative path>` (no prefix: at the root).
+    pub fn upload_dir(&self, bucket: &str, prefix: &str, dir: &Path) {
+        self.client().upload_dir(bucket, prefix, dir)
+    }
+
+    /// Writes `bytes` as `key` (a new object, or a replacement with a new ETag).
+    pub fn put(&self, bucket: &str, key: &str, bytes: &[u8]) {
+        self.client().put(bucket, key, bytes)
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&self, bucket: &str, key: &str) {
+        self.client().delete(bucket, key)
+    }
+
+    /// The objects under `prefix`, in key order.
+    pub fn list(&self, bucket: &str, prefix: &str) -> Vec<Object> {
+        self.client().list(bucket, prefix)
+    }
+
+    /// The content of `key`.
+    pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        self.client().get(bucket, key)
+    }
+
+    /// The server's stderr so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+/// The boto3 client (from the moto venv) of one server, through one endpoint.
+pub struct Client<'a> {
+    server: &'a S3Server,
+    endpoint: String,
+}
+
+impl Client<'_> {
     /// Creates `bucket`.
     pub fn create_bucket(&self, bucket: &str) {
         self.client_ok(&["mb", bucket]);
@@ -177,9 +238,14 @@ impl S3Server {
 
     /// Writes `bytes` as `key` (a new object, or a replacement with a new ETag).
     pub fn put(&self, bucket: &str, key: &str, bytes: &[u8]) {
-        let file = tempfile::NamedTempFile::new_in(self.dir.path()).unwrap();
+        let file = tempfile::NamedTempFile::new_in(self.server.dir.path()).unwrap();
         std::fs::write(file.path(), bytes).unwrap();
         self.client_ok(&["put", bucket, key, file.path().to_str().unwrap()]);
+    }
+
+    /// Lets anyone GET the objects of `bucket` (for unsigned raw HTTP requests in tests).
+    pub fn make_public(&self, bucket: &str) {
+        self.client_ok(&["public", bucket]);
     }
 
     /// Deletes `key`.
@@ -210,20 +276,19 @@ impl S3Server {
         self.client_ok(&["get", bucket, key]).stdout
     }
 
-    /// The server's stderr so far (for failure messages).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
     fn client_ok(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(venv().join("bin/python"));
-        cmd.arg(self.dir.path().join("client.py")).args(args);
-        let out = self.apply(&mut cmd).output().expect("run the boto3 client");
+        cmd.arg(self.server.dir.path().join("client.py")).args(args);
+        let out = self
+            .server
+            .apply_endpoint(&mut cmd, &self.endpoint)
+            .output()
+            .expect("run the boto3 client");
         assert!(
             out.status.success(),
             "s3 client {args:?} failed: {}\nserver log tail:\n{}",
             String::from_utf8_lossy(&out.stderr),
-            tail(&self.log())
+            tail(&self.server.log())
         );
         out
     }
