@@ -4,6 +4,7 @@
 //! copies. Request and byte counts come from the store's counters.
 
 mod common;
+mod s3proxy;
 mod s3server;
 
 use std::collections::HashMap;
@@ -17,8 +18,12 @@ use s3server::S3Server;
 
 const MIB: u64 = 1 << 20;
 
-fn env_of(s3: &S3Server) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = s3.env().into_iter().collect();
+fn env_of(s3: &S3Server) -> impl Fn(&str) -> Option<String> + use<> {
+    env_at(s3, &s3.endpoint())
+}
+
+fn env_at(s3: &S3Server, endpoint: &str) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: HashMap<String, String> = s3.env_for(endpoint).into_iter().collect();
     move |k| map.get(k).cloned()
 }
 
@@ -313,4 +318,55 @@ fn a_local_copy_is_fetched_once_and_equals_the_object() {
     assert_eq!(store.local_copy(path, scratch.path()).unwrap(), copy);
     assert_eq!(store.stats(), before);
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn a_flaky_server_gives_right_bytes_or_errors_never_wrong_bytes() {
+    let len = (6 * MIB + 999) as usize;
+    let Some((s3, data)) = server_with_object("a_flaky_server_gives_right_bytes", len) else {
+        return;
+    };
+    let proxy = s3proxy::S3Proxy::start(s3.addr(), s3proxy::Faults::none(), 7);
+    let store = S3Store::connect_with_env(
+        Path::new("s3://bkt"),
+        &options(MIB, 2),
+        Cache::new(2 * MIB),
+        &env_at(&s3, &proxy.endpoint()),
+    )
+    .unwrap();
+    let src = store.open(Path::new("s3://bkt/dir/data.bin")).unwrap();
+    proxy.set_faults(s3proxy::Faults::each(0.06));
+    let (mut ok, mut failed) = (0, 0);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..80 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Half the reads sequential, half random; the small cache makes blocks come again.
+        let at = if i % 2 == 0 {
+            (i / 2) * (len / 40)
+        } else {
+            (x % len as u64) as usize
+        };
+        let n = ((x >> 40) as usize % (300 << 10) + 1).min(len - at);
+        let mut buf = vec![0u8; n];
+        match src.read_exact_at(at as u64, &mut buf, "test") {
+            Ok(()) => {
+                assert!(buf == data[at..at + n], "wrong bytes at {at}+{n}");
+                ok += 1;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("s3://bkt/dir/data.bin"), "{e}");
+                failed += 1;
+            }
+        }
+    }
+    let (p, c) = (proxy.counts(), store.stats());
+    eprintln!("{ok} reads right, {failed} failed; store: {c}; proxy: {p:?}");
+    assert!(
+        p.truncated + p.internal_errors + p.slow_downs + p.dropped > 0,
+        "{p:?}"
+    );
+    assert!(c.retries > 0, "{c}");
+    assert!(ok >= 70, "{ok} reads right, {failed} failed: {c}; {p:?}");
 }

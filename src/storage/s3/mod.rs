@@ -106,14 +106,26 @@ impl S3Store {
             location,
             server: resolved
                 .endpoint
+                .clone()
                 .unwrap_or_else(|| format!("aws-{}", resolved.region)),
             fetcher,
             runtime: Arc::new(RuntimeBox(Some(runtime))),
             dirs: Mutex::default(),
             owners: Mutex::default(),
         };
+        let hint = match (&resolved.credentials, resolved.ambient.is_empty()) {
+            (None, true) => {
+                " (no credentials in AWS_ACCESS_KEY_ID or the AWS profile files: instance \
+                 metadata was asked for them)"
+            }
+            _ => "",
+        };
+        let server = match &resolved.endpoint {
+            Some(e) => e.clone(),
+            None => format!("AWS ({})", resolved.region),
+        };
         store.dir(&store.location.prefix).map_err(|e| {
-            Error::from_errno(e.errno(), format!("SOURCE {url} at {}: {e}", store.server))
+            Error::from_errno(e.errno(), format!("SOURCE {url} at {server}: {e}{hint}"))
         })?;
         Ok(store)
     }
