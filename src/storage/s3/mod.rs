@@ -31,6 +31,9 @@ use super::{FileEntry, Listing, Source, Store};
 use crate::cache::{Cache, new_owner_id};
 use crate::error::{Error, Result};
 
+/// Bytes of a local copy fetched by one GET (held in memory until written).
+const COPY_CHUNK: u64 = 64 << 20;
+
 /// The runtime of a store's client; dropping it does not wait for fetches still running.
 pub(crate) struct RuntimeBox(Option<tokio::runtime::Runtime>);
 
@@ -315,12 +318,12 @@ impl Store for S3Store {
 }
 
 impl S3Store {
-    /// Writes the whole object `info` to `to`, a block at a time, and checks its length.
+    /// Writes the whole object `info` to `to`, a chunk at a time, and checks its length.
     fn download(&self, info: &ObjectInfo, to: &Path) -> Result<()> {
         let mut file = std::fs::File::create(to).map_err(|e| Error::io(to, &e))?;
         let mut at = 0;
         while at < info.size {
-            let range = at..(at + self.fetcher.block_size).min(info.size);
+            let range = at..(at + COPY_CHUNK.max(self.fetcher.block_size)).min(info.size);
             let bytes = self
                 .runtime()
                 .block_on(self.fetcher.get_range(info, range.clone()))?;
