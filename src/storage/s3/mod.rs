@@ -5,8 +5,10 @@
 //! callers, plain threads (FUSE and NBD workers), block on it.
 
 mod blocks;
+mod client;
 mod config;
 mod disk_cache;
+mod listing;
 mod object;
 mod profile;
 mod stats;
@@ -15,16 +17,15 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::client::{HttpClient, HttpConnector, ReqwestConnector};
-use object_store::{ClientOptions, ObjectMeta, ObjectStore, RetryConfig};
+use object_store::ObjectMeta;
 use sha2::{Digest, Sha256};
 
 use self::blocks::{Fetcher, ObjectInfo};
 pub use self::config::{Location, S3Options, is_s3, parse_url};
 use self::disk_cache::DiskCache;
+use self::listing::{Dir, Listings};
 use self::object::S3Object;
 pub use self::stats::{S3Counts, S3Stats};
 use super::{FileEntry, Listing, Source, Store};
@@ -45,12 +46,6 @@ impl Drop for RuntimeBox {
     }
 }
 
-/// One folder of the bucket as listed: what `list` answers, and each object's metadata.
-struct Dir {
-    listing: Listing,
-    objects: HashMap<String, ObjectMeta>,
-}
-
 /// SOURCE as a bucket: listings kept, objects read by blocks.
 pub struct S3Store {
     location: Location,
@@ -58,7 +53,7 @@ pub struct S3Store {
     server: String,
     fetcher: Arc<Fetcher>,
     runtime: Arc<RuntimeBox>,
-    dirs: Mutex<HashMap<String, Arc<Dir>>>,
+    dirs: Listings,
     owners: Mutex<HashMap<String, u64>>,
 }
 
@@ -89,7 +84,7 @@ impl S3Store {
         let stats = Arc::new(S3Stats::default());
         let client = {
             let _entered = runtime.enter();
-            client(&location, &resolved, &stats)?
+            client::client(&location, &resolved, &stats)?
         };
         let disk = match &opts.disk_cache {
             Some(dir) => Some(DiskCache::open(dir, opts.disk_cache_size)?),
@@ -113,7 +108,7 @@ impl S3Store {
                 .unwrap_or_else(|| format!("aws-{}", resolved.region)),
             fetcher,
             runtime: Arc::new(RuntimeBox(Some(runtime))),
-            dirs: Mutex::default(),
+            dirs: Listings::default(),
             owners: Mutex::default(),
         };
         let hint = match (&resolved.credentials, resolved.ambient.is_empty()) {
@@ -163,52 +158,20 @@ impl S3Store {
 
     /// The folder `prefix` (a key prefix without slashes at the ends), listed once.
     fn dir(&self, prefix: &str) -> Result<Arc<Dir>> {
-        if let Some(d) = self.lock_dirs().get(prefix) {
-            return Ok(Arc::clone(d));
-        }
-        let path = (!prefix.is_empty()).then(|| object_store::path::Path::from(prefix));
-        let listed = self
-            .runtime()
-            .block_on(self.fetcher.client.list_with_delimiter(path.as_ref()))
-            .map_err(|e| {
-                Error::from_errno(
-                    libc::EIO,
-                    format!("{}/: listing failed: {e}", self.url(prefix).display()),
-                )
-            })?;
-        let mut dir = Dir {
-            listing: Listing::default(),
-            objects: HashMap::new(),
-        };
-        for p in &listed.common_prefixes {
-            if let Some(name) = p.filename() {
-                dir.listing.dirs.push(name.to_owned());
-            }
-        }
-        for meta in listed.objects {
-            let Some(name) = meta.location.filename().map(str::to_owned) else {
-                continue;
-            };
-            // A folder marker (`prefix/`) is the folder itself, not a file in it.
-            if meta.location.as_ref() == prefix || name.is_empty() {
-                continue;
-            }
-            dir.listing.files.push(FileEntry {
-                name: name.clone(),
-                size: meta.size,
-                modified: SystemTime::from(meta.last_modified),
-            });
-            dir.objects.insert(name, meta);
-        }
-        dir.listing.files.sort_by(|a, b| a.name.cmp(&b.name));
-        dir.listing.dirs.sort();
-        let dir = Arc::new(dir);
-        self.lock_dirs().insert(prefix.to_owned(), Arc::clone(&dir));
-        Ok(dir)
-    }
-
-    fn lock_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Dir>>> {
-        self.dirs.lock().unwrap_or_else(|p| p.into_inner())
+        self.dirs.get(prefix, || {
+            let path = (!prefix.is_empty()).then(|| object_store::path::Path::from(prefix));
+            let listed = self
+                .runtime()
+                .block_on(self.fetcher.client.list_with_delimiter(path.as_ref()))
+                .map_err(|e| {
+                    let url = self.url(prefix);
+                    Error::from_errno(
+                        libc::EIO,
+                        format!("{}/: listing failed: {e}", url.display()),
+                    )
+                })?;
+            Ok(Dir::new(listed, prefix))
+        })
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
@@ -340,66 +303,4 @@ impl S3Store {
         }
         Ok(())
     }
-}
-
-/// The HTTP connector of a store: object_store's own (reqwest), counted.
-#[derive(Debug)]
-struct CountingConnector(Arc<S3Stats>);
-
-impl HttpConnector for CountingConnector {
-    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
-        let inner = ReqwestConnector::default().connect(options)?;
-        let stats = Arc::clone(&self.0);
-        Ok(HttpClient::new(stats::Counted { inner, stats }))
-    }
-}
-
-/// The S3 client for `location` as `resolved` says: retries with backoff on 5xx, throttling
-/// and dropped connections, bounded in time; every request counted in `stats`.
-fn client(
-    location: &Location,
-    resolved: &config::Resolved,
-    stats: &Arc<S3Stats>,
-) -> Result<Arc<dyn ObjectStore>> {
-    let http = resolved
-        .endpoint
-        .as_deref()
-        .is_some_and(|e| e.starts_with("http://"));
-    let options = ClientOptions::new()
-        .with_allow_http(http)
-        .with_connect_timeout(Duration::from_secs(10))
-        .with_timeout(Duration::from_secs(120));
-    let retry = RetryConfig {
-        max_retries: 5,
-        retry_timeout: Duration::from_secs(60),
-        ..RetryConfig::default()
-    };
-    let mut b = AmazonS3Builder::new()
-        .with_bucket_name(&location.bucket)
-        .with_region(&resolved.region)
-        .with_virtual_hosted_style_request(!resolved.path_style)
-        .with_client_options(options)
-        .with_retry(retry)
-        .with_http_connector(CountingConnector(Arc::clone(stats)));
-    if let Some(e) = &resolved.endpoint {
-        b = b.with_endpoint(e);
-    }
-    if let Some(c) = &resolved.credentials {
-        b = b
-            .with_access_key_id(&c.key_id)
-            .with_secret_access_key(&c.secret);
-        if let Some(t) = &c.token {
-            b = b.with_token(t);
-        }
-    } else {
-        for (k, v) in &resolved.ambient {
-            if let Ok(key) = k.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
-                b = b.with_config(key, v);
-            }
-        }
-    }
-    let s3 = b
-        .build()
-        .map_err(|e| Error::usage(format!("s3://{}: {e}", location.bucket)))?;
-    Ok(Arc::new(s3))
 }

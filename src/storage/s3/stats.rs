@@ -1,17 +1,14 @@
 //! Counters of one S3 store: every HTTP request (retries included, counted where the client
-//! sends them), bytes of object data fetched, retried answers and reads that failed for good.
+//! sends them, `client`), bytes of object data fetched, retried answers and reads that failed
+//! for good.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use async_trait::async_trait;
-use object_store::client::{HttpClient, HttpError, HttpRequest, HttpResponse, HttpService};
 
 /// Live counters, shared by the store, its objects and its HTTP client.
 #[derive(Debug, Default)]
 pub struct S3Stats {
-    requests: AtomicU64,
+    pub(super) requests: AtomicU64,
     bytes: AtomicU64,
     retries: AtomicU64,
     errors: AtomicU64,
@@ -70,30 +67,5 @@ impl S3Stats {
 
     pub(super) fn disk_hit(&self) {
         self.disk_hits.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// The HTTP client of the store, counting what it sends and which answers will be retried.
-#[derive(Debug)]
-pub struct Counted {
-    /// The client that sends.
-    pub inner: HttpClient,
-    /// Where to count.
-    pub stats: Arc<S3Stats>,
-}
-
-#[async_trait]
-impl HttpService for Counted {
-    async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let res = self.inner.execute(req).await;
-        let transient = match &res {
-            Ok(r) => r.status().is_server_error() || r.status().as_u16() == 429,
-            Err(_) => true,
-        };
-        if transient {
-            self.stats.retried();
-        }
-        res
     }
 }
