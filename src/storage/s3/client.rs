@@ -1,6 +1,8 @@
 //! The S3 client of a store: object_store's `AmazonS3` as the resolved settings say, with
 //! retries and timeouts, over object_store's own HTTP client with every request counted.
 
+use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -10,7 +12,7 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::client::{
     HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
 };
-use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use object_store::{Certificate, ClientOptions, ObjectStore, RetryConfig};
 
 use super::config::{Location, Resolved};
 use super::stats::S3Stats;
@@ -64,10 +66,15 @@ pub fn client(
         .endpoint
         .as_deref()
         .is_some_and(|e| e.starts_with("http://"));
-    let options = ClientOptions::new()
+    let mut options = ClientOptions::new()
         .with_allow_http(http)
         .with_connect_timeout(Duration::from_secs(10))
         .with_timeout(Duration::from_secs(120));
+    if let Some(path) = &resolved.ca_bundle {
+        for ca in ca_bundle(path)? {
+            options = options.with_root_certificate(ca);
+        }
+    }
     let retry = RetryConfig {
         max_retries: 5,
         retry_timeout: Duration::from_secs(60),
@@ -101,4 +108,44 @@ pub fn client(
         .build()
         .map_err(|e| Error::usage(format!("s3://{}: {e}", location.bucket)))?;
     Ok(Arc::new(s3))
+}
+
+/// Largest certificate bundle read (the system's whole bundle is about 200 KiB).
+const MAX_CA_BUNDLE: u64 = 16 << 20;
+
+/// The certificates of the PEM file `path`.
+fn ca_bundle(path: &Path) -> Result<Vec<Certificate>> {
+    let pem = std::fs::File::open(path)
+        .and_then(|f| {
+            let mut pem = Vec::new();
+            f.take(MAX_CA_BUNDLE).read_to_end(&mut pem).map(|_| pem)
+        })
+        .map_err(|e| Error::io(path, &e))?;
+    match Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        Ok(_) => Err(Error::usage(format!(
+            "{}: no PEM certificate in it",
+            path.display()
+        ))),
+        Err(e) => Err(Error::usage(format!("{}: {e}", path.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_bundle_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let e = ca_bundle(&path).unwrap_err().to_string();
+        assert!(e.contains("ca.pem: no PEM certificate"), "{e}");
+        let system = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        if system.exists() {
+            assert!(ca_bundle(system).unwrap().len() > 10);
+        }
+        assert!(ca_bundle(&dir.path().join("none")).is_err());
+    }
 }

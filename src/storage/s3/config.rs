@@ -122,6 +122,9 @@ pub struct Resolved {
     /// `AWS_*` settings of the other credential sources (web identity, container, instance
     /// metadata) handed to the client when there are no static credentials.
     pub ambient: Vec<(String, String)>,
+    /// PEM file of extra certificate authorities to trust (`AWS_CA_BUNDLE`, the profile's
+    /// `ca_bundle`), for servers with a private CA.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// The variables of credential sources other than static keys.
@@ -195,6 +198,9 @@ pub fn resolve(opts: &S3Options, env: &dyn Fn(&str) -> Option<String>) -> Result
         region,
         credentials,
         ambient,
+        ca_bundle: var("AWS_CA_BUNDLE")
+            .or(profile.ca_bundle)
+            .map(PathBuf::from),
     })
 }
 
@@ -309,6 +315,7 @@ mod tests {
         let mut more = files.to_vec();
         more.extend([("AWS_ACCESS_KEY_ID", "EK"), ("AWS_SECRET_ACCESS_KEY", "ES")]);
         more.extend([("AWS_REGION", "r1"), ("AWS_ENDPOINT_URL", "https://e")]);
+        more.push(("AWS_CA_BUNDLE", "/etc/rgw-ca.pem"));
         let flags = S3Options {
             region: Some("r2".into()),
             ..S3Options::default()
@@ -319,6 +326,7 @@ mod tests {
             (r.region.as_str(), r.endpoint.as_deref()),
             ("r2", Some("https://e"))
         );
+        assert_eq!(r.ca_bundle.as_deref(), Some(Path::new("/etc/rgw-ca.pem")));
         more[2] = ("AWS_PROFILE", "missing");
         let e = resolve(&flags, &env(&more)).unwrap_err().to_string();
         assert!(e.contains("AWS profile missing: not found"), "{e}");

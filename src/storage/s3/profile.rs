@@ -19,6 +19,8 @@ pub struct Profile {
     pub region: Option<String>,
     /// `endpoint_url` (the profile's own, or in its `s3 =` sub-section).
     pub endpoint_url: Option<String>,
+    /// `ca_bundle`.
+    pub ca_bundle: Option<String>,
 }
 
 impl Profile {
@@ -30,6 +32,7 @@ impl Profile {
             session_token: self.session_token.or(other.session_token),
             region: self.region.or(other.region),
             endpoint_url: self.endpoint_url.or(other.endpoint_url),
+            ca_bundle: self.ca_bundle.or(other.ca_bundle),
         }
     }
 }
@@ -86,6 +89,7 @@ pub fn profile(name: &str, credentials: &str, config: &str) -> Profile {
             session_token: get("aws_session_token"),
             region: get("region"),
             endpoint_url: get("s3.endpoint_url").or_else(|| get("endpoint_url")),
+            ca_bundle: get("ca_bundle"),
         }
     };
     let config_section = if name == "default" {
@@ -105,7 +109,7 @@ mod tests {
         let creds = "# comment\n[default]\naws_access_key_id = AKIA1\naws_secret_access_key=s1\n\n\
                      [backup]\n  aws_access_key_id = AKIA2 \naws_secret_access_key = s2\n\
                      aws_session_token = tok\n";
-        let config = "[default]\nregion = eu-west-1\n[profile backup]\nregion=us-east-2\n\
+        let config = "[default]\nregion = eu-west-1\n[profile backup]\nregion=us-east-2\nca_bundle=/ca.pem\n\
                       s3 =\n  endpoint_url = http://minio:9000\n  addressing_style = path\n\
                       output = json\n[backup]\nregion = ignored\n";
         let d = profile("default", creds, config);
@@ -117,6 +121,7 @@ mod tests {
         assert_eq!(b.session_token.as_deref(), Some("tok"));
         assert_eq!(b.region.as_deref(), Some("us-east-2"));
         assert_eq!(b.endpoint_url.as_deref(), Some("http://minio:9000"));
+        assert_eq!(b.ca_bundle.as_deref(), Some("/ca.pem"));
         assert_eq!(parse(config)["profile backup"]["output"], "json");
         assert_eq!(profile("none", creds, config), Profile::default());
     }
