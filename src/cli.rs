@@ -115,6 +115,9 @@ struct S3Args {
     /// Address buckets by path (ENDPOINT/BUCKET/KEY) on AWS too; always so with an endpoint.
     #[arg(long)]
     s3_path_style: bool,
+    /// Send requests unsigned, without credentials (a public bucket; AWS CLI's --no-sign-request).
+    #[arg(long)]
+    s3_no_sign: bool,
     /// Bytes fetched by one ranged GET and cached as one block (1M to 64M).
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]
     s3_block_size: u64,
@@ -137,6 +140,7 @@ impl S3Args {
             "s3_endpoint" => self.s3_endpoint = Some(need()?.to_owned()),
             "s3_region" => self.s3_region = Some(need()?.to_owned()),
             "s3_path_style" => self.s3_path_style = true,
+            "s3_no_sign" => self.s3_no_sign = true,
             "s3_block_size" => self.s3_block_size = parse_size(need()?)?,
             "s3_prefetch" => {
                 self.s3_prefetch = need()?.parse().map_err(|_| "needs a number of blocks")?;
@@ -153,6 +157,7 @@ impl S3Args {
             endpoint: self.s3_endpoint.clone(),
             region: self.s3_region.clone(),
             path_style: self.s3_path_style,
+            no_sign: self.s3_no_sign,
             block_size: self.s3_block_size,
             prefetch: self.s3_prefetch,
             disk_cache: self.disk_cache.clone(),
@@ -1122,7 +1127,7 @@ mod tests {
         assert_eq!(o.cache_dir.as_deref(), Some(Path::new("/c")));
         assert_eq!(o.threads, Some(3));
         assert_eq!(o.freezer_key.as_deref(), Some(Path::new("/k")));
-        let s3 = "s3_endpoint=http://h:9000,s3_region=r,s3_path_style,s3_block_size=8M,\
+        let s3 = "s3_endpoint=http://h:9000,s3_region=r,s3_path_style,s3_no_sign,s3_block_size=8M,\
                   s3_prefetch=2,disk_cache=/d,disk_cache_size=1G";
         let mut args: S3Args = clap_defaults();
         for (k, v) in parse_mount_options(&[s3.to_owned()], false).unwrap().s3 {
@@ -1132,6 +1137,7 @@ mod tests {
             endpoint: Some("http://h:9000".into()),
             region: Some("r".into()),
             path_style: true,
+            no_sign: true,
             block_size: 8 << 20,
             prefetch: 2,
             disk_cache: Some(PathBuf::from("/d")),

@@ -251,6 +251,26 @@ fn a_missing_bucket_bad_endpoint_or_missing_credentials_fail_at_once() {
         .unwrap()
         .to_string();
     assert!(e.contains("no S3 credentials"), "{e}");
+    // Unsigned requests need no credentials: moto lets anyone list, but a private object is
+    // refused to them (a signed store reads it), with the key in the message.
+    s3.create_bucket("public");
+    s3.put("public", "x/f", b"private data");
+    let unsigned = S3Options {
+        no_sign: true,
+        ..S3Options::default()
+    };
+    let store = S3Store::connect_with_env(Path::new("s3://public"), &unsigned, cache(), &no_keys);
+    let store = store.unwrap();
+    assert_eq!(
+        store.list(Path::new("s3://public/x")).unwrap().files[0].size,
+        12
+    );
+    let e = restorefs::storage::read_small(&store, Path::new("s3://public/x/f"), 100);
+    let e = e.unwrap_err().to_string();
+    assert!(
+        e.contains("s3://public/x/f bytes 0..12") && e.contains("403"),
+        "{e}"
+    );
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -90,7 +90,9 @@ pub fn client(
     if let Some(e) = &resolved.endpoint {
         b = b.with_endpoint(e);
     }
-    if let Some(c) = &resolved.credentials {
+    if resolved.no_sign {
+        b = b.with_skip_signature(true);
+    } else if let Some(c) = &resolved.credentials {
         b = b
             .with_access_key_id(&c.key_id)
             .with_secret_access_key(&c.secret);

@@ -21,6 +21,8 @@ pub struct S3Options {
     pub region: Option<String>,
     /// Address buckets as `ENDPOINT/bucket` (the default with an endpoint) even on AWS.
     pub path_style: bool,
+    /// Send requests unsigned (a public bucket), with no credentials.
+    pub no_sign: bool,
     /// Bytes fetched by one ranged GET and cached as one block.
     pub block_size: u64,
     /// Blocks fetched ahead, in parallel, of a sequential reader.
@@ -37,6 +39,7 @@ impl Default for S3Options {
             endpoint: None,
             region: None,
             path_style: false,
+            no_sign: false,
             block_size: 4 << 20,
             prefetch: 8,
             disk_cache: None,
@@ -117,6 +120,8 @@ pub struct Resolved {
     pub region: String,
     /// Path-style addressing.
     pub path_style: bool,
+    /// Unsigned requests.
+    pub no_sign: bool,
     /// Static credentials, when any were found.
     pub credentials: Option<Credentials>,
     /// `AWS_*` settings of the other credential sources (web identity, container, instance
@@ -186,14 +191,15 @@ pub fn resolve(opts: &S3Options, env: &dyn Fn(&str) -> Option<String>) -> Result
     // Instance metadata exists on AWS only; elsewhere it would time out rather than answer.
     let metadata =
         endpoint.is_none() && var("AWS_EC2_METADATA_DISABLED").as_deref() != Some("true");
-    if credentials.is_none() && ambient.is_empty() && !metadata {
+    if credentials.is_none() && ambient.is_empty() && !metadata && !opts.no_sign {
         return Err(Error::usage(
             "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or name a \
-             profile of ~/.aws/credentials with AWS_PROFILE",
+             profile of ~/.aws/credentials with AWS_PROFILE (--s3-no-sign for a public bucket)",
         ));
     }
     Ok(Resolved {
         path_style: opts.path_style || endpoint.is_some(),
+        no_sign: opts.no_sign,
         endpoint,
         region,
         credentials,
@@ -346,6 +352,11 @@ mod tests {
         };
         let e = resolve(&minio, &env(&none)).unwrap_err().to_string();
         assert!(e.contains("no S3 credentials"), "{e}");
+        let public = S3Options {
+            no_sign: true,
+            ..minio
+        };
+        assert!(resolve(&public, &env(&none)).unwrap().no_sign);
         let off = [
             ("HOME", "/nonexistent"),
             ("AWS_EC2_METADATA_DISABLED", "true"),

@@ -112,7 +112,7 @@ impl S3Store {
             owners: Mutex::default(),
         };
         let hint = match (&resolved.credentials, resolved.ambient.is_empty()) {
-            (None, true) => {
+            (None, true) if !resolved.no_sign => {
                 " (no credentials in AWS_ACCESS_KEY_ID or the AWS profile files: instance \
                  metadata was asked for them)"
             }
