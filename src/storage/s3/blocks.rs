@@ -1,7 +1,8 @@
-//! Fetching an object's fixed-size aligned blocks by ranged GETs into the shared cache: one
-//! fetch per block however many readers want it (the cache builds a value once), each body
-//! checked to have exactly the length asked, every GET conditional on the listed ETag, and
-//! blocks ahead of a sequential reader fetched in parallel within a global bound.
+//! Fetching an object's fixed-size aligned chunks by ranged GETs into the shared cache: blocks
+//! (`--s3-block-size`) for reads that go on, pieces (256 KiB) for small reads far apart (headers
+//! while indexing). One fetch per chunk however many readers want it (the cache builds a value
+//! once), each body checked to have exactly the length asked, every GET conditional on the
+//! listed ETag, and blocks ahead of a sequential reader fetched in parallel within a bound.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -17,6 +18,21 @@ use crate::error::{Error, Result};
 
 /// Attempts at a body that arrived short or broke off (the client retried the request itself).
 const BODY_ATTEMPTS: usize = 3;
+
+/// Bytes of a piece: what a small read that does not continue the previous one fetches.
+pub const PIECE: u64 = 256 << 10;
+
+/// Reads up to this long that do not continue the previous one fetch pieces, not blocks.
+pub const SMALL_READ: u64 = 64 << 10;
+
+/// An aligned range of an object, fetched and cached whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunk {
+    /// Block `n` (`--s3-block-size` bytes).
+    Block(u64),
+    /// Piece `n` ([`PIECE`] bytes).
+    Piece(u64),
+}
 
 /// One listed object: what its reads need to know.
 #[derive(Debug)]
@@ -56,44 +72,59 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// The byte range of block `index` of `obj`.
-    pub fn block_range(&self, obj: &ObjectInfo, index: u64) -> Range<u64> {
-        let start = index.saturating_mul(self.block_size).min(obj.size);
-        start..start.saturating_add(self.block_size).min(obj.size)
+    /// The byte range of `chunk` of `obj`.
+    pub fn range(&self, obj: &ObjectInfo, chunk: Chunk) -> Range<u64> {
+        let (index, len) = match chunk {
+            Chunk::Block(i) => (i, self.block_size),
+            Chunk::Piece(i) => (i, PIECE),
+        };
+        let start = index.saturating_mul(len).min(obj.size);
+        start..start.saturating_add(len).min(obj.size)
     }
 
-    fn key(obj: &ObjectInfo, index: u64) -> Key {
+    fn key(obj: &ObjectInfo, chunk: Chunk) -> Key {
+        let index = match chunk {
+            Chunk::Block(i) => i,
+            Chunk::Piece(i) => i | 1 << 63,
+        };
         Key {
             owner: obj.owner,
             index,
         }
     }
 
-    /// Block `index` of `obj`, fetched by its first reader and shared with the others.
-    pub fn block(&self, obj: &ObjectInfo, index: u64) -> Result<Arc<Built<Bytes>>> {
+    /// Whether `chunk` of `obj` is in the cache (or on its way).
+    pub fn cached(&self, obj: &ObjectInfo, chunk: Chunk) -> bool {
+        let key = Self::key(obj, chunk);
+        self.cache.get::<Built<Bytes>>(key).is_some()
+    }
+
+    /// `chunk` of `obj`, fetched by its first reader and shared with the others.
+    pub fn chunk(&self, obj: &ObjectInfo, chunk: Chunk) -> Result<Arc<Built<Bytes>>> {
         self.cache
-            .get_or_build(Self::key(obj, index), OnFailure::Retry, || {
-                let bytes = self.load(obj, index)?;
+            .get_or_build(Self::key(obj, chunk), OnFailure::Retry, || {
+                let bytes = self.load(obj, chunk)?;
                 let len = bytes.len() as u64;
                 Ok((bytes, len))
             })
     }
 
-    fn load(&self, obj: &ObjectInfo, index: u64) -> Result<Bytes> {
-        let range = self.block_range(obj, index);
+    /// Fetches `chunk`; blocks go through the disk cache, if there is one.
+    fn load(&self, obj: &ObjectInfo, chunk: Chunk) -> Result<Bytes> {
+        let range = self.range(obj, chunk);
         let len = range.end - range.start;
-        if let Some(bytes) = self
-            .disk
-            .as_ref()
-            .and_then(|d| d.get(&obj.identity, index, len))
-        {
+        let disk = match chunk {
+            Chunk::Block(i) => self.disk.as_ref().map(|d| (d, i)),
+            Chunk::Piece(_) => None,
+        };
+        if let Some(bytes) = disk.and_then(|(d, i)| d.get(&obj.identity, i, len)) {
             self.stats.disk_hit();
             return Ok(bytes);
         }
         let bytes = self.handle.block_on(self.get_range(obj, range));
         let bytes = bytes.inspect_err(|_| self.stats.failed())?;
-        if let Some(d) = &self.disk {
-            d.put(&obj.identity, index, &bytes);
+        if let Some((d, i)) = disk {
+            d.put(&obj.identity, i, &bytes);
         }
         Ok(bytes)
     }
@@ -143,24 +174,21 @@ impl Fetcher {
     ) {
         let global = self.prefetch.saturating_mul(4).max(8);
         for index in blocks {
-            if self.block_range(obj, index).is_empty()
+            let block = Chunk::Block(index);
+            if self.range(obj, block).is_empty()
                 || ahead.load(Ordering::Relaxed) >= self.prefetch
                 || self.inflight.load(Ordering::Relaxed) >= global
             {
                 return;
             }
-            if self
-                .cache
-                .get::<Built<Bytes>>(Self::key(obj, index))
-                .is_some()
-            {
+            if self.cached(obj, block) {
                 continue;
             }
             ahead.fetch_add(1, Ordering::Relaxed);
             self.inflight.fetch_add(1, Ordering::Relaxed);
             let (me, obj, ahead) = (Arc::clone(self), Arc::clone(obj), Arc::clone(ahead));
             self.handle.spawn_blocking(move || {
-                if let Err(e) = me.block(&obj, index) {
+                if let Err(e) = me.chunk(&obj, block) {
                     log::warn!("prefetch: {e}");
                 }
                 ahead.fetch_sub(1, Ordering::Relaxed);

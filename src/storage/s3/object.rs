@@ -1,20 +1,23 @@
-//! One S3 object as a [`Backend`]: reads copied from its cached blocks (fetched when missing),
-//! and sequential reading detected so that the next blocks are fetched ahead in parallel.
+//! One S3 object as a [`Backend`]: reads copied from its cached chunks (fetched when missing),
+//! sequential reading detected so that the next blocks are fetched ahead in parallel, and small
+//! reads far apart (a format indexing headers) served by small pieces, not whole blocks.
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::RuntimeBox;
-use super::blocks::{Fetcher, ObjectInfo};
+use super::blocks::{Chunk, Fetcher, ObjectInfo, PIECE, SMALL_READ};
 use crate::storage::Backend;
 
 /// An object of a bucket, read by blocks through the shared cache.
 pub struct S3Object {
     info: Arc<ObjectInfo>,
     fetcher: Arc<Fetcher>,
-    /// Where the last read ended: a read starting near it continues a sequential run.
+    /// Where the last read ended: a read starting at or just after it continues a run.
     last_end: AtomicU64,
+    /// Bytes read by the run that ended there.
+    run: AtomicU64,
     /// This object's prefetches in flight.
     ahead: Arc<AtomicUsize>,
     _runtime: Arc<RuntimeBox>,
@@ -31,22 +34,40 @@ impl S3Object {
             info: Arc::new(info),
             fetcher: Arc::clone(fetcher),
             last_end: AtomicU64::new(u64::MAX),
+            run: AtomicU64::new(0),
             ahead: Arc::default(),
             _runtime: Arc::clone(runtime),
         }
     }
 
-    /// Prefetches the blocks after `offset..end` when this read continues the previous one
-    /// (within a block: parallel readers of one stream arrive a little out of order).
-    fn follow(&self, offset: u64, end: u64) {
+    /// Whether the read `offset..end` ends a sequential run of more than [`SMALL_READ`]
+    /// bytes, each read continuing the previous one (up to a block back, as parallel readers of
+    /// one stream arrive a little out of order, or a small gap ahead); if so prefetches the
+    /// blocks after it. Headers read one after the other are no run: they fetch pieces.
+    fn follow(&self, offset: u64, end: u64) -> bool {
         let bs = self.fetcher.block_size;
         let prev = self.last_end.swap(end, Ordering::Relaxed);
-        if self.fetcher.prefetch == 0 || prev == u64::MAX || offset.abs_diff(prev) > bs {
-            return;
+        let len = end - offset;
+        let goes_on = prev != u64::MAX
+            && offset <= prev.saturating_add(SMALL_READ)
+            && offset.saturating_add(bs) >= prev;
+        let run = match goes_on {
+            true => self
+                .run
+                .fetch_add(len, Ordering::Relaxed)
+                .saturating_add(len),
+            false => {
+                self.run.store(len, Ordering::Relaxed);
+                len
+            }
+        };
+        let sequential = run > SMALL_READ;
+        if sequential && self.fetcher.prefetch > 0 {
+            let next = end.div_ceil(bs);
+            let blocks = next..next + self.fetcher.prefetch as u64;
+            self.fetcher.prefetch(&self.info, blocks, &self.ahead);
         }
-        let next = end.div_ceil(bs);
-        let blocks = next..next + self.fetcher.prefetch as u64;
-        self.fetcher.prefetch(&self.info, blocks, &self.ahead);
+        sequential
     }
 }
 
@@ -57,22 +78,27 @@ impl Backend for S3Object {
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let end = offset + buf.len() as u64;
-        self.follow(offset, end);
+        let small = !self.follow(offset, end);
         let bs = self.fetcher.block_size;
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
-            let index = pos / bs;
+            let block = Chunk::Block(pos / bs);
+            let chunk = match small && !self.fetcher.cached(&self.info, block) {
+                true => Chunk::Piece(pos / PIECE),
+                false => block,
+            };
             let cell = self
                 .fetcher
-                .block(&self.info, index)
+                .chunk(&self.info, chunk)
                 .map_err(|e| io::Error::other(e.to_string()))?;
+            let start = self.fetcher.range(&self.info, chunk).start;
             let bytes = cell.value().map(|b| &b[..]).unwrap_or_default();
-            let within = bytes.get((pos - index * bs) as usize..).unwrap_or_default();
+            let within = bytes.get((pos - start) as usize..).unwrap_or_default();
             let n = within.len().min(buf.len() - done);
             if n == 0 {
                 return Err(io::Error::other(format!(
-                    "{}: block {index} holds no byte at {pos}",
+                    "{}: {chunk:?} holds no byte at {pos}",
                     self.info.url
                 )));
             }
