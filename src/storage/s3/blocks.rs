@@ -109,14 +109,11 @@ impl Fetcher {
             })
     }
 
-    /// Fetches `chunk`; blocks go through the disk cache, if there is one.
+    /// Fetches `chunk`, through the disk cache if there is one.
     fn load(&self, obj: &ObjectInfo, chunk: Chunk) -> Result<Bytes> {
         let range = self.range(obj, chunk);
         let len = range.end - range.start;
-        let disk = match chunk {
-            Chunk::Block(i) => self.disk.as_ref().map(|d| (d, i)),
-            Chunk::Piece(_) => None,
-        };
+        let disk = self.disk.as_ref().map(|d| (d, Self::key(obj, chunk).index));
         if let Some(bytes) = disk.and_then(|(d, i)| d.get(&obj.identity, i, len)) {
             self.stats.disk_hit();
             return Ok(bytes);
