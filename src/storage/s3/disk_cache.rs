@@ -1,7 +1,8 @@
 //! The optional on-disk block cache (`--disk-cache DIR`): fetched blocks (and pieces) kept as
 //! files named by a hash of the object's identity and the chunk's index, so that a later mount
-//! reads them from disk instead of the server. Bounded in bytes (the oldest files go first); files are written
-//! to a temporary name and renamed, and a file of the wrong length is ignored and refetched.
+//! reads them from disk instead of the server. Bounded in bytes (the oldest files go first);
+//! files are written to a temporary name and renamed, and a file of the wrong length is ignored
+//! and refetched.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

@@ -109,7 +109,8 @@ mod tests {
         let creds = "# comment\n[default]\naws_access_key_id = AKIA1\naws_secret_access_key=s1\n\n\
                      [backup]\n  aws_access_key_id = AKIA2 \naws_secret_access_key = s2\n\
                      aws_session_token = tok\n";
-        let config = "[default]\nregion = eu-west-1\n[profile backup]\nregion=us-east-2\nca_bundle=/ca.pem\n\
+        let config = "[default]\nregion = eu-west-1\n[profile backup]\nregion=us-east-2\n\
+                      ca_bundle=/ca.pem\n\
                       s3 =\n  endpoint_url = http://minio:9000\n  addressing_style = path\n\
                       output = json\n[backup]\nregion = ignored\n";
         let d = profile("default", creds, config);

@@ -34,7 +34,8 @@ impl fmt::Display for S3Counts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} requests, {} bytes fetched, {} retried, {} failed reads, {} blocks from the disk cache",
+            "{} requests, {} bytes fetched, {} retried, {} failed reads, \
+             {} blocks from the disk cache",
             self.requests, self.bytes, self.retries, self.errors, self.disk_hits
         )
     }
