@@ -249,7 +249,7 @@ enum Command {
     },
     /// List backup sets, restore points and the files each point exposes.
     Ls {
-        /// Folder holding backups (searched at any depth).
+        /// Folder holding backups (searched at any depth), or a bucket: s3://BUCKET[/PREFIX].
         source: PathBuf,
         /// Print one JSON document instead of text.
         #[arg(long)]
@@ -259,7 +259,7 @@ enum Command {
     },
     /// Write one exposed file (image, database) or folder of a point, without FUSE.
     Export {
-        /// Folder holding backups.
+        /// Folder holding backups, or a bucket: s3://BUCKET[/PREFIX].
         source: PathBuf,
         /// Path as in the mount, e.g. `vm1/2026-11-20T10:00:01_full/vda.raw` or `vm1/latest/vda.raw`.
         point_path: String,
@@ -274,7 +274,7 @@ enum Command {
     /// Read every backup file the points depend on, check every checksum, report per point
     /// (exit status 3 when something is damaged).
     Verify {
-        /// Folder holding backups.
+        /// Folder holding backups, or a bucket: s3://BUCKET[/PREFIX].
         source: PathBuf,
         #[command(flatten)]
         cache: CacheArgs,
@@ -530,7 +530,7 @@ fn byte_bar(total: u64, msg: &str) -> ProgressBar {
 /// What `mount` and the `mount.fuse3` form were given.
 #[derive(clap::Args, Debug)]
 struct Mount {
-    /// Folder holding backups (searched at any depth).
+    /// Folder holding backups (searched at any depth), or a bucket: s3://BUCKET[/PREFIX].
     source: PathBuf,
     /// An empty folder to mount on.
     mountpoint: PathBuf,
@@ -571,7 +571,7 @@ struct Mount {
 /// What `serve` was given.
 #[derive(clap::Args, Debug)]
 struct Serve {
-    /// Folder holding backups (searched at any depth).
+    /// Folder holding backups (searched at any depth), or a bucket: s3://BUCKET[/PREFIX].
     source: PathBuf,
     /// Where to listen: unix:PATH, or HOST[:PORT] (port 10809 when left out, loopback when
     /// the host is). NBD has no authentication here: anyone who can connect reads every

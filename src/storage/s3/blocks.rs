@@ -95,8 +95,7 @@ impl Fetcher {
 
     /// Whether `chunk` of `obj` is in the cache (or on its way).
     pub fn cached(&self, obj: &ObjectInfo, chunk: Chunk) -> bool {
-        let key = Self::key(obj, chunk);
-        self.cache.get::<Built<Bytes>>(key).is_some()
+        self.cache.contains(Self::key(obj, chunk))
     }
 
     /// `chunk` of `obj`, fetched by its first reader and shared with the others.
