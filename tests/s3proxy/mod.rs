@@ -292,7 +292,8 @@ fn answer(head: &Head, body: &[u8], writer: &mut TcpStream, shared: &Shared) -> 
         }
         Fault::InternalError => {
             shared.count(&c.internal_errors);
-            let msg = "We encountered an internal error. Please try again.";
+            // Not S3's "internal error" wording: daemon logs are checked for that phrase.
+            let msg = "Injected InternalError: please try again.";
             return send_error(writer, 500, "InternalError", msg, is_head);
         }
         Fault::SlowDown => {

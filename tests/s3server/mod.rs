@@ -213,6 +213,43 @@ impl S3Server {
         self.client().get(bucket, key)
     }
 
+    /// `restorefs` (the test's cache folder, default logging) with this server's environment.
+    pub fn restorefs(&self) -> Command {
+        let mut cmd = crate::common::command();
+        self.apply(&mut cmd);
+        cmd
+    }
+
+    /// Runs restorefs against this server; never panics on failure (tests inspect the output).
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.restorefs().args(args).output().expect("run restorefs")
+    }
+
+    /// Runs restorefs against this server and asserts success; returns stdout.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "restorefs {args:?} failed: {}\nserver log tail:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log())
+        );
+        crate::common::assert_no_panic(&out);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Mounts `url` (`s3://bucket/prefix`) reached through `endpoint` (this server or a proxy).
+    pub fn mount_via(&self, endpoint: &str, url: &str, args: &[&str]) -> crate::common::Mounted {
+        let env = self.env_for(endpoint);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        crate::common::Mounted::with_env(Path::new(url), args, &env)
+    }
+
+    /// Mounts `url` (`s3://bucket/prefix`) of this server.
+    pub fn mount(&self, url: &str, args: &[&str]) -> crate::common::Mounted {
+        self.mount_via(&self.endpoint(), url, args)
+    }
+
     /// The server's stderr so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
