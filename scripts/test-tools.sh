@@ -18,6 +18,21 @@ need=()
 for tool in "${tools[@]}"; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
+# The S3 server the S3 tests start (tests/s3server): moto in a Python venv of its own, at the
+# place the tests look (RESTOREFS_MOTO_VENV overrides it), pinned so that every run tests the same.
+moto_version=5.2.5
+moto_venv="${RESTOREFS_MOTO_VENV:-/opt/restorefs-test/moto}"
+moto_ok() {
+    "$moto_venv/bin/python" -c "import sys, boto3, moto; sys.exit(moto.__version__ != '$moto_version')" \
+        2>/dev/null
+}
+moto_ok || python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+if ! moto_ok && { [ "$(id -u)" = 0 ] || [ -n "${RESTOREFS_MOTO_VENV:-}" ]; }; then
+    python3 -m venv "$moto_venv"
+    "$moto_venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version"
+    moto_ok
 fi

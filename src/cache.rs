@@ -184,6 +184,11 @@ impl Cache {
         Ok(cell)
     }
 
+    /// Whether the cache holds a value under `key` (neither counted nor marked as used).
+    pub fn contains(&self, key: Key) -> bool {
+        self.lock().lru.contains(&key)
+    }
+
     /// Marks the value under `key` as recently used.
     pub fn touch(&self, key: Key) {
         self.lock().lru.promote(&key);
@@ -316,8 +321,11 @@ mod tests {
         let _ = c.get_or_insert(key(1), 0, || 1u8);
         c.set_cost(key(1), 60);
         assert_eq!(c.stats().used, 60);
+        assert!(c.contains(key(1)) && !c.contains(key(2)));
         c.remove(key(1));
         assert_eq!(c.stats().used, 0);
+        assert!(!c.contains(key(1)));
+        assert_eq!(c.stats().hits, 0);
     }
 }
 

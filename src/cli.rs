@@ -22,6 +22,7 @@ use crate::mount::{self, MountArgs};
 use crate::nbd;
 use crate::scan;
 use crate::storage::Store;
+use crate::storage::s3::{S3Options, S3Store, is_s3};
 use crate::timefmt::{self, UserTime};
 use crate::tree;
 use crate::vfs;
@@ -95,10 +96,79 @@ struct CacheArgs {
     /// Least decoded bytes between two kept LZ4 decoder checkpoints (at least 64K).
     #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
     lz4_checkpoint_spacing: u64,
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+/// How SOURCE `s3://BUCKET[/PREFIX]` is reached and read (credentials: the AWS_* variables and
+/// profile files, as for the AWS tools).
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "SOURCE in S3 (s3://BUCKET[/PREFIX])")]
+struct S3Args {
+    /// Endpoint of an S3-compatible server (Ceph RGW, MinIO), e.g. https://rgw.example:7480
+    /// (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the profile's endpoint_url, else AWS).
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// Region (default: AWS_REGION, AWS_DEFAULT_REGION, the profile's region, else us-east-1).
+    #[arg(long, value_name = "REGION")]
+    s3_region: Option<String>,
+    /// Address buckets by path (ENDPOINT/BUCKET/KEY) on AWS too; always so with an endpoint.
+    #[arg(long)]
+    s3_path_style: bool,
+    /// Send requests unsigned, without credentials (a public bucket; AWS CLI's --no-sign-request).
+    #[arg(long)]
+    s3_no_sign: bool,
+    /// Bytes fetched by one ranged GET and cached as one block (1M to 64M).
+    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]
+    s3_block_size: u64,
+    /// Blocks fetched ahead, in parallel, of a sequential reader (0: none).
+    #[arg(long, value_name = "N", default_value = "8")]
+    s3_prefetch: usize,
+    /// Keep fetched blocks in DIR too, so that later runs read them from local disk.
+    #[arg(long, value_name = "DIR")]
+    disk_cache: Option<PathBuf>,
+    /// Bound of --disk-cache, e.g. 20G.
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
+    disk_cache_size: u64,
+}
+
+impl S3Args {
+    /// Sets the flag that the `-o` option `key` (its name with `_`) stands for.
+    fn set(&mut self, key: &str, value: Option<&str>) -> std::result::Result<(), String> {
+        let need = || value.ok_or_else(|| format!("needs a value: {key}=..."));
+        match key {
+            "s3_endpoint" => self.s3_endpoint = Some(need()?.to_owned()),
+            "s3_region" => self.s3_region = Some(need()?.to_owned()),
+            "s3_path_style" => self.s3_path_style = true,
+            "s3_no_sign" => self.s3_no_sign = true,
+            "s3_block_size" => self.s3_block_size = parse_size(need()?)?,
+            "s3_prefetch" => {
+                self.s3_prefetch = need()?.parse().map_err(|_| "needs a number of blocks")?;
+            }
+            "disk_cache" => self.disk_cache = Some(PathBuf::from(need()?)),
+            "disk_cache_size" => self.disk_cache_size = parse_size(need()?)?,
+            _ => return Err("unknown mount option".to_owned()),
+        }
+        Ok(())
+    }
+
+    fn options(&self) -> S3Options {
+        S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            path_style: self.s3_path_style,
+            no_sign: self.s3_no_sign,
+            block_size: self.s3_block_size,
+            prefetch: self.s3_prefetch,
+            disk_cache: self.disk_cache.clone(),
+            disk_cache_size: self.disk_cache_size,
+        }
+    }
 }
 
 impl CacheArgs {
-    fn options(&self) -> Result<ScanSetup> {
+    /// The services of a scan of `source`: a bucket's store for `s3://`, else the local one.
+    fn options(&self, source: &Path) -> Result<ScanSetup> {
         let dir = self
             .cache_dir
             .clone()
@@ -106,6 +176,10 @@ impl CacheArgs {
         let mut ctx = ScanContext::new(Cache::new(self.cache_size), &dir);
         let spacing = usize::try_from(self.lz4_checkpoint_spacing).unwrap_or(usize::MAX);
         ctx.io.lz4 = crate::lz4::Lz4Runtime::with_spacing(spacing);
+        if is_s3(source) {
+            let store = S3Store::connect(source, &self.s3.options(), Arc::clone(&ctx.cache))?;
+            ctx.io.store = Arc::new(store);
+        }
         let mut formats = FormatOptions::default();
         if let Some(f) = &self.freezer_key {
             let text = std::fs::read(f).map_err(|e| Error::io(f, &e))?;
@@ -175,7 +249,7 @@ enum Command {
     },
     /// List backup sets, restore points and the files each point exposes.
     Ls {
-        /// Folder holding backups (searched at any depth).
+        /// Folder holding backups (searched at any depth), or a bucket: s3://BUCKET[/PREFIX].
         source: PathBuf,
         /// Print one JSON document instead of text.
         #[arg(long)]
@@ -185,7 +259,7 @@ enum Command {
     },
     /// Write one exposed file (image, database) or folder of a point, without FUSE.
     Export {
-        /// Folder holding backups.
+        /// Folder holding backups, or a bucket: s3://BUCKET[/PREFIX].
         source: PathBuf,
         /// Path as in the mount, e.g. `vm1/2026-11-20T10:00:01_full/vda.raw` or `vm1/latest/vda.raw`.
         point_path: String,
@@ -200,7 +274,7 @@ enum Command {
     /// Read every backup file the points depend on, check every checksum, report per point
     /// (exit status 3 when something is damaged).
     Verify {
-        /// Folder holding backups.
+        /// Folder holding backups, or a bucket: s3://BUCKET[/PREFIX].
         source: PathBuf,
         #[command(flatten)]
         cache: CacheArgs,
@@ -456,7 +530,7 @@ fn byte_bar(total: u64, msg: &str) -> ProgressBar {
 /// What `mount` and the `mount.fuse3` form were given.
 #[derive(clap::Args, Debug)]
 struct Mount {
-    /// Folder holding backups (searched at any depth).
+    /// Folder holding backups (searched at any depth), or a bucket: s3://BUCKET[/PREFIX].
     source: PathBuf,
     /// An empty folder to mount on.
     mountpoint: PathBuf,
@@ -475,7 +549,8 @@ struct Mount {
     allow_other: bool,
     /// Mount options, comma separated, as FUSE file systems take them: allow_other,
     /// default_permissions, ro, uid=N, gid=N (owner shown for every node),
-    /// cache_size=SIZE, cache_dir=DIR, threads=N, freezer_key=FILE. mount(8)/fstab options
+    /// cache_size=SIZE, cache_dir=DIR, threads=N, freezer_key=FILE, and the S3 flags with `_`
+    /// (s3_endpoint=URL, s3_path_style, disk_cache=DIR, ...). mount(8)/fstab options
     /// (defaults, noauto, nofail, _netdev, user, users, nodev, nosuid, noexec, noatime,
     /// x-systemd.*, ...) are ignored; rw is refused.
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -496,7 +571,7 @@ struct Mount {
 /// What `serve` was given.
 #[derive(clap::Args, Debug)]
 struct Serve {
-    /// Folder holding backups (searched at any depth).
+    /// Folder holding backups (searched at any depth), or a bucket: s3://BUCKET[/PREFIX].
     source: PathBuf,
     /// Where to listen: unix:PATH, or HOST[:PORT] (port 10809 when left out, loopback when
     /// the host is). NBD has no authentication here: anyone who can connect reads every
@@ -521,6 +596,8 @@ struct MountOptions {
     cache_dir: Option<PathBuf>,
     threads: Option<usize>,
     freezer_key: Option<PathBuf>,
+    /// The S3 options (`s3_*`, `disk_cache*`) as given: key and value.
+    s3: Vec<(String, Option<String>)>,
 }
 
 /// Options of mount(8), fstab and systemd that concern the mount command, not restorefs (or that
@@ -585,6 +662,12 @@ fn parse_mount_options(lists: &[String], helper: bool) -> Result<MountOptions> {
                         .map_err(|_| bad("needs a number of threads"))?,
                 );
             }
+            k if k.starts_with("s3_") || k.starts_with("disk_cache") => {
+                clap_defaults::<S3Args>()
+                    .set(k, value)
+                    .map_err(|e| bad(&e))?;
+                o.s3.push((k.to_owned(), value.map(str::to_owned)));
+            }
             "rw" if helper => {}
             "rw" => return Err(bad("restorefs mounts are read-only; drop `rw`")),
             k if k.starts_with("x-") || k == "comment" => {}
@@ -610,6 +693,9 @@ fn mount_cmd(m: Mount, helper: bool, report: Option<&Report>) -> Result<ExitCode
     cache.cache_size = o.cache_size.unwrap_or(cache.cache_size);
     cache.cache_dir = o.cache_dir.or(cache.cache_dir);
     cache.freezer_key = o.freezer_key.or(cache.freezer_key);
+    for (k, v) in &o.s3 {
+        cache.s3.set(k, v.as_deref()).map_err(Error::usage)?;
+    }
     let args = MountArgs {
         source: m.source,
         mountpoint: m.mountpoint,
@@ -623,7 +709,7 @@ fn mount_cmd(m: Mount, helper: bool, report: Option<&Report>) -> Result<ExitCode
     };
     mount::preflight(&args)?;
     let listener = m.nbd.as_deref().map(bind_nbd).transpose()?;
-    let setup = m.sql.apply(cache.options()?);
+    let setup = m.sql.apply(cache.options(&args.source)?);
     // A large SOURCE mounts before its folders are scanned (unless --as-of must be checked).
     let cat = scan_with(&args.source, &setup, m.as_of.is_none())?;
     let what = if cat.is_scanned() {
@@ -680,7 +766,7 @@ fn bind_nbd(addr: &str) -> Result<nbd::Listener> {
 fn serve_cmd(s: Serve) -> Result<ExitCode> {
     let as_of = s.as_of.as_deref().map(timefmt::parse_user).transpose()?;
     let listener = bind_nbd(&s.nbd)?;
-    let setup = s.sql.apply(s.cache.options()?);
+    let setup = s.sql.apply(s.cache.options(&s.source)?);
     let cat = scan(&s.source, &setup)?;
     let points = visible_points(&cat, as_of, s.as_of.as_deref())?;
     let exports = nbd::Exports::new(&cat, cat.tree(as_of), as_of);
@@ -785,7 +871,7 @@ fn scan_with(source: &Path, setup: &ScanSetup, lazy: bool) -> Result<Catalog> {
 }
 
 fn ls(source: &Path, as_json: bool, cache: &CacheArgs) -> Result<ExitCode> {
-    let cat = scan(source, &cache.options()?)?;
+    let cat = scan(source, &cache.options(source)?)?;
     let mut out = Out::stdout();
     if as_json {
         ls_json(source, &cat, &mut out)?;
@@ -894,7 +980,7 @@ fn export_cmd(
     sql: &SqlArgs,
 ) -> Result<ExitCode> {
     let to_stdout = out == Path::new("-");
-    let setup = sql.apply(cache.options()?);
+    let setup = sql.apply(cache.options(source)?);
     if !to_stdout {
         refuse_inside(setup.ctx.io.store.as_ref(), source, out)?;
     }
@@ -958,7 +1044,7 @@ fn refuse_inside(store: &dyn Store, source: &Path, out: &Path) -> Result<()> {
 }
 
 fn verify(source: &Path, cache: &CacheArgs, sql: &SqlArgs) -> Result<ExitCode> {
-    let cat = scan(source, &sql.apply(cache.options()?))?;
+    let cat = scan(source, &sql.apply(cache.options(source)?))?;
     let total = cat.sets().iter().map(|s| s.set.verify_size()).sum();
     let bar = byte_bar(total, "verifying");
     let mut damaged = 0usize;
@@ -1041,6 +1127,23 @@ mod tests {
         assert_eq!(o.cache_dir.as_deref(), Some(Path::new("/c")));
         assert_eq!(o.threads, Some(3));
         assert_eq!(o.freezer_key.as_deref(), Some(Path::new("/k")));
+        let s3 = "s3_endpoint=http://h:9000,s3_region=r,s3_path_style,s3_no_sign,s3_block_size=8M,\
+                  s3_prefetch=2,disk_cache=/d,disk_cache_size=1G";
+        let mut args: S3Args = clap_defaults();
+        for (k, v) in parse_mount_options(&[s3.to_owned()], false).unwrap().s3 {
+            args.set(&k, v.as_deref()).unwrap();
+        }
+        let want = S3Options {
+            endpoint: Some("http://h:9000".into()),
+            region: Some("r".into()),
+            path_style: true,
+            no_sign: true,
+            block_size: 8 << 20,
+            prefetch: 2,
+            disk_cache: Some(PathBuf::from("/d")),
+            disk_cache_size: 1 << 30,
+        };
+        assert_eq!(args.options(), want);
         // mount(8), fstab and systemd options pass; what mount.fuse3 adds passes too.
         let fstab = "defaults,noauto,nofail,_netdev,user,users,nodev,nosuid,noexec,noatime,\
                      x-systemd.automount,x-systemd.idle-timeout=60,ro,default_permissions";
@@ -1056,6 +1159,9 @@ mod tests {
             "nodev=1",
             "fsname=x",
             "cache_size=9Q",
+            "s3_prefetch=x",
+            "s3_endpoint",
+            "s3_other=1",
         ] {
             let e = parse_mount_options(&[bad.to_owned()], false).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Usage, "{bad}");

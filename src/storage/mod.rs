@@ -8,6 +8,7 @@
 //! reader and front end above stays as it is.
 
 mod local;
+pub mod s3;
 mod store;
 
 use std::borrow::Cow;
