@@ -74,7 +74,7 @@ impl S3Store {
     ) -> Result<S3Store> {
         let url = source.to_str().unwrap_or_default();
         let location = parse_url(url)?;
-        let resolved = config::resolve(opts, env)?;
+        let resolved = config::resolve(opts, env).map_err(|e| e.context(url))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("restorefs-s3")
