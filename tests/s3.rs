@@ -308,6 +308,6 @@ fn a_missing_bucket_or_missing_credentials_fail_before_mounting() {
         "s3://present/vm",
         &keys,
         "s3://present/vm: no S3 credentials",
-        "AWS_ACCESS_KEY_ID",
+        "aws_access_key_id",
     );
 }
