@@ -332,6 +332,22 @@ mod tests {
     }
 
     #[test]
+    fn a_smaller_frame_reuses_a_dropped_larger_buffer_cut_to_its_size() {
+        let runtime = Lz4Runtime::new();
+        let mut buf = vec![0u8; 4096];
+        for (n, reused) in [(4 << 20, 0), ((3 << 20) - 4096, 1)] {
+            let raw = data(n);
+            let (_f, src, comp) = frame_file(&raw);
+            let chunk = DecodedChunk::new(src, Arc::clone(&runtime), 0, comp, n as u64);
+            chunk.read(n - 4096, &mut buf).unwrap();
+            assert_eq!(buf, raw[n - 4096..]);
+            assert_eq!(runtime.reused(), reused);
+            let st = chunk.state.read().unwrap();
+            assert_eq!(st.out.capacity(), n, "holds only what the cache charges");
+        }
+    }
+
+    #[test]
     fn frames_decode_from_storage_without_a_view() {
         let raw = data(6 << 20);
         let (f, _, comp) = frame_file(&raw);

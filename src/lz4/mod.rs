@@ -265,18 +265,22 @@ impl Lz4Runtime {
         self.reused.load(Ordering::Relaxed)
     }
 
-    /// A buffer of `len` bytes: one left by a dropped chunk when one fits closely (no page
-    /// faults, no zeroing; decoded bytes overwrite it before any reader sees them), else a new
-    /// one whose zeroed pages the kernel provides only when touched.
+    /// A buffer of `len` bytes: the smallest one left by a dropped chunk that holds them, cut
+    /// down to `len` (its pages stay mapped: no page faults, no zeroing, and decoded bytes
+    /// overwrite it before any reader sees them), else a new one whose zeroed pages the kernel
+    /// provides only when touched.
     fn buffer(&self, len: usize) -> Vec<u8> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        // Only a close fit: the cache charges `len`, so a much larger buffer would hide memory.
-        if let Some(i) = pool
-            .iter()
-            .position(|b| b.len() >= len && b.len() <= len + len / 4)
-        {
+        let best = (0..pool.len())
+            .filter(|&i| pool[i].len() >= len)
+            .min_by_key(|&i| pool[i].len());
+        if let Some(i) = best {
             let mut b = pool.swap_remove(i);
+            drop(pool);
+            // The cut-off tail goes back to the allocator (shrunk in place), so the cache's
+            // charge of `len` stays the memory this buffer holds.
             b.truncate(len);
+            b.shrink_to_fit();
             self.reused.fetch_add(1, Ordering::Relaxed);
             return b;
         }
@@ -284,13 +288,21 @@ impl Lz4Runtime {
         vec![0u8; len]
     }
 
-    /// Keeps a dropped frame's buffer for reuse while the pool has room.
-    fn give_back(&self, out: Vec<u8>) {
-        if out.len() >= 64 << 10 && out.len() == out.capacity() {
-            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.iter().map(Vec::len).sum::<usize>() + out.len() <= POOL_BYTES {
-                pool.push(out);
-            }
+    /// Keeps a dropped frame's buffer for reuse, dropping the smallest kept ones past
+    /// `POOL_BYTES`: reuse only ever shrinks a buffer, so the largest are worth keeping.
+    fn give_back(&self, mut out: Vec<u8>) {
+        out.resize(out.capacity(), 0);
+        if out.len() < 64 << 10 || out.len() > POOL_BYTES {
+            return;
+        }
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.push(out);
+        let mut total: usize = pool.iter().map(Vec::len).sum();
+        while total > POOL_BYTES {
+            let Some(i) = (0..pool.len()).min_by_key(|&i| pool[i].len()) else {
+                break;
+            };
+            total -= pool.swap_remove(i).len();
         }
     }
 
