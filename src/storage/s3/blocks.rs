@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use object_store::{GetOptions, GetRange, ObjectStore};
 
+use super::RuntimeBox;
 use super::disk_cache::DiskCache;
 use super::stats::S3Stats;
 use crate::cache::{Built, Cache, Key, OnFailure};
@@ -162,11 +163,13 @@ impl Fetcher {
 
     /// Starts fetching blocks `blocks` of `obj` in the background, skipping those cached or on
     /// their way, while `ahead` (this reader's fetches) and the store's total stay in bounds.
+    /// Each fetch holds `runtime`, so the store's end never shuts the runtime down under it.
     pub fn prefetch(
         self: &Arc<Self>,
         obj: &Arc<ObjectInfo>,
         blocks: Range<u64>,
         ahead: &Arc<AtomicUsize>,
+        runtime: &Arc<RuntimeBox>,
     ) {
         let global = self.prefetch.saturating_mul(4).max(8);
         for index in blocks {
@@ -183,12 +186,15 @@ impl Fetcher {
             ahead.fetch_add(1, Ordering::Relaxed);
             self.inflight.fetch_add(1, Ordering::Relaxed);
             let (me, obj, ahead) = (Arc::clone(self), Arc::clone(obj), Arc::clone(ahead));
+            let runtime = Arc::clone(runtime);
             self.handle.spawn_blocking(move || {
                 if let Err(e) = me.chunk(&obj, block) {
                     log::warn!("prefetch: {e}");
                 }
                 ahead.fetch_sub(1, Ordering::Relaxed);
                 me.inflight.fetch_sub(1, Ordering::Relaxed);
+                // The last holder may be this fetch: the runtime then ends without waiting.
+                drop(runtime);
             });
         }
     }

@@ -20,7 +20,8 @@ pub struct S3Object {
     run: AtomicU64,
     /// This object's prefetches in flight.
     ahead: Arc<AtomicUsize>,
-    _runtime: Arc<RuntimeBox>,
+    /// Kept alive by every prefetch too: shutting the runtime down under a fetch would panic it.
+    runtime: Arc<RuntimeBox>,
 }
 
 impl S3Object {
@@ -36,7 +37,7 @@ impl S3Object {
             last_end: AtomicU64::new(u64::MAX),
             run: AtomicU64::new(0),
             ahead: Arc::default(),
-            _runtime: Arc::clone(runtime),
+            runtime: Arc::clone(runtime),
         }
     }
 
@@ -65,7 +66,8 @@ impl S3Object {
         if sequential && self.fetcher.prefetch > 0 {
             let next = end.div_ceil(bs);
             let blocks = next..next + self.fetcher.prefetch as u64;
-            self.fetcher.prefetch(&self.info, blocks, &self.ahead);
+            self.fetcher
+                .prefetch(&self.info, blocks, &self.ahead, &self.runtime);
         }
         sequential
     }
@@ -116,7 +118,8 @@ impl Backend for S3Object {
         let bs = self.fetcher.block_size;
         let end = offset.saturating_add(len).min(self.info.size);
         let blocks = offset / bs..end.div_ceil(bs);
-        self.fetcher.prefetch(&self.info, blocks, &self.ahead);
+        self.fetcher
+            .prefetch(&self.info, blocks, &self.ahead, &self.runtime);
     }
 
     fn served(&self, _: u64) {}
