@@ -5,42 +5,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use common::writer::{Frame, StreamSpec};
 use common::*;
 
 const BLOCK: usize = 64 << 10;
 const SIZE: u64 = 32 << 20;
-
-/// Every file (sha256) and folder ("dir") under `root`, by relative path; lost+found left out.
-fn tree(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let rel = e
-                .path()
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if rel == "lost+found" {
-                continue;
-            }
-            if e.file_type().unwrap().is_dir() {
-                out.insert(rel, "dir".into());
-                walk(root, &e.path(), out);
-            } else {
-                out.insert(rel, sha256_file(&e.path()));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
 
 /// Runs of 64 KiB blocks where `pick(block index)` holds, merged: (offset, length).
 fn runs(blocks: usize, pick: impl Fn(usize) -> bool) -> Vec<(u64, u64)> {
@@ -126,7 +97,7 @@ fn get_files_back_from_every_point_of_an_ext4_chain() {
         ],
     );
     let mut snaps = vec![std::fs::read(&img).unwrap()];
-    let mut want = vec![tree(&src)];
+    let mut want = vec![file_hashes(&src)];
 
     let mnt = t.join("rw");
     std::fs::create_dir(&mnt).unwrap();
@@ -142,7 +113,7 @@ fn get_files_back_from_every_point_of_an_ext4_chain() {
     std::fs::write(mnt.join("new.bin"), random_bytes(4, 150_000)).unwrap();
     std::fs::remove_file(mnt.join("b.txt")).unwrap();
     std::fs::rename(mnt.join("dir1"), mnt.join("dir2")).unwrap();
-    want.push(tree(&mnt));
+    want.push(file_hashes(&mnt));
     tool("umount", &[m]);
     snaps.push(std::fs::read(&img).unwrap());
     // Round 2: append, delete in a subfolder, add in a subfolder.
@@ -152,7 +123,7 @@ fn get_files_back_from_every_point_of_an_ext4_chain() {
     std::fs::write(mnt.join("new.bin"), &grown).unwrap();
     std::fs::remove_file(mnt.join("dir2/sub/d.txt")).unwrap();
     std::fs::write(mnt.join("dir2/sub/e.txt"), b"added later\n").unwrap();
-    want.push(tree(&mnt));
+    want.push(file_hashes(&mnt));
     tool("umount", &[m]);
     snaps.push(std::fs::read(&img).unwrap());
     assert_ne!(want[0], want[1]);
@@ -199,7 +170,7 @@ fn get_files_back_from_every_point_of_an_ext4_chain() {
                     lp.to_str().unwrap(),
                 ],
             );
-            let got = tree(&lp);
+            let got = file_hashes(&lp);
             tool("umount", &[lp.to_str().unwrap()]);
             assert_eq!(got, want[n], "{} point {n}", set["path"]);
         }

@@ -138,32 +138,6 @@ fn every_freezer_backup_exports_from_the_bucket() {
     }
 }
 
-/// Every file (sha256) and folder ("dir") under `root` by relative path, lost+found left out.
-fn files(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let rel = e
-                .path()
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if rel == "lost+found" {
-                continue;
-            } else if e.file_type().unwrap().is_dir() {
-                out.insert(rel, "dir".into());
-                walk(root, &e.path(), out);
-            } else {
-                out.insert(rel, sha256_file(&e.path()));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
-
 /// A full virtnbdbackup stream of `img`: one data frame per 1 MiB with data, zero frames else.
 fn full_stream(img: &[u8], lz4: Option<usize>) -> StreamSpec {
     const STEP: usize = 1 << 20;
@@ -220,7 +194,7 @@ fn ext4_files_come_back_from_a_mount_of_the_bucket() {
     s3.create_bucket("vms");
     s3.upload_dir("vms", "host1", &backups);
 
-    let want = files(&src);
+    let want = file_hashes(&src);
     let m = s3.mount("s3://vms/host1", &[]);
     let ro = t.join("ro");
     std::fs::create_dir(&ro).unwrap();
@@ -229,7 +203,7 @@ fn ext4_files_come_back_from_a_mount_of_the_bucket() {
         assert_eq!(sha256_file(&raw), sha256(&image), "{set}: the image itself");
         let (r, l) = (raw.to_str().unwrap(), ro.to_str().unwrap());
         tool("mount", &["-o", "loop,ro,noload", r, l]);
-        let got = files(&ro);
+        let got = file_hashes(&ro);
         tool("umount", &[l]);
         assert_eq!(
             got, want,

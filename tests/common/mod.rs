@@ -5,6 +5,7 @@ pub mod cln_writer;
 pub mod tree;
 pub mod writer;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -86,6 +87,33 @@ pub fn sha256_file(path: &Path) -> String {
         h.update(&buf[..n]);
     }
     hex(&h.finalize())
+}
+
+/// Every file (sha256) and folder ("dir") under `root`, by relative path; lost+found left out.
+pub fn file_hashes(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if rel == "lost+found" {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                out.insert(rel, "dir".into());
+                walk(root, &e.path(), out);
+            } else {
+                out.insert(rel, sha256_file(&e.path()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
 }
 
 fn hex(b: &[u8]) -> String {
