@@ -112,16 +112,18 @@ impl Fetcher {
     /// Fetches `chunk`, through the disk cache if there is one.
     fn load(&self, obj: &ObjectInfo, chunk: Chunk) -> Result<Bytes> {
         let range = self.range(obj, chunk);
-        let len = range.end - range.start;
-        let disk = self.disk.as_ref().map(|d| (d, Self::key(obj, chunk).index));
-        if let Some(bytes) = disk.and_then(|(d, i)| d.get(&obj.identity, i, len)) {
+        if let Some(bytes) = self
+            .disk
+            .as_ref()
+            .and_then(|d| d.get(&obj.identity, &range))
+        {
             self.stats.disk_hit();
             return Ok(bytes);
         }
-        let bytes = self.handle.block_on(self.get_range(obj, range));
+        let bytes = self.handle.block_on(self.get_range(obj, range.clone()));
         let bytes = bytes.inspect_err(|_| self.stats.failed())?;
-        if let Some((d, i)) = disk {
-            d.put(&obj.identity, i, &bytes);
+        if let Some(d) = &self.disk {
+            d.put(&obj.identity, &range, &bytes);
         }
         Ok(bytes)
     }

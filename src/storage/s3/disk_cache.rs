@@ -1,10 +1,12 @@
 //! The optional on-disk block cache (`--disk-cache DIR`): fetched blocks (and pieces) kept as
-//! files named by a hash of the object's identity and the chunk's index, so that a later mount
+//! files named by a hash of the object's identity and the chunk's byte range (not its index: a
+//! later run may use another `--s3-block-size`), so that a later mount
 //! reads them from disk instead of the server. Bounded in bytes (the oldest files go first);
 //! files are written to a temporary name and renamed, and a file of the wrong length is ignored
 //! and refetched.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -51,21 +53,21 @@ impl DiskCache {
         Ok(cache)
     }
 
-    fn path(&self, identity: &str, index: u64) -> PathBuf {
-        let hash = Sha256::digest(format!("{identity}#{index}").as_bytes());
+    fn path(&self, identity: &str, range: &Range<u64>) -> PathBuf {
+        let hash = Sha256::digest(format!("{identity}#{}-{}", range.start, range.end).as_bytes());
         let name: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
         self.dir.join(format!("{name}{SUFFIX}"))
     }
 
-    /// Block `index` of the object named `identity`, when cached with exactly `len` bytes.
-    pub fn get(&self, identity: &str, index: u64, len: u64) -> Option<Bytes> {
-        let bytes = std::fs::read(self.path(identity, index)).ok()?;
-        (bytes.len() as u64 == len).then(|| Bytes::from(bytes))
+    /// Bytes `range` of the object named `identity`, when cached whole.
+    pub fn get(&self, identity: &str, range: &Range<u64>) -> Option<Bytes> {
+        let bytes = std::fs::read(self.path(identity, range)).ok()?;
+        (bytes.len() as u64 == range.end - range.start).then(|| Bytes::from(bytes))
     }
 
-    /// Keeps block `index` of `identity`; failures only cost a later refetch, so they are logged.
-    pub fn put(&self, identity: &str, index: u64, bytes: &[u8]) {
-        let path = self.path(identity, index);
+    /// Keeps bytes `range` of `identity`; failures only cost a later refetch, so they are logged.
+    pub fn put(&self, identity: &str, range: &Range<u64>, bytes: &[u8]) {
+        let path = self.path(identity, range);
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
@@ -102,29 +104,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("mine.txt"), b"not a block").unwrap();
         let c = DiskCache::open(dir.path(), 250).unwrap();
-        c.put("obj", 0, &[1u8; 100]);
-        c.put("obj", 1, &[2u8; 100]);
-        assert_eq!(c.get("obj", 0, 100).unwrap(), vec![1u8; 100]);
+        c.put("obj", &(0..100), &[1u8; 100]);
+        c.put("obj", &(100..200), &[2u8; 100]);
+        assert_eq!(c.get("obj", &(0..100)).unwrap(), vec![1u8; 100]);
         assert!(
-            c.get("obj", 0, 99).is_none(),
-            "a file of the wrong length is ignored"
+            c.get("obj", &(0..99)).is_none(),
+            "another range is another file"
         );
-        assert!(c.get("other", 0, 100).is_none());
-        c.put("obj", 2, &[3u8; 100]);
+        assert!(c.get("other", &(0..100)).is_none());
+        c.put("obj", &(200..300), &[3u8; 100]);
         assert!(
-            c.get("obj", 0, 100).is_none(),
+            c.get("obj", &(0..100)).is_none(),
             "the oldest block was evicted"
         );
-        assert!(c.get("obj", 2, 100).is_some());
+        assert!(c.get("obj", &(200..300)).is_some());
         drop(c);
         // A second cache on the folder finds the blocks and keeps the bound.
         let again = DiskCache::open(dir.path(), 100).unwrap();
-        let kept = [1, 2]
+        let kept = [100..200, 200..300]
             .iter()
-            .filter(|&&i| again.get("obj", i, 100).is_some());
+            .filter(|r| again.get("obj", r).is_some());
         assert_eq!(kept.count(), 1);
-        std::fs::write(again.path("obj", 2), b"short").unwrap();
-        assert!(again.get("obj", 2, 100).is_none());
+        std::fs::write(again.path("obj", &(200..300)), b"short").unwrap();
+        assert!(again.get("obj", &(200..300)).is_none());
+        // A block of another size at the same index is another file, never these bytes.
+        again.put("obj", &(0..100), &[1u8; 100]);
+        assert!(again.get("obj", &(100..200)).is_none());
         assert!(dir.path().join("mine.txt").exists());
     }
 }
