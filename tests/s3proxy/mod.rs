@@ -101,6 +101,8 @@ struct Shared {
     counters: Counters,
     stop: AtomicBool,
     clients: Mutex<Vec<TcpStream>>,
+    /// Listings answered without their `<ETag>` elements (as s3s-fs lists).
+    strip_listed_etags: AtomicBool,
 }
 
 /// A running proxy on 127.0.0.1; stops (and cuts its connections) on drop.
@@ -123,6 +125,7 @@ impl S3Proxy {
             counters: Counters::default(),
             stop: AtomicBool::new(false),
             clients: Mutex::new(Vec::new()),
+            strip_listed_etags: AtomicBool::new(false),
         });
         let s = shared.clone();
         let accept = std::thread::spawn(move || accept_loop(listener, s));
@@ -141,6 +144,11 @@ impl S3Proxy {
     /// Changes the faults injected from the next request on.
     pub fn set_faults(&self, faults: Faults) {
         *self.shared.faults.lock().unwrap() = faults;
+    }
+
+    /// From now on, answers listings without their objects' ETags, as some servers do.
+    pub fn strip_listed_etags(&self) {
+        self.shared.strip_listed_etags.store(true, Ordering::SeqCst);
     }
 
     /// The counters now.
@@ -307,11 +315,17 @@ fn answer(head: &Head, body: &[u8], writer: &mut TcpStream, shared: &Shared) -> 
         }
         Fault::Truncate | Fault::None => {}
     }
-    let Some((resp, resp_body)) = forward(shared.upstream, head, body, is_head) else {
+    let Some((mut resp, mut resp_body)) = forward(shared.upstream, head, body, is_head) else {
         shared.count(&c.upstream_failures);
         let msg = "The proxy could not reach the server.";
         return send_error(writer, 502, "BadGateway", msg, is_head);
     };
+    if shared.strip_listed_etags.load(Ordering::SeqCst) && head.start.contains("list-type=2") {
+        resp_body = without_etags(&resp_body);
+        resp.remove(&["content-length"]);
+        resp.headers
+            .push(("Content-Length".into(), resp_body.len().to_string()));
+    }
     let sent = match fault {
         Fault::Truncate if resp_body.is_empty() => {
             shared.count(&c.dropped);
@@ -328,6 +342,18 @@ fn answer(head: &Head, body: &[u8], writer: &mut TcpStream, shared: &Shared) -> 
     };
     c.body_bytes.fetch_add(sent.len() as u64, Ordering::SeqCst);
     resp.write(writer, sent).is_ok() && fault != Fault::Truncate
+}
+
+/// An XML listing without its `<ETag>…</ETag>` elements.
+fn without_etags(body: &[u8]) -> Vec<u8> {
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    while let Some(start) = text.find("<ETag>") {
+        let Some(len) = text[start..].find("</ETag>") else {
+            break;
+        };
+        text.replace_range(start..start + len + "</ETag>".len(), "");
+    }
+    text.into_bytes()
 }
 
 /// Whether a response to this request has no body (HEAD, 1xx, 204, 304).

@@ -46,6 +46,8 @@ pub struct ObjectInfo {
     pub size: u64,
     /// The listed ETag: every GET asks for this version.
     pub etag: Option<String>,
+    /// Its last modification: GETs ask for no later one where the server gives no ETag.
+    pub modified: chrono::DateTime<chrono::Utc>,
     /// Names this version for the index and disk caches.
     pub identity: String,
     /// Its blocks' owner id in the shared cache.
@@ -137,6 +139,7 @@ impl Fetcher {
             let opts = GetOptions {
                 range: Some(GetRange::Bounded(range.clone())),
                 if_match: obj.etag.clone(),
+                if_unmodified_since: obj.etag.is_none().then_some(obj.modified),
                 ..GetOptions::default()
             };
             let got = self.client.get_opts(&obj.key, opts).await;

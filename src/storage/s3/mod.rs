@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use object_store::ObjectMeta;
+use object_store::{GetOptions, ObjectMeta};
 use sha2::{Digest, Sha256};
 
 use self::blocks::{Fetcher, ObjectInfo};
@@ -191,19 +191,52 @@ impl S3Store {
         Ok(self.dir(parent)?.objects.get(name).cloned())
     }
 
+    /// `listed` as the object `key` itself gives it (a HEAD); an error when its length is no
+    /// longer the listed one.
+    fn head(&self, key: &str, listed: ObjectMeta) -> Result<ObjectMeta> {
+        let opts = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        let url = self.url(key);
+        let got = self
+            .runtime()
+            .block_on(self.fetcher.client.get_opts(&listed.location, opts))
+            .map_err(|e| Error::from_errno(libc::EIO, format!("{}: {e}", url.display())))?;
+        if got.meta.size != listed.size {
+            return Err(Error::from_errno(
+                libc::EIO,
+                format!(
+                    "{}: {} bytes now, {} when listed; remount to see the new object",
+                    url.display(),
+                    got.meta.size,
+                    listed.size
+                ),
+            ));
+        }
+        Ok(got.meta)
+    }
+
     /// What reading the object at `path` needs, from its listing.
     fn object_info(&self, path: &Path) -> Result<ObjectInfo> {
         let meta = self
             .meta(path)?
             .ok_or_else(|| Error::not_found(format!("{}: no such object", path.display())))?;
         let key = meta.location.to_string();
+        let meta = match meta.e_tag {
+            Some(_) => meta,
+            // Some servers list no ETags: the object's own answer names its version, so that
+            // the kept index and every GET stay tied to it.
+            None => self.head(&key, meta)?,
+        };
         let etag = meta.e_tag.clone();
         let identity = format!(
-            "s3:{}/{}/{key}:{}:{}",
+            "s3:{}/{}/{key}:{}:{}:{}",
             self.server,
             self.location.bucket,
             meta.size,
-            etag.as_deref().unwrap_or("").trim_matches('"')
+            etag.as_deref().unwrap_or("").trim_matches('"'),
+            meta.last_modified.timestamp_nanos_opt().unwrap_or_default()
         );
         let owner = *self
             .owners
@@ -216,6 +249,7 @@ impl S3Store {
             key: meta.location,
             size: meta.size,
             etag,
+            modified: meta.last_modified,
             identity,
             owner,
         })
