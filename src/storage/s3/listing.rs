@@ -27,7 +27,7 @@ impl Dir {
             objects: HashMap::new(),
         };
         for p in &listed.common_prefixes {
-            if let Some(name) = p.filename() {
+            if let Some(name) = p.filename().filter(|n| servable(prefix, n)) {
                 dir.listing.dirs.push(name.to_owned());
             }
         }
@@ -36,7 +36,7 @@ impl Dir {
                 continue;
             };
             // A folder marker (`prefix/`) is the folder itself, not a file in it.
-            if meta.location.as_ref() == prefix || name.is_empty() {
+            if meta.location.as_ref() == prefix || name.is_empty() || !servable(prefix, &name) {
                 continue;
             }
             dir.listing.files.push(FileEntry {
@@ -50,6 +50,16 @@ impl Dir {
         dir.listing.dirs.sort();
         dir
     }
+}
+
+/// Whether a key's `name` under `prefix` can be one path component of the tree; keys may be
+/// 1,024 bytes, but one name past the kernel's 255 would fail the listing of its whole folder.
+fn servable(prefix: &str, name: &str) -> bool {
+    let ok = crate::vfs::is_guest_name(name);
+    if !ok {
+        log::warn!("s3 prefix {prefix:?}: skipping {name:?}, not a name a folder can hold");
+    }
+    ok
 }
 
 type Cell = Arc<OnceLock<Result<Arc<Dir>>>>;
@@ -116,5 +126,27 @@ mod tests {
             }
         });
         assert_eq!(n.into_inner(), 1);
+    }
+
+    #[test]
+    fn names_no_folder_can_hold_are_left_out() {
+        let long = "n".repeat(256);
+        let path = |k: &str| object_store::path::Path::from(k);
+        let meta = |k: &str| ObjectMeta {
+            location: path(k),
+            last_modified: chrono::DateTime::UNIX_EPOCH,
+            size: 1,
+            e_tag: None,
+            version: None,
+        };
+        let listed = ListResult {
+            common_prefixes: vec![path(&format!("p/{long}")), path("p/set")],
+            objects: vec![meta("p"), meta(&format!("p/{long}.data")), meta("p/a.data")],
+            extensions: Default::default(),
+        };
+        let dir = Dir::new(listed, "p");
+        assert_eq!(dir.listing.dirs, ["set"]);
+        let files: Vec<_> = dir.listing.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(files, ["a.data"]);
     }
 }
