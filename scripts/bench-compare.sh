@@ -18,18 +18,8 @@ sources=${SOURCES:-plain lz4}
 [ -n "${2:-}" ] || cargo build --release -q
 after=$(realpath "${2:-target/release/restorefs}")
 install_missing fio
-if [ ! -f "$dir/plain/vm/vda.inc.virtnbdbackup.3.data" ]; then
-    cargo build --release -q --example gen_chain
-    rm -rf "$dir"
-    target/release/examples/gen_chain "$dir" 4096 3 1
-fi
-tmp=$(mktemp -d /var/tmp/restorefs-compare.XXXXXX)
-cleanup() {
-    for m in "$tmp"/mnt*; do [ -e "$m" ] && { umount -l "$m" 2>/dev/null || true; }; done
-    jobs -p | xargs -r kill 2>/dev/null || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+bench_chain "$dir"
+bench_scratch compare
 
 warm() { cat "$dir"/plain/vm/*.data "$dir"/lz4/vm/*.data > /dev/null; }
 start() { # binary source

@@ -21,3 +21,17 @@ fio_run() { # file rw bs direct jobs
         --ioengine=psync --group_reporting --readonly --runtime="${FIO_SECONDS:-12}" --output-format=json 2>/dev/null |
         python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; print(round(r["bw_bytes"]/1048576,1), round(r["iops"]))'
 }
+# The 4 GiB benchmark chain (full + 3 incrementals, plain and lz4) in $1, generated when missing.
+bench_chain() {
+    [ -f "$1/plain/vm/vda.inc.virtnbdbackup.3.data" ] && [ -f "$1/lz4/vm/vda.inc.virtnbdbackup.3.data" ] && return
+    cargo build --release -q --example gen_chain
+    rm -rf "$1"
+    target/release/examples/gen_chain "$1" 4096 3 1
+}
+# Makes $tmp, a scratch folder named after $1, whose mounts and background jobs go at exit.
+bench_scratch() {
+    tmp=$(mktemp -d "/var/tmp/restorefs-$1.XXXXXX")
+    trap 'for m in "$tmp"/mnt*; do [ -e "$m" ] && { umount -l "$m" 2>/dev/null || true; }; done
+          jobs -p | xargs -r kill 2>/dev/null || true
+          rm -rf "$tmp"' EXIT
+}

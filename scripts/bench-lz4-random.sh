@@ -19,17 +19,8 @@ before=$(realpath "$1")
 after=$(realpath "${2:-target/release/restorefs}")
 dir=${BENCH_DIR:-/var/tmp/restorefs-bench}
 install_missing fio
-if [ ! -f "$dir/lz4/vm/vda.inc.virtnbdbackup.3.data" ]; then
-    cargo build --release -q --example gen_chain
-    rm -rf "$dir"
-    target/release/examples/gen_chain "$dir" 4096 3 1
-fi
-tmp=$(mktemp -d /var/tmp/restorefs-lz4rand.XXXXXX)
-cleanup() {
-    for m in "$tmp"/mnt*; do [ -e "$m" ] && { umount -l "$m" 2>/dev/null || true; }; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+bench_chain "$dir"
+bench_scratch lz4rand
 
 measure() { # label binary source verify(0/1)
     local cache="$tmp/cache-$1" m="$tmp/mnt-$1" verify_ms=- kept

@@ -18,18 +18,8 @@ export FIO_SECONDS=${FIO_SECONDS:-6}
 bins=()
 for b in "$@"; do bins+=("$(realpath "$b")"); done
 install_missing fio
-if [ ! -f "$dir/plain/vm/vda.inc.virtnbdbackup.3.data" ]; then
-    cargo build --release -q --example gen_chain
-    rm -rf "$dir"
-    target/release/examples/gen_chain "$dir" 4096 3 1
-fi
-tmp=$(mktemp -d /var/tmp/restorefs-lz4seq.XXXXXX)
-cleanup() {
-    for m in "$tmp"/mnt*; do [ -e "$m" ] && { umount -l "$m" 2>/dev/null || true; }; done
-    jobs -p | xargs -r kill 2>/dev/null || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+bench_chain "$dir"
+bench_scratch lz4seq
 
 declare -A res
 measure() { # binary-number round source

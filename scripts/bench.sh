@@ -12,15 +12,11 @@ cd "$(dirname "$0")/.."
 dir=${BENCH_DIR:-/var/tmp/restorefs-bench}
 runs=${RUNS:-3}
 cargo build --release -q
-cargo build --release -q --example gen_chain
 bin=$PWD/target/release/restorefs
 install_missing fio qemu-utils qemu-system-common
 
 # --- the chain: 4 GiB, full + 3 incrementals, as streams (plain, lz4) and as qcow2 ---
-if [ ! -f "$dir/plain/vm/vda.inc.virtnbdbackup.3.data" ]; then
-    rm -rf "$dir"
-    target/release/examples/gen_chain "$dir" 4096 3 1
-fi
+bench_chain "$dir"
 if [ ! -f "$dir/qcow/inc3.qcow2" ]; then
     mkdir -p "$dir/qcow"
     qemu-img convert -O qcow2 "$dir/qcow-src/full.raw" "$dir/qcow/base.qcow2"
