@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::tree::{assert_matches, from_manifest, walk};
+use common::tree::assert_cases_match;
 use common::*;
 use serde_json::Value;
 
@@ -29,21 +29,18 @@ fn cases() -> Vec<(String, String, Value)> {
 #[test]
 fn the_reference_backup_exports_to_what_freezer_backed_up() {
     let tmp = scratch();
-    for (i, (set, point, expected)) in cases().into_iter().enumerate() {
+    assert_cases_match(cases(), "export", |i, path| {
         let out = tmp.path().join(i.to_string());
+        let src = source();
         run_ok(&[
             "export",
-            source().to_str().unwrap(),
-            &format!("{set}/{point}/files"),
+            src.to_str().unwrap(),
+            path,
             "-o",
             out.to_str().unwrap(),
         ]);
-        assert_matches(
-            &walk(&out),
-            &from_manifest(&expected),
-            &format!("export {set}/{point}"),
-        );
-    }
+        out
+    });
 }
 
 #[test]
@@ -52,14 +49,7 @@ fn the_reference_backup_through_the_mount() {
         return;
     }
     let m = Mounted::new(&source(), &[]);
-    for (set, point, expected) in cases() {
-        let root = m.join(&format!("{set}/{point}/files"));
-        assert_matches(
-            &walk(&root),
-            &from_manifest(&expected),
-            &format!("mount {set}/{point}"),
-        );
-    }
+    assert_cases_match(cases(), "mount", |_, path| m.join(path));
 }
 
 #[test]

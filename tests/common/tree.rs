@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One entry, comparable with the manifest's.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,5 +141,24 @@ pub fn assert_matches(got: &BTreeMap<String, Entry>, want: &BTreeMap<String, Ent
             }
             assert_eq!(g.links, w.links, "{what}: {p} hard links");
         }
+    }
+}
+
+/// Checks that the `files/` folder of every Freezer case (set, point, manifest backup) equals
+/// the manifest's tree; `place(i, "SET/POINT/files")` makes case `i`'s folder (an export, a path
+/// in a mount) and says where it is.
+pub fn assert_cases_match(
+    cases: Vec<(String, String, serde_json::Value)>,
+    what: &str,
+    place: impl Fn(usize, &str) -> PathBuf,
+) {
+    for (i, (set, point, expected)) in cases.into_iter().enumerate() {
+        let path = format!("{set}/{point}/files");
+        let root = place(i, &path);
+        assert_matches(
+            &walk(&root),
+            &from_manifest(&expected),
+            &format!("{what} {path}"),
+        );
     }
 }
