@@ -86,10 +86,8 @@ pub struct ImageFile {
     shared: Cursor,
 }
 
-/// Sequential reading is prefetched this far ahead.
+/// Sequential reading is prefetched this far ahead, and its compressed frames decoded ahead.
 const LOOKAHEAD: u64 = 32 << 20;
-/// Compressed frames starting this close ahead of sequential reading are decoded ahead.
-const DECODE_AHEAD: u64 = 8 << 20;
 
 impl ImageFile {
     /// An image of `size` bytes made of `layers` (oldest first); the map is built on first use.
@@ -378,10 +376,8 @@ impl ImageFile {
                 {
                     layer.source().prefetch(c.file_off, c.comp_len);
                 }
-                // The next frame or two are decoded while this one is being read.
-                if e.start < end + DECODE_AHEAD
-                    && let Ok(chunk) = self.chunk(layer, e.chunk)
-                {
+                // Decoded on the other cores while the frames before are being read.
+                if let Ok(chunk) = self.chunk(layer, e.chunk) {
                     chunk.decode_ahead();
                 }
                 continue;

@@ -132,10 +132,10 @@ impl DecodedChunk {
         }
     }
 
-    /// Queues the frame for decoding on the background thread (sequential readers get the next
-    /// frame decoded while they are served this one). Dropped when the queue is full.
+    /// Queues the frame for decoding on a background thread (sequential readers get the next
+    /// frames decoded while they are served this one). Dropped when the queue is full.
     pub fn decode_ahead(self: &Arc<Self>) {
-        self.runtime.decode_ahead(Arc::clone(self));
+        self.runtime.decode_ahead(self);
     }
 
     /// Copies decoded bytes `at..at+dst.len()` into `dst`, decoding as far as needed.
@@ -344,6 +344,57 @@ mod tests {
             assert_eq!(runtime.reused(), reused);
             let st = chunk.state.read().unwrap();
             assert_eq!(st.out.capacity(), n, "holds only what the cache charges");
+        }
+    }
+
+    #[test]
+    fn queued_frames_are_decoded_in_the_background_unless_dropped_first() {
+        let runtime = Lz4Runtime::new();
+        let raws: Vec<Vec<u8>> = (0..3).map(|i| data((2 << 20) + i * 4096)).collect();
+        let files: Vec<_> = raws.iter().map(|r| frame_file(r)).collect();
+        let chunks: Vec<Arc<DecodedChunk>> = files
+            .iter()
+            .zip(&raws)
+            .map(|((_, src, comp), raw)| {
+                let c = DecodedChunk::new(
+                    Arc::clone(src),
+                    Arc::clone(&runtime),
+                    0,
+                    *comp,
+                    raw.len() as u64,
+                );
+                Arc::new(c)
+            })
+            .collect();
+        // The first is gone (as if evicted) before a thread takes it: skipped, nothing kept alive.
+        let gone = Arc::downgrade(&chunks[0]);
+        for c in &chunks {
+            c.decode_ahead();
+        }
+        let mut chunks = chunks.into_iter();
+        drop(chunks.next());
+        let kept: Vec<_> = chunks.collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !kept
+            .iter()
+            .zip(&raws[1..])
+            .all(|(c, r)| c.decoded_to(r.len()))
+        {
+            assert!(std::time::Instant::now() < deadline, "not decoded ahead");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for (c, raw) in kept.iter().zip(&raws[1..]) {
+            let mut buf = vec![0u8; raw.len()];
+            c.read(0, &mut buf).unwrap();
+            assert!(buf == *raw, "decoded ahead to the wrong bytes");
+        }
+        // A thread may have taken it before the drop: it lets go once that decode ends.
+        while gone.upgrade().is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a dropped frame kept alive"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 

@@ -13,8 +13,8 @@ mod chunk;
 
 use std::io::Read;
 use std::path::Path;
-use std::sync::OnceLock;
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{OnceLock, Weak};
 
 use lz4_flex::frame::FrameDecoder;
 use twox_hash::XxHash32;
@@ -226,19 +226,25 @@ fn decode_block(
 }
 
 /// What decoding shares across frames, made once per run (no process globals): buffers left by
-/// dropped frames for reuse, the decode-ahead worker, and the spacing of kept checkpoints.
+/// dropped frames for reuse, the decode-ahead workers, and the spacing of kept checkpoints.
 #[derive(Default)]
 pub struct Lz4Runtime {
     /// Buffers of dropped chunks kept for reuse, `POOL_BYTES` in all at most.
     pool: Mutex<Vec<Vec<u8>>>,
-    /// The queue of the decode-ahead thread, started on first use.
-    ahead: OnceLock<Option<SyncSender<Arc<DecodedChunk>>>>,
+    /// The queue of the decode-ahead threads, started on first use. It holds frames weakly: one
+    /// the cache evicted before its turn is skipped, so queued work never keeps memory alive
+    /// beyond the cache's bound.
+    ahead: OnceLock<Option<SyncSender<Weak<DecodedChunk>>>>,
     reused: AtomicU64,
     /// Decoded bytes between two kept checkpoints (0: [`MIN_SPACING`]).
     spacing: usize,
 }
 
 const POOL_BYTES: usize = 16 << 20;
+
+/// Frames waiting for a decode-ahead thread at most; more are dropped (their readers decode
+/// them).
+const AHEAD_QUEUE: usize = 64;
 
 impl Lz4Runtime {
     /// A runtime with an empty pool; its thread starts on the first decode-ahead.
@@ -306,22 +312,41 @@ impl Lz4Runtime {
         }
     }
 
-    /// Queues `chunk` for decoding on the decode-ahead thread; dropped when the queue is full.
-    fn decode_ahead(&self, chunk: Arc<DecodedChunk>) {
+    /// Queues `chunk` for decoding on a decode-ahead thread (one per core: frames are
+    /// independent); dropped when the queue is full.
+    fn decode_ahead(&self, chunk: &Arc<DecodedChunk>) {
         let queue = self.ahead.get_or_init(|| {
-            let (tx, rx) = sync_channel::<Arc<DecodedChunk>>(2);
-            std::thread::Builder::new()
-                .name("lz4-ahead".into())
-                .spawn(move || {
-                    for chunk in rx {
-                        chunk.decode_all();
-                    }
+            let (tx, rx) = sync_channel::<Weak<DecodedChunk>>(AHEAD_QUEUE);
+            // Threads outside the model checker's control: the standard mutex.
+            let rx = Arc::new(std::sync::Mutex::new(rx));
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let started = (0..cores)
+                .filter(|i| {
+                    let rx = Arc::clone(&rx);
+                    std::thread::Builder::new()
+                        .name(format!("lz4-ahead-{i}"))
+                        .spawn(move || decode_queued(&rx))
+                        .is_ok()
                 })
-                .ok()
-                .map(|_| tx)
+                .count();
+            (started > 0).then_some(tx)
         });
         if let Some(tx) = queue {
-            let _ = tx.try_send(chunk);
+            let _ = tx.try_send(Arc::downgrade(chunk));
+        }
+    }
+}
+
+/// A decode-ahead thread: decodes queued frames the cache still holds, until the runtime is
+/// dropped.
+fn decode_queued(rx: &std::sync::Mutex<Receiver<Weak<DecodedChunk>>>) {
+    loop {
+        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok(chunk) = next else {
+            return;
+        };
+        if let Some(chunk) = chunk.upgrade() {
+            chunk.decode_all();
         }
     }
 }
