@@ -128,13 +128,16 @@ impl Cache {
             return v;
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let value = Arc::new(make());
-        let any: Arc<dyn Any + Send + Sync> = value.clone();
-        if let Some(old) = inner.lru.put(key, Slot { value: any, cost }) {
+        if let Some(old) = inner.lru.pop(&key) {
             inner.used -= old.cost;
         }
+        // Room is made before the value: what the evicted values free (a decoded frame's
+        // buffer) is there for `make` to reuse.
         inner.used += cost;
         self.evict(&mut inner, key);
+        let value = Arc::new(make());
+        let any: Arc<dyn Any + Send + Sync> = value.clone();
+        inner.lru.put(key, Slot { value: any, cost });
         value
     }
 
@@ -214,7 +217,7 @@ impl Cache {
     }
 
     fn evict(&self, inner: &mut Inner, keep: Key) {
-        while inner.used > self.capacity && inner.lru.len() > 1 {
+        while inner.used > self.capacity && !inner.lru.is_empty() {
             let Some((k, slot)) = inner.lru.pop_lru() else {
                 break;
             };
@@ -270,6 +273,28 @@ mod tests {
         assert_eq!((s.hits, s.misses, s.evictions, s.used), (1, 3, 1, 80));
         // 2 was evicted: asking again creates it anew.
         assert_eq!(*c.get_or_insert(key(2), 40, || 22u32), 22);
+    }
+
+    #[test]
+    fn room_is_made_before_the_new_value_is() {
+        use std::sync::atomic::AtomicBool;
+        struct Flag(std::sync::Arc<AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let c = Cache::new(100);
+        let dropped = std::sync::Arc::new(AtomicBool::new(false));
+        drop(c.get_or_insert(key(1), 80, || Flag(dropped.clone())));
+        let seen = c.get_or_insert(key(2), 80, || {
+            dropped.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        assert!(
+            *seen,
+            "the evicted value was alive while the new one was made"
+        );
+        assert_eq!(c.stats().used, 80);
     }
 
     #[test]

@@ -153,7 +153,9 @@ impl ImageFile {
             owner: layer.cache_owner(),
             index: u64::from(idx),
         };
-        Ok(self.cache.get_or_insert(key, c.raw_len, || {
+        let mut made = false;
+        let chunk = self.cache.get_or_insert(key, c.raw_len, || {
+            made = true;
             DecodedChunk::new(
                 Arc::clone(layer.source()),
                 Arc::clone(layer.lz4()),
@@ -162,7 +164,11 @@ impl ImageFile {
                 c.raw_len,
             )
             .keeping_checkpoints(layer.checkpoints(&c))
-        }))
+        });
+        if made && chunk.cost() != c.raw_len {
+            self.cache.set_cost(key, chunk.cost());
+        }
+        Ok(chunk)
     }
 
     /// Hands `len` decoded bytes at `at` of chunk `idx` to `f`: from the frame when it is

@@ -194,3 +194,14 @@ pub fn setsid() {
         libc::setsid();
     }
 }
+
+/// Lowers the calling thread's scheduling priority by `by` nice steps (Linux keeps a nice
+/// value per thread), so that work done ahead yields to threads a reader is waiting for.
+pub fn lower_thread_priority(by: i32) {
+    // SAFETY: gettid and setpriority take no memory arguments; failing leaves the priority be.
+    unsafe {
+        let tid = libc::gettid();
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, now + by);
+    }
+}

@@ -527,7 +527,7 @@ impl Segment {
 
     /// Memory the segment takes.
     pub fn heap_bytes(&self) -> u64 {
-        self.bytes.len() as u64
+        self.bytes.capacity() as u64
     }
 }
 #[cfg(test)]

@@ -64,15 +64,28 @@ impl DecodedChunk {
         comp_len: u64,
         raw_len: u64,
     ) -> DecodedChunk {
+        // Callers bound `raw_len` by `MAX_FRAME`.
+        let raw_len = usize::try_from(raw_len).unwrap_or(usize::MAX);
+        let out = runtime.buffer(raw_len);
         DecodedChunk {
             source,
             runtime,
             offset,
             comp_len,
-            raw_len: usize::try_from(raw_len).unwrap_or(usize::MAX),
+            raw_len,
             keep: None,
-            state: RwLock::new(State::default()),
+            state: RwLock::new(State {
+                out,
+                ..State::default()
+            }),
         }
+    }
+
+    /// The memory it holds: what the cache is to charge it (a reused buffer may be up to 1/8
+    /// larger than the frame).
+    pub fn cost(&self) -> u64 {
+        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        st.out.capacity() as u64
     }
 
     /// Keeps the frame's checkpoints in `path` (when given and not there yet) once it is
@@ -182,7 +195,6 @@ impl DecodedChunk {
     fn start(&self, st: &mut State, frame: &[u8]) -> Result<()> {
         st.info = frame_info(frame).map_err(|(at, m)| self.corrupt(at, m))?;
         st.input = st.info.data_start;
-        st.out = self.runtime.buffer(self.raw_len);
         if self.keep.is_some() {
             st.marks = vec![Mark {
                 input: st.input,
@@ -344,6 +356,31 @@ mod tests {
             assert_eq!(runtime.reused(), reused);
             let st = chunk.state.read().unwrap();
             assert_eq!(st.out.capacity(), n, "holds only what the cache charges");
+        }
+    }
+
+    #[test]
+    fn a_kept_buffer_grows_or_is_taken_whole_when_at_most_an_eighth_larger() {
+        let runtime = Lz4Runtime::new();
+        let mut buf = vec![0u8; 4096];
+        // Fresh; the kept 1 MiB grown to 2 MiB; the kept 2 MiB taken whole (1/32 more) and
+        // charged all it holds.
+        let steps = [
+            (1 << 20, 0, 1 << 20),
+            (2 << 20, 1, 2 << 20),
+            ((2 << 20) - (64 << 10), 2, 2 << 20),
+        ];
+        for (n, reused, cost) in steps {
+            let raw = data(n);
+            let (_f, src, comp) = frame_file(&raw);
+            let chunk = DecodedChunk::new(src, Arc::clone(&runtime), 0, comp, n as u64);
+            chunk.read(n - 4096, &mut buf).unwrap();
+            assert_eq!(buf, raw[n - 4096..]);
+            assert_eq!(
+                (runtime.reused(), chunk.cost()),
+                (reused, cost),
+                "frame of {n}"
+            );
         }
     }
 

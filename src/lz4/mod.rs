@@ -246,6 +246,9 @@ const POOL_BYTES: usize = 16 << 20;
 /// them).
 const AHEAD_QUEUE: usize = 64;
 
+/// How much lower decode-ahead threads run than the rest (nice steps).
+const NICER: i32 = 5;
+
 impl Lz4Runtime {
     /// A runtime with an empty pool; its thread starts on the first decode-ahead.
     pub fn new() -> Arc<Lz4Runtime> {
@@ -271,36 +274,42 @@ impl Lz4Runtime {
         self.reused.load(Ordering::Relaxed)
     }
 
-    /// A buffer of `len` bytes: the smallest one left by a dropped chunk that holds them, cut
-    /// down to `len` (its pages stay mapped: no page faults, no zeroing, and decoded bytes
-    /// overwrite it before any reader sees them), else a new one whose zeroed pages the kernel
-    /// provides only when touched.
+    /// A buffer of `len` bytes whose contents are unspecified (decoded bytes overwrite them
+    /// before any reader sees them), made from the kept buffer closest in size, whose pages stay
+    /// mapped (no page faults on them): as it is when it holds at most 1/8 more (what it holds
+    /// is what it costs: see [`DecodedChunk::cost`]), else cut down to `len`, or grown to it
+    /// (the allocator remaps a large buffer's pages rather than copying them); else a new one
+    /// whose zeroed pages the kernel provides only when touched.
     fn buffer(&self, len: usize) -> Vec<u8> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        let best = (0..pool.len())
-            .filter(|&i| pool[i].len() >= len)
-            .min_by_key(|&i| pool[i].len());
-        if let Some(i) = best {
-            let mut b = pool.swap_remove(i);
+        let closest = (0..pool.len()).min_by_key(|&i| pool[i].capacity().abs_diff(len));
+        let Some(i) = closest else {
             drop(pool);
-            // The cut-off tail goes back to the allocator (shrunk in place), so the cache's
-            // charge of `len` stays the memory this buffer holds.
+            return vec![0u8; len];
+        };
+        // Kept buffers are as long as they hold.
+        let mut b = pool.swap_remove(i);
+        drop(pool);
+        self.reused.fetch_add(1, Ordering::Relaxed);
+        if b.len() > len + len / 8 {
             b.truncate(len);
             b.shrink_to_fit();
-            self.reused.fetch_add(1, Ordering::Relaxed);
-            return b;
+        } else if b.len() < len {
+            b.reserve_exact(len - b.len());
         }
-        drop(pool);
-        vec![0u8; len]
+        // Zeros go only where the buffer grew.
+        b.resize(len, 0);
+        b
     }
 
     /// Keeps a dropped frame's buffer for reuse, dropping the smallest kept ones past
-    /// `POOL_BYTES`: reuse only ever shrinks a buffer, so the largest are worth keeping.
+    /// `POOL_BYTES`: the largest serve the most frames without page faults.
     fn give_back(&self, mut out: Vec<u8>) {
-        out.resize(out.capacity(), 0);
-        if out.len() < 64 << 10 || out.len() > POOL_BYTES {
+        if out.capacity() < 64 << 10 || out.capacity() > POOL_BYTES {
             return;
         }
+        // Only past a length cut from a longer buffer: pages that are mapped already.
+        out.resize(out.capacity(), 0);
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         pool.push(out);
         let mut total: usize = pool.iter().map(Vec::len).sum();
@@ -340,6 +349,9 @@ impl Lz4Runtime {
 /// A decode-ahead thread: decodes queued frames the cache still holds, until the runtime is
 /// dropped.
 fn decode_queued(rx: &std::sync::Mutex<Receiver<Weak<DecodedChunk>>>) {
+    // Readers wait on the threads that serve them, not on these (which work ahead of them):
+    // those come first when the cores are all busy.
+    crate::sys::lower_thread_priority(NICER);
     loop {
         let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
         let Ok(chunk) = next else {
