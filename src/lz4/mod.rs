@@ -250,7 +250,7 @@ const AHEAD_QUEUE: usize = 64;
 const NICER: i32 = 5;
 
 impl Lz4Runtime {
-    /// A runtime with an empty pool; its thread starts on the first decode-ahead.
+    /// A runtime with an empty pool; its threads start on the first decode-ahead.
     pub fn new() -> Arc<Lz4Runtime> {
         Arc::default()
     }
