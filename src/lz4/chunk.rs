@@ -195,6 +195,8 @@ impl DecodedChunk {
     fn start(&self, st: &mut State, frame: &[u8]) -> Result<()> {
         st.info = frame_info(frame).map_err(|(at, m)| self.corrupt(at, m))?;
         st.input = st.info.data_start;
+        // Zeros only where a reused buffer grew (see `Lz4Runtime::buffer`).
+        st.out.resize(self.raw_len, 0);
         if self.keep.is_some() {
             st.marks = vec![Mark {
                 input: st.input,

@@ -274,12 +274,14 @@ impl Lz4Runtime {
         self.reused.load(Ordering::Relaxed)
     }
 
-    /// A buffer of `len` bytes whose contents are unspecified (decoded bytes overwrite them
+    /// Room for `len` bytes whose contents are unspecified (decoded bytes overwrite them
     /// before any reader sees them), made from the kept buffer closest in size, whose pages stay
     /// mapped (no page faults on them): as it is when it holds at most 1/8 more (what it holds
     /// is what it costs: see [`DecodedChunk::cost`]), else cut down to `len`, or grown to it
     /// (the allocator remaps a large buffer's pages rather than copying them); else a new one
-    /// whose zeroed pages the kernel provides only when touched.
+    /// whose zeroed pages the kernel provides only when touched. A grown buffer is still short
+    /// of `len`: the thread that decodes into it makes it that long, so that the pages it gained
+    /// are faulted in there rather than on a reader's thread.
     fn buffer(&self, len: usize) -> Vec<u8> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         let closest = (0..pool.len()).min_by_key(|&i| pool[i].capacity().abs_diff(len));
@@ -297,8 +299,7 @@ impl Lz4Runtime {
         } else if b.len() < len {
             b.reserve_exact(len - b.len());
         }
-        // Zeros go only where the buffer grew.
-        b.resize(len, 0);
+        b.truncate(len);
         b
     }
 
