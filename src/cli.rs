@@ -96,6 +96,10 @@ struct CacheArgs {
     /// Least decoded bytes between two kept LZ4 decoder checkpoints (at least 64K).
     #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
     lz4_checkpoint_spacing: u64,
+    /// Kept indexes and checkpoints in the cache folder unused for this many days are removed
+    /// (0: never)
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    cache_max_age: u32,
     #[command(flatten)]
     s3: S3Args,
 }
@@ -173,6 +177,7 @@ impl CacheArgs {
             .cache_dir
             .clone()
             .unwrap_or_else(workdir::default_cache_dir);
+        crate::prune::start(&dir, self.cache_max_age);
         let mut ctx = ScanContext::new(Cache::new(self.cache_size), &dir);
         let spacing = usize::try_from(self.lz4_checkpoint_spacing).unwrap_or(usize::MAX);
         ctx.io.lz4 = crate::lz4::Lz4Runtime::with_spacing(spacing);
@@ -549,7 +554,8 @@ struct Mount {
     allow_other: bool,
     /// Mount options, comma separated, as FUSE file systems take them: allow_other,
     /// default_permissions, ro, uid=N, gid=N (owner shown for every node),
-    /// cache_size=SIZE, cache_dir=DIR, threads=N, freezer_key=FILE, and the S3 flags with `_`
+    /// cache_size=SIZE, cache_dir=DIR, cache_max_age=DAYS, threads=N, freezer_key=FILE, and the
+    /// S3 flags with `_`
     /// (s3_endpoint=URL, s3_path_style, disk_cache=DIR, ...). mount(8)/fstab options
     /// (defaults, noauto, nofail, _netdev, user, users, nodev, nosuid, noexec, noatime,
     /// x-systemd.*, ...) are ignored; rw is refused.
@@ -594,6 +600,7 @@ struct MountOptions {
     owner: Owner,
     cache_size: Option<u64>,
     cache_dir: Option<PathBuf>,
+    cache_max_age: Option<u32>,
     threads: Option<usize>,
     freezer_key: Option<PathBuf>,
     /// The S3 options (`s3_*`, `disk_cache*`) as given: key and value.
@@ -654,6 +661,9 @@ fn parse_mount_options(lists: &[String], helper: bool) -> Result<MountOptions> {
             "gid" => o.owner.gid = Some(id()?),
             "cache_size" => o.cache_size = Some(parse_size(need()?).map_err(|e| bad(&e))?),
             "cache_dir" => o.cache_dir = Some(PathBuf::from(need()?)),
+            "cache_max_age" => {
+                o.cache_max_age = Some(need()?.parse().map_err(|_| bad("needs a number of days"))?);
+            }
             "freezer_key" => o.freezer_key = Some(PathBuf::from(need()?)),
             "threads" => {
                 o.threads = Some(
@@ -692,6 +702,7 @@ fn mount_cmd(m: Mount, helper: bool, report: Option<&Report>) -> Result<ExitCode
     let mut cache = m.cache;
     cache.cache_size = o.cache_size.unwrap_or(cache.cache_size);
     cache.cache_dir = o.cache_dir.or(cache.cache_dir);
+    cache.cache_max_age = o.cache_max_age.unwrap_or(cache.cache_max_age);
     cache.freezer_key = o.freezer_key.or(cache.freezer_key);
     for (k, v) in &o.s3 {
         cache.s3.set(k, v.as_deref()).map_err(Error::usage)?;
@@ -1122,9 +1133,13 @@ mod tests {
                 ..MountOptions::default()
             }
         );
-        let o = parse_mount_options(&["cache_dir=/c,threads=3,freezer_key=/k".to_owned()], false)
-            .unwrap();
+        let o = parse_mount_options(
+            &["cache_dir=/c,cache_max_age=7,threads=3,freezer_key=/k".to_owned()],
+            false,
+        )
+        .unwrap();
         assert_eq!(o.cache_dir.as_deref(), Some(Path::new("/c")));
+        assert_eq!(o.cache_max_age, Some(7));
         assert_eq!(o.threads, Some(3));
         assert_eq!(o.freezer_key.as_deref(), Some(Path::new("/k")));
         let s3 = "s3_endpoint=http://h:9000,s3_region=r,s3_path_style,s3_no_sign,s3_block_size=8M,\

@@ -50,12 +50,14 @@ impl IndexCache {
 
     /// The entry under `key`, if present and whole.
     pub fn load(&self, key: &str) -> Option<Vec<u8>> {
-        let mut data = std::fs::read(self.path(key)).ok()?;
+        let path = self.path(key);
+        let mut data = std::fs::read(&path).ok()?;
         let body = data.len().checked_sub(4)?;
         let sum = u32::from_le_bytes(data[body..].try_into().ok()?);
         if XxHash32::oneshot(0, &data[..body]) != sum {
             return None;
         }
+        crate::prune::mark_used(&path);
         data.truncate(body);
         Some(data)
     }

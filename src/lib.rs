@@ -24,6 +24,7 @@ pub mod model;
 pub mod mount;
 pub mod mountinfo;
 pub mod nbd;
+pub mod prune;
 pub mod scan;
 pub mod storage;
 pub mod sync;

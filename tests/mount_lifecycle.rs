@@ -265,3 +265,51 @@ fn every_kind_of_write_is_refused() {
         "setxattr was not refused with EROFS"
     );
 }
+
+/// Writes `len` bytes at `path` last used `days` ago.
+fn old_file(path: &Path, len: usize, days: u64) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, vec![1u8; len]).unwrap();
+    let t = std::time::SystemTime::now() - Duration::from_secs(days * 24 * 3600);
+    let f = std::fs::File::open(path).unwrap();
+    f.set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t))
+        .unwrap();
+}
+
+#[test]
+fn kept_files_unused_for_the_max_age_are_pruned_in_the_background() {
+    if !fuse_available("kept_files_unused_for_the_max_age_are_pruned_in_the_background") {
+        return;
+    }
+    let cache = scratch();
+    let index = cache.path().join("index");
+    let stale = index.join("0123456789abcdef.idx");
+    let recent = index.join("fedcba9876543210.idx");
+    let foreign = index.join("README");
+    old_file(&stale, 4096, 31);
+    old_file(&recent, 4096, 29);
+    old_file(&foreign, 10, 400);
+    let dir = cache.path().to_str().unwrap();
+
+    // With pruning off, even the stale one stays.
+    let mp = manifest_points()
+        .into_iter()
+        .rfind(|p| p.backup_dir == "v1-plain" && p.disk == "vda")
+        .expect("MANIFEST has v1-plain vda images");
+    let (image, want) = (point_path(&ls_json(&source()), &mp), mp.sha256);
+    let mut m = Mounted::new(&source(), &["--cache-dir", dir, "--cache-max-age", "0"]);
+    assert_eq!(sha256_file(&m.join(&image)), want);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(stale.exists(), "pruned with --cache-max-age 0");
+    m.stop();
+
+    // The default, 30 days: only the stale kept file goes, while the mount serves.
+    let mut m = Mounted::new(&source(), &["--cache-dir", dir]);
+    assert!(
+        wait_until(20, || !stale.exists()),
+        "stale kept index not pruned"
+    );
+    assert!(recent.exists() && foreign.exists());
+    assert_eq!(sha256_file(&m.join(&image)), want);
+    m.stop();
+}

@@ -263,6 +263,8 @@ impl Checkpoints {
                 path.display()
             );
             let _ = std::fs::remove_file(path);
+        } else {
+            crate::prune::mark_used(path);
         }
         parsed
     }

@@ -84,6 +84,7 @@ impl Kept {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
+        crate::prune::mark_used(&dir);
         let kept = Kept {
             files: Mutex::new(list(&dir)),
             dir,
