@@ -31,15 +31,6 @@ fn fails_with(args: &[&str], code: i32) -> String {
     stderr(&out)
 }
 
-/// The MANIFEST's last v1-plain vda image: its path in the tree and expected sha256.
-fn plain_vda() -> (String, String) {
-    let mp = manifest_points()
-        .into_iter()
-        .rfind(|p| p.backup_dir == "v1-plain" && p.disk == "vda")
-        .expect("MANIFEST has v1-plain vda images");
-    (point_path(&ls_json(&virtnbd()), &mp), mp.sha256)
-}
-
 /// Processes whose command line names `needle` (the daemon of a test's unique mountpoint).
 fn processes_naming(needle: &Path) -> Vec<String> {
     let needle = needle.to_str().unwrap();

@@ -292,11 +292,7 @@ fn kept_files_unused_for_the_max_age_are_pruned_in_the_background() {
     let dir = cache.path().to_str().unwrap();
 
     // With pruning off, even the stale one stays.
-    let mp = manifest_points()
-        .into_iter()
-        .rfind(|p| p.backup_dir == "v1-plain" && p.disk == "vda")
-        .expect("MANIFEST has v1-plain vda images");
-    let (image, want) = (point_path(&ls_json(&source()), &mp), mp.sha256);
+    let (image, want) = plain_vda();
     let mut m = Mounted::new(&source(), &["--cache-dir", dir, "--cache-max-age", "0"]);
     assert_eq!(sha256_file(&m.join(&image)), want);
     std::thread::sleep(Duration::from_millis(500));

@@ -445,6 +445,19 @@ pub fn point_path(doc: &serde_json::Value, mp: &ManifestPoint) -> String {
     )
 }
 
+/// The MANIFEST's last v1-plain vda image: its path in the tree of `tests/data/virtnbd` and its
+/// expected sha256.
+pub fn plain_vda() -> (String, String) {
+    let mp = manifest_points()
+        .into_iter()
+        .rfind(|p| p.backup_dir == "v1-plain" && p.disk == "vda")
+        .expect("MANIFEST has v1-plain vda images");
+    (
+        point_path(&ls_json(&data_dir().join("virtnbd")), &mp),
+        mp.sha256,
+    )
+}
+
 /// canon-v1 (tests/data README): a logical hash of a SQLite database that does not depend on
 /// the library version or the page history. `None` path content = a 0-byte database.
 pub fn canon_v1(db: &Path) -> String {
