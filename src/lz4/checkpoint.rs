@@ -468,7 +468,6 @@ impl Segment {
         let at_block = |(at, m): (usize, String)| at_frame((at + base, m));
         let seg_len = cps.segment_end(i) - e.mark.out;
         let mut bytes = runtime.buffer(DICT + seg_len);
-        bytes.resize(DICT + seg_len, 0);
         cps.dict_into(i, &mut bytes[..DICT])?;
         // The dictionary right before the segment, and nothing before it as history.
         let work = &mut bytes[DICT - e.dict_len..];

@@ -66,7 +66,7 @@ impl DecodedChunk {
     ) -> DecodedChunk {
         // Callers bound `raw_len` by `MAX_FRAME`.
         let raw_len = usize::try_from(raw_len).unwrap_or(usize::MAX);
-        let out = runtime.buffer(raw_len);
+        let out = runtime.room(raw_len);
         DecodedChunk {
             source,
             runtime,
@@ -195,7 +195,7 @@ impl DecodedChunk {
     fn start(&self, st: &mut State, frame: &[u8]) -> Result<()> {
         st.info = frame_info(frame).map_err(|(at, m)| self.corrupt(at, m))?;
         st.input = st.info.data_start;
-        // Zeros only where a reused buffer grew (see `Lz4Runtime::buffer`).
+        // Zeros only where a reused buffer grew (see `Lz4Runtime::room`).
         st.out.resize(self.raw_len, 0);
         if self.keep.is_some() {
             st.marks = vec![Mark {

@@ -274,15 +274,22 @@ impl Lz4Runtime {
         self.reused.load(Ordering::Relaxed)
     }
 
-    /// Room for `len` bytes whose contents are unspecified (decoded bytes overwrite them
-    /// before any reader sees them), made from the kept buffer closest in size, whose pages stay
+    /// A buffer of `len` bytes whose contents are unspecified (decoded bytes overwrite them
+    /// before any reader sees them): [`Lz4Runtime::room`] made that long.
+    fn buffer(&self, len: usize) -> Vec<u8> {
+        let mut b = self.room(len);
+        b.resize(len, 0);
+        b
+    }
+
+    /// Room for `len` bytes, made from the kept buffer closest in size, whose pages stay
     /// mapped (no page faults on them): as it is when it holds at most 1/8 more (what it holds
     /// is what it costs: see [`DecodedChunk::cost`]), else cut down to `len`, or grown to it
     /// (the allocator remaps a large buffer's pages rather than copying them); else a new one
-    /// whose zeroed pages the kernel provides only when touched. A grown buffer is still short
-    /// of `len`: the thread that decodes into it makes it that long, so that the pages it gained
-    /// are faulted in there rather than on a reader's thread.
-    fn buffer(&self, len: usize) -> Vec<u8> {
+    /// whose zeroed pages the kernel provides only when touched. Its length is at most `len`
+    /// (a grown buffer is short of it): the thread that decodes into it makes it `len` long,
+    /// so that the pages it gained are faulted in there rather than on a reader's thread.
+    fn room(&self, len: usize) -> Vec<u8> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         let closest = (0..pool.len()).min_by_key(|&i| pool[i].capacity().abs_diff(len));
         let Some(i) = closest else {
